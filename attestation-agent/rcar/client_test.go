@@ -1,0 +1,356 @@
+package rcar
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
+	"github.com/cloak-containers/cloak/attestation-agent/teekey"
+	"github.com/cloak-containers/cloak/kbstypes"
+)
+
+var keyPath = kbstypes.ResourcePath{Repository: "default", Type: "key", Tag: "1"}
+
+// clock is an adjustable time source for token expiry.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func newClient(t *testing.T, f *fakeKBS, mod func(*Config)) *Client {
+	t.Helper()
+	cfg := Config{
+		URL:       f.srv.URL,
+		CACertPEM: f.certPEM(),
+		Provider:  sample.New(""),
+		Backoff:   time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestGetResource(t *testing.T) {
+	initData := &kbstypes.InitData{Format: "toml", Body: "version = \"0.1.0\"\nalgorithm = \"sha384\"\n"}
+	for _, alg := range []jose.KeyAlgorithm{teekey.ECDHES, teekey.RSAOAEP} {
+		t.Run(string(alg), func(t *testing.T) {
+			f := newFakeKBS(t)
+			f.resources["default/key/1"] = []byte("0123456789abcdef0123456789abcdef")
+			key, err := teekey.New(alg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := newClient(t, f, func(c *Config) { c.Key = key; c.InitData = initData })
+
+			for range 2 {
+				got, err := c.GetResource(context.Background(), keyPath)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(got) != "0123456789abcdef0123456789abcdef" {
+					t.Fatalf("GetResource = %q", got)
+				}
+			}
+			// The second fetch reuses the token.
+			if n := f.count("attest"); n != 1 {
+				t.Errorf("attestations = %d, want 1", n)
+			}
+			want := `{"version":"0.4.0","tee":"sample","extra-params":{}}`
+			if len(f.auths) != 1 || f.auths[0] != want {
+				t.Errorf("auth bodies = %q, want [%q]", f.auths, want)
+			}
+			att := f.attests[0]
+			if string(att.RuntimeData.TeePubKey) != string(key.PublicJWK()) {
+				t.Errorf("tee-pubkey = %s, want %s", att.RuntimeData.TeePubKey, key.PublicJWK())
+			}
+			if att.InitData == nil || *att.InitData != *initData {
+				t.Errorf("init-data = %+v, want %+v", att.InitData, initData)
+			}
+			if att.TeeEvidence.AdditionalEvidence != "" {
+				t.Errorf("additional_evidence = %q, want empty", att.TeeEvidence.AdditionalEvidence)
+			}
+		})
+	}
+}
+
+func TestAttestWithoutCookieFails(t *testing.T) {
+	// A client whose jar drops cookies cannot finish the handshake: proves
+	// the session cookie from auth is what the fake KBS relies on.
+	f := newFakeKBS(t)
+	c := newClient(t, f, func(c *Config) {
+		c.CACertPEM = nil
+		c.HTTPClient = &http.Client{Transport: f.srv.Client().Transport, Jar: dropJar{}}
+	})
+	_, err := c.Attest(context.Background())
+	var ke *KBSError
+	if !errors.As(err, &ke) || ke.Status != 401 || ke.Detail != "no session cookie" {
+		t.Fatalf("Attest error = %v, want 401 no session cookie", err)
+	}
+}
+
+type dropJar struct{}
+
+func (dropJar) SetCookies(*url.URL, []*http.Cookie) {}
+func (dropJar) Cookies(*url.URL) []*http.Cookie     { return nil }
+
+func TestReattestOnceOn401(t *testing.T) {
+	f := newFakeKBS(t)
+	f.resources["default/key/1"] = []byte("k")
+	c := newClient(t, f, nil)
+	if _, err := c.GetResource(context.Background(), keyPath); err != nil {
+		t.Fatal(err)
+	}
+	f.revokeTokens()
+	if _, err := c.GetResource(context.Background(), keyPath); err != nil {
+		t.Fatalf("after revocation: %v", err)
+	}
+	if n := f.count("attest"); n != 2 {
+		t.Errorf("attestations = %d, want 2 (one re-attestation)", n)
+	}
+
+	// A KBS that rejects every token: exactly one re-attestation, then the 401.
+	f.mu.Lock()
+	f.fail["resource"] = []int{401, 401, 401}
+	f.mu.Unlock()
+	_, err := c.GetResource(context.Background(), keyPath)
+	var ke *KBSError
+	if !errors.As(err, &ke) || ke.Status != 401 {
+		t.Fatalf("error = %v, want KBSError 401", err)
+	}
+	if n := f.count("attest"); n != 3 {
+		t.Errorf("attestations = %d, want 3", n)
+	}
+}
+
+func TestTokenExpiry(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	tests := []struct {
+		name        string
+		advance     time.Duration
+		wantAttests int
+	}{
+		{"fresh token reused", 4 * time.Minute, 1},
+		{"inside safety margin", 5*time.Minute - tokenMargin + time.Second, 2},
+		{"expired", 6 * time.Minute, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeKBS(t)
+			f.now = clk.Now()
+			c := newClient(t, f, func(c *Config) { c.Now = clk.Now })
+			first, err := c.Token(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			clk.Add(tc.advance)
+			second, err := c.Token(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := f.count("attest"); n != tc.wantAttests {
+				t.Errorf("attestations = %d, want %d", n, tc.wantAttests)
+			}
+			if (first == second) != (tc.wantAttests == 1) {
+				t.Errorf("token reused = %v, want %v", first == second, tc.wantAttests == 1)
+			}
+		})
+	}
+}
+
+func TestRetries(t *testing.T) {
+	tests := []struct {
+		name       string
+		endpoint   string
+		fail       []int
+		retries    int
+		wantStatus int // 0 = success
+		wantCalls  int
+	}{
+		{"503 twice then ok", "auth", []int{503, 503}, 0, 0, 3},
+		{"500 on attest then ok", "attest", []int{500}, 0, 0, 2},
+		{"resource 502 then ok", "resource", []int{502}, 0, 0, 2},
+		{"503 beyond retries", "auth", []int{503, 503, 503, 503, 503}, 0, 503, 4},
+		{"retries disabled", "auth", []int{503}, -1, 503, 1},
+		{"no retry on 400", "attest", []int{400}, 0, 400, 1},
+		{"no retry on 403", "resource", []int{403}, 0, 403, 1},
+		{"no retry on 404", "resource", []int{404}, 0, 404, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeKBS(t)
+			f.resources["default/key/1"] = []byte("k")
+			f.fail[tc.endpoint] = tc.fail
+			c := newClient(t, f, func(c *Config) { c.Retries = tc.retries })
+			_, err := c.GetResource(context.Background(), keyPath)
+			if tc.wantStatus == 0 && err != nil {
+				t.Fatalf("GetResource: %v", err)
+			}
+			if tc.wantStatus != 0 {
+				var ke *KBSError
+				if !errors.As(err, &ke) || ke.Status != tc.wantStatus {
+					t.Fatalf("error = %v, want KBSError %d", err, tc.wantStatus)
+				}
+			}
+			if n := f.count(tc.endpoint); n != tc.wantCalls {
+				t.Errorf("%s calls = %d, want %d", tc.endpoint, n, tc.wantCalls)
+			}
+		})
+	}
+}
+
+func TestDeniedResourceMessage(t *testing.T) {
+	f := newFakeKBS(t)
+	f.denyDetail = "evidence comes from the unsigned sample TEE; the resource policy allows it only in development"
+	c := newClient(t, f, nil)
+	_, err := c.GetResource(context.Background(), keyPath)
+	want := "kbs denied resource default/key/1 (403 resource-policy): evidence comes from the unsigned sample TEE; the resource policy allows it only in development"
+	if err == nil || err.Error() != want {
+		t.Fatalf("error = %v\nwant    %s", err, want)
+	}
+	if n := f.count("resource"); n != 1 {
+		t.Errorf("resource calls = %d, want 1 (no retry on 403)", n)
+	}
+}
+
+func TestResponseLimits(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /kbs/v0/auth", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"nonce":"` + strings.Repeat("A", kbstypes.MaxResponseBody) + `"}`))
+	})
+	f := newFakeKBS(t)
+	f.srv.Config.Handler = mux
+	c := newClient(t, f, nil)
+	_, err := c.Attest(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("error = %v, want oversized answer refused", err)
+	}
+}
+
+func TestNonProblemErrorBody(t *testing.T) {
+	f := newFakeKBS(t)
+	f.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "<html>bad gateway</html>", http.StatusBadGateway)
+	})
+	c := newClient(t, f, func(c *Config) { c.Retries = -1 })
+	_, err := c.Attest(context.Background())
+	want := "kbs failed attestation request (auth) (502): <html>bad gateway</html>"
+	if err == nil || err.Error() != want {
+		t.Fatalf("error = %v, want %q", err, want)
+	}
+}
+
+func TestTLSAndNetworkErrors(t *testing.T) {
+	t.Run("unknown authority is not retried", func(t *testing.T) {
+		f := newFakeKBS(t)
+		c := newClient(t, f, func(c *Config) { c.CACertPEM = nil })
+		_, err := c.Attest(context.Background())
+		var uae x509.UnknownAuthorityError
+		if !errors.As(err, &uae) {
+			t.Fatalf("error = %v, want x509.UnknownAuthorityError", err)
+		}
+		if retryable(err) {
+			t.Error("certificate error classified as retryable")
+		}
+	})
+	t.Run("connection refused is retried", func(t *testing.T) {
+		f := newFakeKBS(t)
+		f.srv.Close()
+		c := newClient(t, f, nil)
+		_, err := c.Attest(context.Background())
+		if !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), "cannot reach KBS at "+f.srv.URL) {
+			t.Fatalf("error = %v, want connection refused naming the KBS", err)
+		}
+		if !retryable(err) {
+			t.Error("connection refused classified as not retryable")
+		}
+	})
+	t.Run("context cancel stops backoff", func(t *testing.T) {
+		f := newFakeKBS(t)
+		f.fail["auth"] = []int{503, 503, 503, 503}
+		c := newClient(t, f, func(c *Config) { c.Backoff = time.Hour })
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := c.Attest(ctx)
+		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 10*time.Second {
+			t.Fatalf("error = %v after %v, want deadline exceeded promptly", err, time.Since(start))
+		}
+	})
+}
+
+func TestConcurrentCallersShareAttestation(t *testing.T) {
+	f := newFakeKBS(t)
+	f.resources["default/key/1"] = []byte("k")
+	c := newClient(t, f, nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, err := c.GetResource(context.Background(), keyPath)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.count("attest"); n != 1 {
+		t.Errorf("attestations = %d, want 1", n)
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	p := sample.New("")
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"no scheme", Config{URL: "kbs.example:8080", Provider: p}, "want http(s)://host[:port]"},
+		{"ftp", Config{URL: "ftp://kbs", Provider: p}, "want http(s)://"},
+		{"no provider", Config{URL: "https://kbs"}, "no evidence provider"},
+		{"bad PEM", Config{URL: "https://kbs", Provider: p, CACertPEM: []byte("nope")}, "no PEM certificate"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("New error = %v, want containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestGetResourceRejectsBadPath(t *testing.T) {
+	f := newFakeKBS(t)
+	c := newClient(t, f, nil)
+	_, err := c.GetResource(context.Background(), kbstypes.ResourcePath{Repository: "..", Type: "key", Tag: "1"})
+	if err == nil || f.count("auth") != 0 {
+		t.Fatalf("error = %v, auth calls = %d; want refusal before contacting the KBS", err, f.count("auth"))
+	}
+}

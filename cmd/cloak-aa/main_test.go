@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cloak-containers/cloak/kbstypes"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestEvidence(t *testing.T) {
+	code, out, errOut := runCLI(t, "evidence", "--sample-svn", "3")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var ev kbstypes.SampleEvidence
+	if err := json.Unmarshal([]byte(out), &ev); err != nil {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	rd, _ := base64.StdEncoding.DecodeString(ev.ReportData)
+	if ev.SVN != "3" || !bytes.Equal(rd, make([]byte, kbstypes.ReportDataSize)) {
+		t.Errorf("evidence = %+v, want svn 3 and zero report data", ev)
+	}
+
+	code, out, _ = runCLI(t, "evidence", "-o", "json")
+	var wrapped struct {
+		Tee      string          `json:"tee"`
+		Evidence json.RawMessage `json:"evidence"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &wrapped) != nil || wrapped.Tee != "sample" || len(wrapped.Evidence) == 0 {
+		t.Errorf("evidence -o json = %d %q", code, out)
+	}
+}
+
+// problemServer answers every request with the given RFC 7807 problem.
+func problemServer(t *testing.T, status int, check, detail string) *httptest.Server {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", kbstypes.ProblemContentType)
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(kbstypes.Problem{Status: status, Check: check, Detail: detail})
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func writeCert(t *testing.T, srv *httptest.Server) string {
+	path := filepath.Join(t.TempDir(), "kbs.pem")
+	pemBytes := "-----BEGIN CERTIFICATE-----\n" + base64.StdEncoding.EncodeToString(srv.Certificate().Raw) + "\n-----END CERTIFICATE-----\n"
+	if err := os.WriteFile(path, []byte(pemBytes), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestErrors(t *testing.T) {
+	denied := problemServer(t, 403, "attestation-policy", "evidence comes from the unsigned sample TEE")
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"missing --kbs", []string{"get-token"}, `required flag(s) "kbs" not set`},
+		{"bad resource", []string{"get-resource", "--kbs", denied.URL, "kbs:///a/b"}, "want exactly three segments"},
+		{"unknown tee", []string{"evidence", "--tee", "snp"}, `unknown TEE "snp": this agent supports sample`},
+		{"bad output", []string{"evidence", "-o", "yaml"}, `--output "yaml": want text or json`},
+		{"untrusted cert", []string{"get-token", "--kbs", denied.URL}, "pass the KBS certificate with --kbs-cert"},
+		{"refused", []string{"get-token", "--kbs", closed.URL}, "cannot reach KBS at " + closed.URL},
+		{"refused hint", []string{"get-token", "--kbs", closed.URL}, "is the KBS running and --kbs right?"},
+		{"denied", []string{"get-token", "--kbs", denied.URL, "--kbs-cert", writeCert(t, denied)},
+			"kbs denied attestation request (auth) (403 attestation-policy): evidence comes from the unsigned sample TEE"},
+		{"missing initdata", []string{"get-token", "--kbs", denied.URL, "--initdata", "/nonexistent.toml"}, "read --initdata"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, tc.args...)
+			if code != 1 {
+				t.Errorf("exit code = %d, want 1", code)
+			}
+			if out != "" {
+				t.Errorf("stdout = %q, want empty", out)
+			}
+			if !strings.HasPrefix(errOut, "cloak-aa: ") || !strings.Contains(errOut, tc.wantErr) || strings.Count(errOut, "\n") != 1 {
+				t.Errorf("stderr = %q, want one line containing %q", errOut, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestHelpHasExamples(t *testing.T) {
+	for _, sub := range []string{"get-resource", "get-token", "serve", "evidence"} {
+		code, out, _ := runCLI(t, sub, "--help")
+		if code != 0 || !strings.Contains(out, "Examples:") || !strings.Contains(out, "cloak-aa "+sub) {
+			t.Errorf("%s --help: exit %d, output %q", sub, code, out)
+		}
+	}
+}
