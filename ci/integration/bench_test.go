@@ -1,0 +1,145 @@
+package integration
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
+	"github.com/cloak-containers/cloak/attestation-agent/rcar"
+	"github.com/cloak-containers/cloak/attestation-agent/teekey"
+	"github.com/cloak-containers/cloak/kbs/jwe"
+	"github.com/cloak-containers/cloak/kbs/token"
+	"github.com/cloak-containers/cloak/kbstypes"
+)
+
+// benchConcurrency is the number of guests attesting at once.
+const benchConcurrency = 8
+
+// BenchmarkHandshake measures full guest handshakes against a real KBS over
+// TLS on loopback: auth + attest (sample evidence, OPA appraisal, EAR token)
+// + resource (OPA release decision, JWE to a fresh TEE key), each by a new
+// client with a new TEE key and session, 8 at a time. Every decision is
+// written durably to the audit log before the KBS answers.
+//
+//	keepalive: guests share TLS connections (the KBS's own cost)
+//	newconn:   every handshake opens a new TLS connection (what a new VM does)
+func BenchmarkHandshake(b *testing.B) {
+	for _, mode := range []string{"keepalive", "newconn"} {
+		b.Run(mode, func(b *testing.B) {
+			k := startKBS(b)
+			ctx := ctxT(b)
+			if _, err := k.admin.SetResource(ctx, "default/key/bench", []byte("0123456789abcdef0123456789abcdef")); err != nil {
+				b.Fatal(err)
+			}
+			if err := k.admin.SetReferenceValue(ctx, "sample_svn", []string{"1"}); err != nil {
+				b.Fatal(err)
+			}
+			if err := k.admin.SetResourcePolicy(ctx, []byte(devPolicy)); err != nil {
+				b.Fatal(err)
+			}
+			path := kbstypes.ResourcePath{Repository: "default", Type: "key", Tag: "bench"}
+			shared := k.ts.Client().Transport.(*http.Transport)
+			handshake := func() error {
+				tr := shared
+				if mode == "newconn" {
+					tr = shared.Clone()
+					defer tr.CloseIdleConnections()
+				}
+				c, err := rcar.New(rcar.Config{URL: k.url, Provider: sample.New("1"), Retries: -1,
+					HTTPClient: &http.Client{Transport: tr, Timeout: 30 * time.Second}})
+				if err != nil {
+					return err
+				}
+				_, err = c.GetResource(ctx, path)
+				return err
+			}
+			if err := handshake(); err != nil { // warm up, and fail fast
+				b.Fatal(err)
+			}
+
+			lat := make([]time.Duration, b.N)
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			errs := make(chan error, benchConcurrency)
+			b.ResetTimer()
+			start := time.Now()
+			for range benchConcurrency {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(b.N) {
+							return
+						}
+						t0 := time.Now()
+						if err := handshake(); err != nil {
+							errs <- err
+							return
+						}
+						lat[i] = time.Since(t0)
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			close(errs)
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "handshakes/s")
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[(len(lat)*99)/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
+
+// BenchmarkCryptoFloor is the pure cryptography of one handshake on the KBS:
+// sign an EAR token, verify it (as a Bearer request would), and wrap a
+// resource as JWE to a TEE key. Nothing else (no HTTP, policy or storage).
+func BenchmarkCryptoFloor(b *testing.B) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	signer := token.NewSigner(key, time.Minute, nil)
+	tee, err := teekey.New(teekey.ECDHES)
+	if err != nil {
+		b.Fatal(err)
+	}
+	recipient, err := jwe.ParseRecipient(tee.PublicJWK())
+	if err != nil {
+		b.Fatal(err)
+	}
+	appraisal := token.Appraisal{
+		Status: "affirming", PolicyID: "default",
+		TrustVector: map[string]int{"hardware": 2, "configuration": 2},
+		Annotated: map[string]any{
+			"sample":              map[string]any{"svn": "1", "unsigned": true},
+			"runtime_data_claims": map[string]any{"tee-pubkey": tee.PublicJWK(), "nonce": "bm9uY2U="},
+		},
+	}
+	value := []byte("0123456789abcdef0123456789abcdef")
+	b.ResetTimer()
+	for b.Loop() {
+		tok, _, err := signer.Issue(appraisal)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := signer.Verify(tok); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := recipient.Seal(value); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,13 @@
+# Takes seconds to evaluate: used to check that a context deadline stops
+# evaluation.
+package policy
+
+import rego.v1
+
+default hardware := 97
+
+hardware := 2 if {
+	some i in numbers.range(1, 4000)
+	some j in numbers.range(1, 4000)
+	i * j == -1
+}
