@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# KBS handshake benchmark beside the crypto floor, in one run, plus the policy
+# micro-benchmarks. Prints the ratio that docs/perf.md tracks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+go test -run '^$' -bench 'Handshake|CryptoFloor' -benchtime "${BENCHTIME:-2000x}" -count "${COUNT:-3}" ./ci/integration | tee "$out"
+go test -run '^$' -bench . -benchtime 2000x ./policy
+awk '
+/^BenchmarkHandshake\/keepalive/ { hs += $3; nh++ }
+/^BenchmarkHandshake\/newconn/   { nc += $3; nn++ }
+/^BenchmarkCryptoFloor/          { cf += $3; nc2++ }
+END {
+	if (!nh || !nc2) { print "bench: missing results" > "/dev/stderr"; exit 1 }
+	printf "\nmean ns per handshake: keepalive %.0f, newconn %.0f; crypto floor %.0f ns\n", hs/nh, nc/nn, cf/nc2
+	printf "handshake / crypto floor: keepalive %.2fx, newconn %.2fx (goal: <= 2x)\n", (hs/nh)/(cf/nc2), (nc/nn)/(cf/nc2)
+}' "$out"
