@@ -1,0 +1,193 @@
+// Command kbs runs Cloak's Key Broker Service.
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloak-containers/cloak/kbs/adminauth"
+	"github.com/cloak-containers/cloak/kbs/server"
+	"github.com/cloak-containers/cloak/kbs/tlscert"
+	"github.com/cloak-containers/cloak/kbstypes"
+)
+
+type options struct {
+	listen, dataDir, tlsCert, tlsKey, maxBody, logLevel string
+	adminKeys, tlsSANs                                  []string
+	insecureHTTP                                        bool
+	sessionTTL, tokenTTL                                time.Duration
+}
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:   "kbs --data-dir DIR [flags]",
+		Short: "Cloak Key Broker Service (Trustee KBS protocol 0.4.0)",
+		Example: `  # First start: creates DIR/tls/cert.pem (self-signed) and prints its fingerprint
+  kbs --data-dir /var/lib/cloak-kbs --admin-public-key admin.pub
+
+  # Your own certificate, listening on all interfaces
+  kbs --listen 0.0.0.0:8443 --data-dir /var/lib/cloak-kbs --tls-cert kbs.crt --tls-key kbs.key \
+      --admin-public-key alice.pub --admin-public-key bob.pub
+
+  # Local development without TLS
+  kbs --listen 127.0.0.1:8080 --data-dir ./kbs-data --insecure-http`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := run(cmd.Context(), o)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "kbs:", err)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
+	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database, keys and TLS certificate (required)")
+	f.StringArrayVar(&o.adminKeys, "admin-public-key", nil, "PEM Ed25519 public key allowed to sign admin tokens (repeatable); none disables the admin API")
+	f.BoolVar(&o.insecureHTTP, "insecure-http", false, "serve plain HTTP (development only)")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain (default: self-signed in DATA_DIR/tls)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	f.StringArrayVar(&o.tlsSANs, "tls-san", nil, "extra DNS name or IP for the self-signed certificate (repeatable)")
+	f.DurationVar(&o.sessionTTL, "session-ttl", 5*time.Minute, "lifetime of an attestation session")
+	f.DurationVar(&o.tokenTTL, "token-ttl", 5*time.Minute, "lifetime of an attestation token")
+	f.StringVar(&o.maxBody, "max-body", "2MiB", "largest request body (bytes, or with KiB/MiB suffix)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.MarkFlagRequired("data-dir")
+	cmd.MarkFlagsRequiredTogether("tls-cert", "tls-key")
+	cmd.MarkFlagsMutuallyExclusive("insecure-http", "tls-cert")
+	return cmd
+}
+
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+		if n, ok := strings.CutSuffix(s, suffix); ok {
+			s, mult = n, m
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("--max-body %q: want a positive size like 2MiB", s)
+	}
+	return n * mult, nil
+}
+
+func run(ctx context.Context, o options) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	maxBody, err := parseSize(o.maxBody)
+	if err != nil {
+		return err
+	}
+	var keys []ed25519.PublicKey
+	for _, path := range o.adminKeys {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("--admin-public-key: %w", err)
+		}
+		k, err := adminauth.ParsePublicKey(data)
+		if err != nil {
+			return fmt.Errorf("--admin-public-key %s: %w", path, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		log.Warn("no --admin-public-key given: the admin API is disabled")
+	}
+	srv, err := server.New(server.Config{
+		DataDir: o.dataDir, AdminKeys: keys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
+		MaxBodyBytes: maxBody, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", o.listen, err)
+	}
+	httpSrv := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	scheme := "https"
+	switch {
+	case o.insecureHTTP:
+		scheme = "http"
+		log.Warn("serving plain HTTP (--insecure-http): tokens and session cookies travel unprotected; use only for local development")
+	case o.tlsCert != "":
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		httpSrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	default:
+		sans := []string{"localhost", "127.0.0.1", "::1"}
+		if h, err := os.Hostname(); err == nil {
+			sans = append(sans, h)
+		}
+		cert, path, fp, err := tlscert.SelfSigned(o.dataDir, append(sans, o.tlsSANs...))
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		log.Info("using self-signed TLS certificate; pin it in clients with --kbs-cert/--cacert", "cert", path, "sha256", fp)
+		httpSrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if httpSrv.TLSConfig != nil {
+		ln = tls.NewListener(ln, httpSrv.TLSConfig)
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- httpSrv.Serve(ln) }()
+	fmt.Printf("kbs listening on %s://%s\n", scheme, ln.Addr())
+	log.Info("kbs ready", "addr", ln.Addr().String(), "protocol", kbstypes.ProtocolVersion)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := httpSrv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,276 @@
+package server
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/kbs/adminauth"
+	"github.com/cloak-containers/cloak/kbs/store"
+	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/policy"
+)
+
+// Reference value limits.
+const (
+	maxReferenceValues    = 1024
+	maxReferenceValueSize = 1 << 10
+	defaultAuditLimit     = 100
+	maxAuditLimit         = 1000
+)
+
+var referenceName = regexp.MustCompile(`^[a-z0-9_]{1,64}$`)
+
+// adminOnly authenticates an admin request. need is the least role allowed:
+// RoleAuditor routes accept both roles, RoleAdmin routes only admins.
+// Without configured admin keys every admin route answers 403: the API is
+// off, which is a matter of configuration, not of credentials.
+func (s *Server) adminOnly(need string, h handlerFunc) http.Handler {
+	return s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		if len(s.cfg.AdminKeys) == 0 {
+			return fail(http.StatusForbidden, checkAdminDisabled, "admin API disabled: start kbs with --admin-public-key")
+		}
+		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		role, err := s.admin.Verify(strings.TrimSpace(tok))
+		if err != nil {
+			var ae *adminauth.Error
+			if errors.As(err, &ae) {
+				return fail(http.StatusUnauthorized, ae.Check, "%s", ae.Detail)
+			}
+			return err
+		}
+		if need == adminapi.RoleAdmin && role != adminapi.RoleAdmin {
+			return fail(http.StatusForbidden, checkAdminRole, "role %q may not %s %s; use an admin token", role, r.Method, r.URL.Path)
+		}
+		return h(w, r)
+	})
+}
+
+func adminResourcePath(r *http.Request) (kbstypes.ResourcePath, error) {
+	p, err := kbstypes.ParseResourcePath(r.PathValue("path"))
+	if err != nil {
+		return p, fail(http.StatusBadRequest, checkResourcePath, "%v", err)
+	}
+	return p, nil
+}
+
+func (s *Server) handlePutResource(w http.ResponseWriter, r *http.Request) error {
+	p, err := adminResourcePath(r)
+	if err != nil {
+		return err
+	}
+	value, err := io.ReadAll(io.LimitReader(r.Body, kbstypes.MaxResourceSize+1))
+	if err != nil {
+		return bodyError(err)
+	}
+	if len(value) > kbstypes.MaxResourceSize {
+		return fail(http.StatusRequestEntityTooLarge, checkBodyTooLarge, "resource value larger than %d bytes", kbstypes.MaxResourceSize)
+	}
+	info, err := s.store.PutResource(p, value, s.now())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, info)
+	return nil
+}
+
+func (s *Server) handleDeleteResource(w http.ResponseWriter, r *http.Request) error {
+	p, err := adminResourcePath(r)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteResource(p); errors.Is(err, store.ErrNotFound) {
+		return fail(http.StatusNotFound, checkUnknownRes, "resource %s does not exist", p)
+	} else if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) handleAdminGetResource(w http.ResponseWriter, r *http.Request) error {
+	p, err := adminResourcePath(r)
+	if err != nil {
+		return err
+	}
+	value, err := s.store.GetResource(p)
+	if errors.Is(err, store.ErrNotFound) {
+		return fail(http.StatusNotFound, checkUnknownRes, "resource %s does not exist", p)
+	} else if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(value)
+	return nil
+}
+
+func (s *Server) handleListResources(w http.ResponseWriter, _ *http.Request) error {
+	list, err := s.store.ListResources()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, adminapi.ResourceList{Resources: list})
+	return nil
+}
+
+// decodePolicy reads a PolicyBody and decodes its base64 source, accepting
+// Trustee's unpadded base64url as well as padded and standard base64.
+func decodePolicy(r *http.Request) (adminapi.PolicyBody, []byte, error) {
+	var body adminapi.PolicyBody
+	if err := decodeJSON(r, &body); err != nil {
+		return body, nil, err
+	}
+	if body.Type != "" && body.Type != "rego" {
+		return body, nil, fail(http.StatusBadRequest, checkBody, "policy type %q not supported (want \"rego\")", body.Type)
+	}
+	if body.Policy == "" {
+		return body, nil, fail(http.StatusBadRequest, checkBody, `request body field "policy" is missing`)
+	}
+	for _, enc := range []*base64.Encoding{base64.RawURLEncoding, base64.URLEncoding, base64.StdEncoding, base64.RawStdEncoding} {
+		if src, err := enc.DecodeString(body.Policy); err == nil {
+			return body, src, nil
+		}
+	}
+	return body, nil, fail(http.StatusBadRequest, checkBody, `request body field "policy" is not base64 (base64url without padding, as Trustee sends it)`)
+}
+
+func (s *Server) handleSetResourcePolicy(w http.ResponseWriter, r *http.Request) error {
+	_, src, err := decodePolicy(r)
+	if err != nil {
+		return err
+	}
+	rp, err := policy.CompileResource(src)
+	if err != nil {
+		return fail(http.StatusBadRequest, checkResourcePol, "resource policy rejected: %v", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.store.PutPolicy(storedResourcePolicy, src); err != nil {
+		return err
+	}
+	s.resource = rp
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (s *Server) handleGetResourcePolicy(w http.ResponseWriter, _ *http.Request) error {
+	src, err := s.store.GetPolicy(storedResourcePolicy)
+	if errors.Is(err, store.ErrNotFound) {
+		src = policy.DefaultResourceSource()
+	} else if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, adminapi.PolicyBody{Type: "rego", Policy: base64.RawURLEncoding.EncodeToString(src)})
+	return nil
+}
+
+func (s *Server) handleSetAttestationPolicy(w http.ResponseWriter, r *http.Request) error {
+	body, src, err := decodePolicy(r)
+	if err != nil {
+		return err
+	}
+	id := body.PolicyID
+	if id == "" {
+		id = "default"
+	}
+	ap, err := policy.CompileAttestation(id, src)
+	if err != nil {
+		return fail(http.StatusBadRequest, checkAttestPolicy, "attestation policy rejected: %v", err)
+	}
+	raw, err := json.Marshal(storedPolicy{ID: id, Source: src})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.store.PutPolicy(storedAttestationPolicy, raw); err != nil {
+		return err
+	}
+	s.attestation = ap
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (s *Server) handleGetAttestationPolicy(w http.ResponseWriter, _ *http.Request) error {
+	sp := storedPolicy{ID: "default", Source: policy.DefaultAttestationSource()}
+	raw, err := s.store.GetPolicy(storedAttestationPolicy)
+	if err == nil {
+		err = json.Unmarshal(raw, &sp)
+	} else if errors.Is(err, store.ErrNotFound) {
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, adminapi.PolicyBody{Type: "rego", PolicyID: sp.ID, Policy: base64.RawURLEncoding.EncodeToString(sp.Source)})
+	return nil
+}
+
+func (s *Server) handleSetReferenceValue(w http.ResponseWriter, r *http.Request) error {
+	var rv adminapi.ReferenceValue
+	if err := decodeJSON(r, &rv); err != nil {
+		return err
+	}
+	if !referenceName.MatchString(rv.Name) {
+		return fail(http.StatusBadRequest, checkBody, "reference value name %q invalid: use 1-64 characters of [a-z0-9_]", rv.Name)
+	}
+	if len(rv.Values) > maxReferenceValues {
+		return fail(http.StatusBadRequest, checkBody, "reference value %s has %d values, limit is %d", rv.Name, len(rv.Values), maxReferenceValues)
+	}
+	for i, v := range rv.Values {
+		if len(v) > maxReferenceValueSize {
+			return fail(http.StatusBadRequest, checkBody, "reference value %s[%d] is %d bytes, limit is %d", rv.Name, i, len(v), maxReferenceValueSize)
+		}
+	}
+	if err := s.store.SetReferenceValue(rv.Name, rv.Values); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (s *Server) handleGetReferenceValues(w http.ResponseWriter, _ *http.Request) error {
+	rv, err := s.store.ReferenceValues()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, adminapi.ReferenceValues{ReferenceValues: rv})
+	return nil
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	var after uint64
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return fail(http.StatusBadRequest, checkBody, "query parameter after=%q is not a sequence number", v)
+		}
+		after = n
+	}
+	limit := defaultAuditLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxAuditLimit {
+			return fail(http.StatusBadRequest, checkBody, "query parameter limit=%q must be 1-%d", v, maxAuditLimit)
+		}
+		limit = n
+	}
+	entries, err := s.store.Audit(after, limit)
+	if err != nil {
+		return err
+	}
+	next := after
+	if len(entries) > 0 {
+		next = entries[len(entries)-1].Seq
+	}
+	writeJSON(w, http.StatusOK, adminapi.AuditPage{Entries: entries, Next: next})
+	return nil
+}

@@ -1,0 +1,326 @@
+package server
+
+import (
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/kbs/initdata"
+	"github.com/cloak-containers/cloak/kbs/jwe"
+	"github.com/cloak-containers/cloak/kbs/session"
+	"github.com/cloak-containers/cloak/kbs/store"
+	"github.com/cloak-containers/cloak/kbs/token"
+	"github.com/cloak-containers/cloak/kbs/verifier"
+	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/policy"
+)
+
+// checkVersionCompatible accepts protocol versions 0.1.0 up to 0.4.x: their
+// auth/attest/resource bodies are the ones this server speaks (later fields
+// are optional). Other minors and majors are refused so that an incompatible
+// client fails at the first request with a clear message.
+func checkVersionCompatible(v string) error {
+	parts := strings.Split(v, ".")
+	bad := fail(http.StatusBadRequest, checkVersion,
+		"protocol version %q not supported: this KBS speaks %s (accepts 0.1.0 to 0.4.x)", v, kbstypes.ProtocolVersion)
+	if len(parts) != 3 || parts[0] != "0" {
+		return bad
+	}
+	nums := make([]int, 3)
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || strconv.Itoa(n) != p {
+			return bad
+		}
+		nums[i] = n
+	}
+	if nums[1] < 1 || nums[1] > 4 {
+		return bad
+	}
+	return nil
+}
+
+func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) error {
+	// kbstypes.Request types extra-params as an object, but Trustee's
+	// clients send any JSON value there (often ""); it is reserved and
+	// ignored, so accept whatever it holds.
+	var req struct {
+		Version     string          `json:"version"`
+		Tee         string          `json:"tee"`
+		ExtraParams json.RawMessage `json:"extra-params"`
+	}
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	if err := checkVersionCompatible(req.Version); err != nil {
+		return err
+	}
+	if req.Tee == "" {
+		return fail(http.StatusBadRequest, checkBody, `request body field "tee" is missing; name the TEE, e.g. "sample" or "snp"`)
+	}
+	if _, err := s.verifiers.Lookup(req.Tee); err != nil {
+		return fail(http.StatusBadRequest, verifier.CheckTee, "%v", err)
+	}
+	sess, err := s.sessions.Create(req.Tee)
+	switch {
+	case errors.Is(err, session.ErrFull):
+		w.Header().Set("Retry-After", "5")
+		return fail(http.StatusServiceUnavailable, checkBusy, "%v", err)
+	case err != nil:
+		return err
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name:     kbstypes.SessionCookie,
+		Value:    sess.ID,
+		Path:     "/kbs/v0",
+		Expires:  sess.Expires,
+		HttpOnly: true,
+		Secure:   r.TLS != nil,
+		SameSite: http.SameSiteStrictMode,
+	})
+	writeJSON(w, http.StatusOK, kbstypes.Challenge{Nonce: sess.Nonce, ExtraParams: ""})
+	return nil
+}
+
+// sessionError maps session lookup failures to 401s naming the check.
+func sessionError(err error) error {
+	switch {
+	case errors.Is(err, session.ErrExpired):
+		return fail(http.StatusUnauthorized, checkSessionExp, "session expired; start again with POST /kbs/v0/auth")
+	case errors.Is(err, session.ErrNotFound):
+		return fail(http.StatusUnauthorized, checkSession, "unknown session; start with POST /kbs/v0/auth")
+	case errors.Is(err, session.ErrNonceUsed):
+		return fail(http.StatusUnauthorized, checkNonceUsed, "this session's nonce was already used for an attestation (replay); start again with POST /kbs/v0/auth")
+	case errors.Is(err, session.ErrNotAttested):
+		return fail(http.StatusUnauthorized, checkNotAttested, "session is not attested; POST /kbs/v0/attest first")
+	}
+	return err
+}
+
+func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
+	c, err := r.Cookie(kbstypes.SessionCookie)
+	if err != nil {
+		return s.rejectAttest(r, session.Session{}, fail(http.StatusUnauthorized, checkSession, "no %s cookie; start with POST /kbs/v0/auth", kbstypes.SessionCookie))
+	}
+	sess, err := s.sessions.Get(c.Value)
+	if err != nil {
+		return s.rejectAttest(r, session.Session{ID: c.Value}, sessionError(err))
+	}
+	var att kbstypes.Attestation
+	if err := decodeJSON(r, &att); err != nil {
+		return s.rejectAttest(r, sess, err)
+	}
+	switch {
+	case att.RuntimeData.Nonce == "":
+		return s.rejectAttest(r, sess, fail(http.StatusBadRequest, checkBody, `request body field "runtime-data.nonce" is missing`))
+	case len(att.RuntimeData.TeePubKey) == 0:
+		return s.rejectAttest(r, sess, fail(http.StatusBadRequest, checkBody, `request body field "runtime-data.tee-pubkey" is missing`))
+	case len(att.TeeEvidence.PrimaryEvidence) == 0:
+		return s.rejectAttest(r, sess, fail(http.StatusBadRequest, checkBody, `request body field "tee-evidence.primary_evidence" is missing`))
+	}
+	// From here on the nonce is spent, whatever the outcome.
+	if _, err := s.sessions.ConsumeNonce(sess.ID); err != nil {
+		return s.rejectAttest(r, sess, sessionError(err))
+	}
+	claims, annotated, err := s.verifyEvidence(r, sess, &att)
+	if err != nil {
+		return s.rejectAttest(r, sess, err)
+	}
+	ap, _ := s.policies()
+	ref, err := s.store.ReferenceValues()
+	if err != nil {
+		return err
+	}
+	appraisal, err := ap.Appraise(r.Context(), policy.AppraisalInput{Tee: sess.Tee, Claims: claims, Reference: ref})
+	if err != nil {
+		return s.rejectAttest(r, sess, fail(http.StatusInternalServerError, checkAttestPolicy, "attestation policy %q failed: %v", ap.ID(), err))
+	}
+	tok, tokClaims, err := s.tokens.Issue(token.Appraisal{
+		Status:      appraisal.Status,
+		TrustVector: appraisal.TrustVector,
+		PolicyID:    appraisal.PolicyID,
+		Annotated:   annotated,
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.sessions.MarkAttested(sess.ID, tok, att.RuntimeData.TeePubKey, tokClaims); err != nil {
+		return sessionError(err)
+	}
+	s.metrics.attestations.WithLabelValues(sess.Tee, appraisal.Status).Inc()
+	s.audit(r.Context(), adminapi.AuditEntry{
+		Kind: adminapi.KindAttest, Session: sess.ID, Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
+		Verdict: appraisal.Status, Check: checkAttestPolicy, PolicyID: appraisal.PolicyID,
+		TrustVector: appraisal.TrustVector, Findings: appraisal.Findings,
+		Detail: "evidence verified and appraised",
+	})
+	writeJSON(w, http.StatusOK, kbstypes.AttestationToken{Token: tok})
+	return nil
+}
+
+// verifyEvidence checks nonce, TEE key, init-data and evidence, and returns
+// the attestation policy input and the token's annotated evidence.
+func (s *Server) verifyEvidence(r *http.Request, sess session.Session, att *kbstypes.Attestation) (claims, annotated map[string]any, err error) {
+	if subtle.ConstantTimeCompare([]byte(att.RuntimeData.Nonce), []byte(sess.Nonce)) != 1 {
+		return nil, nil, fail(http.StatusUnauthorized, checkNonce, "runtime-data nonce does not match the session's nonce; use the nonce from this session's /kbs/v0/auth answer")
+	}
+	if _, err := jwe.ParseRecipient(att.RuntimeData.TeePubKey); err != nil {
+		return nil, nil, fail(http.StatusBadRequest, checkTeePubKey, "%v", err)
+	}
+	var jwk map[string]any
+	if err := json.Unmarshal(att.RuntimeData.TeePubKey, &jwk); err != nil {
+		return nil, nil, fail(http.StatusBadRequest, checkTeePubKey, "tee-pubkey is not a JSON object: %v", err)
+	}
+	var digest []byte
+	var initClaims map[string]any
+	if att.InitData != nil {
+		doc, err := initdata.Parse(att.InitData)
+		if err != nil {
+			return nil, nil, fail(http.StatusBadRequest, checkInitData, "%v", err)
+		}
+		digest, initClaims = doc.Digest, doc.Data
+	}
+	expected, err := kbstypes.ReportData(att.TeeEvidence.AdditionalEvidence, att.RuntimeData.Nonce, att.RuntimeData.TeePubKey)
+	if err != nil {
+		return nil, nil, fail(http.StatusBadRequest, checkTeePubKey, "cannot compute report data: %v", err)
+	}
+	v, err := s.verifiers.Lookup(sess.Tee)
+	if err != nil {
+		return nil, nil, fail(http.StatusBadRequest, verifier.CheckTee, "%v", err)
+	}
+	teeClaims, err := v.Verify(r.Context(), att.TeeEvidence.PrimaryEvidence, expected, digest)
+	if err != nil {
+		var ce *verifier.CheckError
+		if errors.As(err, &ce) {
+			return nil, nil, fail(http.StatusUnauthorized, ce.Check, "%s evidence refused: %v", sess.Tee, err)
+		}
+		return nil, nil, err
+	}
+	hexDigest := hex.EncodeToString(digest)
+	var initAny any
+	if initClaims != nil {
+		initAny = initClaims
+	}
+	claims = map[string]any{sess.Tee: teeClaims, token.ClaimInitData: hexDigest, token.ClaimInitDataClaims: initAny}
+	annotated = map[string]any{
+		sess.Tee:                  teeClaims,
+		token.ClaimInitData:       hexDigest,
+		token.ClaimInitDataClaims: initAny,
+		token.ClaimRuntimeData:    map[string]any{token.ClaimTeePubKey: jwk, "nonce": att.RuntimeData.Nonce},
+	}
+	return claims, annotated, nil
+}
+
+// rejectAttest audits and counts a refused attestation, then returns err.
+// sess may be the zero Session when no live session was found.
+func (s *Server) rejectAttest(r *http.Request, sess session.Session, err error) error {
+	var ae *apiError
+	check, detail := checkInternal, err.Error()
+	if errors.As(err, &ae) {
+		check = ae.check
+	}
+	tee := sess.Tee
+	if tee == "" {
+		tee = "unknown"
+	}
+	s.metrics.attestations.WithLabelValues(tee, "rejected").Inc()
+	s.audit(r.Context(), adminapi.AuditEntry{
+		Kind: adminapi.KindAttest, Session: sess.ID, Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
+		Verdict: "rejected", Check: check, Detail: detail,
+	})
+	return err
+}
+
+// requester is who asks for a resource: an attested session or a Bearer token.
+type requester struct {
+	session   string
+	tee       string
+	claims    map[string]any
+	teePubKey json.RawMessage
+}
+
+func (s *Server) authenticate(r *http.Request) (*requester, error) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok {
+			return nil, fail(http.StatusUnauthorized, token.CheckMalformed, "Authorization header must be \"Bearer <EAR token>\"")
+		}
+		v, err := s.tokens.Verify(strings.TrimSpace(tok))
+		if err != nil {
+			var te *token.Error
+			if errors.As(err, &te) {
+				return nil, fail(http.StatusUnauthorized, te.Check, "%v", err)
+			}
+			return nil, err
+		}
+		return &requester{tee: v.Tee, claims: v.Claims, teePubKey: v.TeePubKey}, nil
+	}
+	c, err := r.Cookie(kbstypes.SessionCookie)
+	if err != nil {
+		return nil, fail(http.StatusUnauthorized, checkSession, "no %s cookie and no Bearer token; attest first", kbstypes.SessionCookie)
+	}
+	sess, err := s.sessions.Attested(c.Value)
+	if err != nil {
+		return nil, sessionError(err)
+	}
+	return &requester{session: sess.ID, tee: sess.Tee, claims: sess.Claims, teePubKey: sess.TeePubKey}, nil
+}
+
+// handleGetResource releases a resource. The resource policy is evaluated
+// before the store is consulted, so a requester the policy refuses learns
+// nothing about which resources exist (403 for all); only an allowed
+// requester can see 404.
+func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request) error {
+	who, err := s.authenticate(r)
+	if err != nil {
+		return err
+	}
+	p, err := kbstypes.ParseResourcePath(r.PathValue("path"))
+	if err != nil {
+		return fail(http.StatusBadRequest, checkResourcePath, "%v", err)
+	}
+	entry := adminapi.AuditEntry{
+		Kind: adminapi.KindRelease, Session: who.session, Tee: who.tee, Resource: p.String(), RemoteAddr: r.RemoteAddr,
+	}
+	release := func(verdict, check, rule, detail string) {
+		entry.Verdict, entry.Check, entry.Rule, entry.Detail = verdict, check, rule, detail
+		s.metrics.releases.WithLabelValues(who.tee, verdict).Inc()
+		s.audit(r.Context(), entry)
+	}
+	_, rp := s.policies()
+	d, err := rp.Decide(r.Context(), who.claims, p.String())
+	if err != nil {
+		return fail(http.StatusInternalServerError, checkResourcePol, "resource policy failed: %v", err)
+	}
+	if !d.Allow {
+		reasons := strings.Join(d.Reasons, "; ")
+		release("deny", checkResourcePol, d.Rule, reasons)
+		return fail(http.StatusForbidden, checkResourcePol, "resource policy denied %s (%s): %s", p, d.Rule, reasons)
+	}
+	value, err := s.store.GetResource(p)
+	if errors.Is(err, store.ErrNotFound) {
+		release("deny", checkUnknownRes, d.Rule, "no such resource")
+		return fail(http.StatusNotFound, checkUnknownRes, "resource %s does not exist", p)
+	}
+	if err != nil {
+		return err
+	}
+	rcpt, err := jwe.ParseRecipient(who.teePubKey)
+	if err != nil {
+		return fail(http.StatusUnauthorized, checkTeePubKey, "%v", err)
+	}
+	sealed, err := rcpt.Seal(value)
+	if err != nil {
+		return err
+	}
+	release("allow", checkResourcePol, d.Rule, "released")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(sealed)
+	return nil
+}
