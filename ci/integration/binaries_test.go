@@ -56,7 +56,7 @@ type kbsProc struct {
 
 var listenRE = regexp.MustCompile(`kbs listening on (https?://[0-9.:\[\]]+)`)
 
-func startKBSBinary(t *testing.T, dataDir string, args ...string) *kbsProc {
+func startKBSBinary(t testing.TB, dataDir string, args ...string) *kbsProc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "kbs"), append([]string{"--listen", "127.0.0.1:0", "--data-dir", dataDir}, args...)...)
 	out, err := cmd.StdoutPipe()
@@ -95,7 +95,7 @@ func startKBSBinary(t *testing.T, dataDir string, args ...string) *kbsProc {
 	return p
 }
 
-func (p *kbsProc) stop(t *testing.T) {
+func (p *kbsProc) stop(t testing.TB) {
 	select {
 	case <-p.exited:
 		return

@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -69,6 +72,18 @@ func (k *kbsEnv) guest(t testing.TB) *rcar.Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// transport is an HTTP transport that trusts the KBS's certificate.
+func (k *kbsEnv) transport() *http.Transport {
+	if k.ts != nil {
+		return k.ts.Client().Transport.(*http.Transport)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(k.caPEM)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return tr
 }
 
 func ctxT(t testing.TB) context.Context {
