@@ -31,11 +31,12 @@ const (
 // SessionCookie is the cookie that carries the KBS session id.
 const SessionCookie = "kbs-session-id"
 
-// Request is the body of POST /kbs/v0/auth.
+// Request is the body of POST /kbs/v0/auth. ExtraParams is reserved: Trustee
+// clients send any JSON value there (often "" or {}), so it is kept raw.
 type Request struct {
-	Version     string         `json:"version"`
-	Tee         string         `json:"tee"`
-	ExtraParams map[string]any `json:"extra-params"`
+	Version     string          `json:"version"`
+	Tee         string          `json:"tee"`
+	ExtraParams json.RawMessage `json:"extra-params"`
 }
 
 // Challenge is the answer to POST /kbs/v0/auth. Nonce is base64 (standard

@@ -212,7 +212,7 @@ func (c *Client) attestOnce(ctx context.Context) (string, error) {
 	body, err := json.Marshal(kbstypes.Request{
 		Version:     kbstypes.ProtocolVersion,
 		Tee:         c.provider.Tee(),
-		ExtraParams: map[string]any{},
+		ExtraParams: json.RawMessage(`{}`),
 	})
 	if err != nil {
 		return "", fmt.Errorf("encode auth request: %w", err)

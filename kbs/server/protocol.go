@@ -46,14 +46,8 @@ func checkVersionCompatible(v string) error {
 }
 
 func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) error {
-	// kbstypes.Request types extra-params as an object, but Trustee's
-	// clients send any JSON value there (often ""); it is reserved and
-	// ignored, so accept whatever it holds.
-	var req struct {
-		Version     string          `json:"version"`
-		Tee         string          `json:"tee"`
-		ExtraParams json.RawMessage `json:"extra-params"`
-	}
+	// extra-params is reserved and ignored, whatever JSON value it holds.
+	var req kbstypes.Request
 	if err := decodeJSON(r, &req); err != nil {
 		return err
 	}
