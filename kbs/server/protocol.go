@@ -135,10 +135,11 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 		return s.rejectAttest(r, sess, fail(http.StatusInternalServerError, checkAttestPolicy, "attestation policy %q failed: %v", ap.ID(), err))
 	}
 	tok, tokClaims, err := s.tokens.Issue(token.Appraisal{
-		Status:      appraisal.Status,
-		TrustVector: appraisal.TrustVector,
-		PolicyID:    appraisal.PolicyID,
-		Annotated:   annotated,
+		Status:       appraisal.Status,
+		TrustVector:  appraisal.TrustVector,
+		PolicyID:     appraisal.PolicyID,
+		Annotated:    annotated,
+		PolicyClaims: map[string]any{"findings": appraisal.Findings},
 	})
 	if err != nil {
 		return err
@@ -281,6 +282,9 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request) error
 	entry := adminapi.AuditEntry{
 		Kind: adminapi.KindRelease, Session: who.session, Tee: who.tee, Resource: p.String(), RemoteAddr: r.RemoteAddr,
 	}
+	// The release record carries the appraisal it relied on, so a denial can
+	// be explained claim by claim from this one entry.
+	entry.TrustVector, entry.Findings = appraisalOf(who.claims)
 	release := func(verdict, check, rule, detail string) {
 		entry.Verdict, entry.Check, entry.Rule, entry.Detail = verdict, check, rule, detail
 		s.metrics.releases.WithLabelValues(who.tee, verdict).Inc()
@@ -317,4 +321,28 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request) error
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(sealed)
 	return nil
+}
+
+// appraisalOf extracts the trust vector and findings from EAR token claims.
+// The claims come from a token this KBS signed; anything unexpected in them
+// is left out rather than failing the request.
+func appraisalOf(claims map[string]any) (map[string]int, []adminapi.Finding) {
+	submods, _ := claims["submods"].(map[string]any)
+	sub, _ := submods[token.Submod].(map[string]any)
+	var tv map[string]int
+	if raw, ok := sub["ear.trustworthiness-vector"].(map[string]any); ok {
+		tv = make(map[string]int, len(raw))
+		for k, v := range raw {
+			if f, ok := v.(float64); ok {
+				tv[k] = int(f)
+			}
+		}
+	}
+	var findings []adminapi.Finding
+	if pc, ok := sub["ear.veraison.policy-claims"].(map[string]any); ok {
+		if b, err := json.Marshal(pc["findings"]); err == nil {
+			_ = json.Unmarshal(b, &findings)
+		}
+	}
+	return tv, findings
 }

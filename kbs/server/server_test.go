@@ -347,6 +347,21 @@ func TestAuditAndMetrics(t *testing.T) {
 	if rel.Kind != adminapi.KindRelease || rel.Verdict != "deny" || rel.Check != "resource-policy" || rel.Rule == "" || rel.Resource != "default/key/one" {
 		t.Fatalf("release entry %+v", rel)
 	}
+	// The release entry carries the appraisal it relied on: no reference
+	// value for sample_svn was set, so hardware is contraindicated and the
+	// svn finding failed.
+	if rel.TrustVector["hardware"] != 97 || len(rel.Findings) == 0 {
+		t.Fatalf("release entry lacks the appraisal: %+v", rel)
+	}
+	var svn *adminapi.Finding
+	for i := range rel.Findings {
+		if rel.Findings[i].Claim == "sample.svn" {
+			svn = &rel.Findings[i]
+		}
+	}
+	if svn == nil || svn.OK || svn.Group != "hardware" {
+		t.Fatalf("release entry findings %+v: want a failed sample.svn finding", rel.Findings)
+	}
 	if page.Next != rel.Seq {
 		t.Fatalf("next = %d, want %d", page.Next, rel.Seq)
 	}

@@ -76,6 +76,10 @@ type Appraisal struct {
 	// Annotated is the annotated evidence: {"<tee>": claims, "init_data": hex,
 	// "init_data_claims": {...}, "runtime_data_claims": {"tee-pubkey": JWK, "nonce": ...}}.
 	Annotated map[string]any
+	// PolicyClaims go to "ear.veraison.policy-claims": Cloak puts the
+	// appraisal's findings there, so whoever holds the token (a release
+	// decision, an auditor) can see claim by claim why it was appraised so.
+	PolicyClaims map[string]any
 }
 
 // Signer issues and verifies tokens.
@@ -125,6 +129,10 @@ func (s *Signer) Issue(a Appraisal) (string, map[string]any, error) {
 	}
 	annotated := a.Annotated
 	sub.VeraisonAnnotatedEvidence = &annotated
+	if len(a.PolicyClaims) > 0 {
+		pc := a.PolicyClaims
+		sub.VeraisonPolicyClaims = &pc
+	}
 	// MarshalJSON validates the result; the claims map is its JSON form so the
 	// resource policy sees exactly what a Bearer client would send back.
 	payload, err := ar.MarshalJSON()
