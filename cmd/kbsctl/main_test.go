@@ -230,7 +230,7 @@ func attestAndFetch(t *testing.T, k *testKBS, resource string) int {
 		return out
 	}
 	var ch kbstypes.Challenge
-	json.Unmarshal(post("/kbs/v0/auth", kbstypes.Request{Version: kbstypes.ProtocolVersion, Tee: kbstypes.TeeSample, ExtraParams: map[string]any{}}), &ch)
+	json.Unmarshal(post("/kbs/v0/auth", kbstypes.Request{Version: kbstypes.ProtocolVersion, Tee: kbstypes.TeeSample, ExtraParams: json.RawMessage(`{}`)}), &ch)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	jwk, _ := json.Marshal(jose.JSONWebKey{Key: &key.PublicKey, Algorithm: "ECDH-ES+A256KW"})
 	rd, err := kbstypes.ReportData("", ch.Nonce, jwk)
