@@ -60,7 +60,10 @@ func BenchmarkHandshake(b *testing.B) {
 				b.Fatal(err)
 			}
 			path := kbstypes.ResourcePath{Repository: "default", Type: "key", Tag: "bench"}
-			shared := k.transport()
+			shared := k.transport().Clone()
+			// Keep one idle connection per guest worker, so "keepalive" really
+			// reuses connections (the default keeps 2 and churns TLS handshakes).
+			shared.MaxIdleConnsPerHost = benchConcurrency
 			handshake := func() error {
 				tr := shared
 				if mode == "newconn" {
