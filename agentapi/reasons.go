@@ -1,0 +1,33 @@
+package agentapi
+
+// ErrorDomain is the domain of the google.rpc.ErrorInfo detail the agent
+// attaches to its gRPC errors; Reason* are its reasons. Callers branch on
+// the reason, users read the message.
+const ErrorDomain = "agent.cloak.dev"
+
+const (
+	ReasonInvalidRequest   = "INVALID_REQUEST"   // a malformed or oversized field
+	ReasonNotFound         = "NOT_FOUND"         // unknown container, process or image
+	ReasonAlreadyExists    = "ALREADY_EXISTS"    // id in use
+	ReasonSandboxNotReady  = "SANDBOX_NOT_READY" // CreateSandbox has not run
+	ReasonImagePull        = "IMAGE_PULL_FAILED" // registry, manifest or digest problem
+	ReasonKeyUnavailable   = "KEY_UNAVAILABLE"   // the KBS refused or could not release a layer key
+	ReasonDecrypt          = "DECRYPT_FAILED"    // a layer did not decrypt with the released key
+	ReasonRuntime          = "RUNTIME_FAILED"    // runc failed
+	ReasonPolicy           = "POLICY_DENIED"     // the agent policy refused the call
+	ReasonAttestationAgent = "ATTESTATION_AGENT" // cloak-aa could not be started or reached
+)
+
+// MaxMessageSize bounds any single message either side sends (OCI specs,
+// stdio chunks). Larger stdio is sent in chunks.
+const MaxMessageSize = 4 << 20
+
+// IOChunkSize is the largest stdout/stderr chunk the agent sends.
+const IOChunkSize = 32 << 10
+
+// AgentPortName is the virtio-serial port name of the agent channel; the
+// guest sees it in /sys/class/virtio-ports/*/name.
+const AgentPortName = "cloak.agent"
+
+// VsockPort is the agent's vsock port on hosts with vhost-vsock.
+const VsockPort = 1024
