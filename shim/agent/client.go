@@ -1,0 +1,105 @@
+// Package agent is the host side of the agent channel: a gRPC client for
+// cloak-agent over whatever byte stream reaches the guest (the virtio-serial
+// chardev socket here, vsock on real hosts), and helpers for process stdio.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cloak-containers/cloak/agentapi"
+)
+
+// Client is a connection to one guest's agent.
+type Client struct {
+	agentapi.AgentServiceClient
+	conn *grpc.ClientConn
+}
+
+// Dial returns a client whose connections are made by dial (for example
+// qemu.VM.DialAgent). It does not wait for the agent; call Check for that.
+//
+// The channel carries no TLS: it is a local device between the host and its
+// own VM, and the host is outside the trust boundary either way — what the
+// guest trusts is checked inside the guest.
+func Dial(dial func(ctx context.Context) (net.Conn, error)) (*Client, error) {
+	conn, err := grpc.NewClient("passthrough:///cloak-agent",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx) }),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(agentapi.MaxMessageSize),
+			grpc.MaxCallSendMsgSize(agentapi.MaxMessageSize),
+		),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("agent client: %w", err)
+	}
+	return &Client{AgentServiceClient: agentapi.NewAgentServiceClient(conn), conn: conn}, nil
+}
+
+// Close closes the connection; the guest keeps running.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Attach connects a process's stdio: stdin (may be nil) is sent to the
+// process, its stdout and stderr are copied to the writers (nil discards)
+// until the agent reports end of both streams. Attach before starting the
+// process so nothing is lost.
+func (c *Client) Attach(ctx context.Context, containerID, execID string, stdin io.Reader, stdout, stderr io.Writer) error {
+	stream, err := c.ProcessIO(ctx)
+	if err != nil {
+		return fmt.Errorf("attach to %s/%s: %w", containerID, execID, err)
+	}
+	if err := stream.Send(&agentapi.ProcessIORequest{Msg: &agentapi.ProcessIORequest_Attach_{
+		Attach: &agentapi.ProcessIORequest_Attach{ContainerId: containerID, ExecId: execID},
+	}}); err != nil {
+		return fmt.Errorf("attach to %s/%s: %w", containerID, execID, err)
+	}
+	if stdin != nil {
+		go func() {
+			buf := make([]byte, agentapi.IOChunkSize)
+			for {
+				n, err := stdin.Read(buf)
+				if n > 0 {
+					if stream.Send(&agentapi.ProcessIORequest{Msg: &agentapi.ProcessIORequest_Stdin{Stdin: append([]byte(nil), buf[:n]...)}}) != nil {
+						return
+					}
+				}
+				if err != nil {
+					_, _ = c.CloseStdin(ctx, &agentapi.CloseStdinRequest{ContainerId: containerID, ExecId: execID})
+					return
+				}
+			}
+		}()
+	}
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("stdio of %s/%s: %w", containerID, execID, err)
+		}
+		switch m := msg.Msg.(type) {
+		case *agentapi.ProcessIOResponse_Stdout:
+			if _, err := stdout.Write(m.Stdout); err != nil {
+				return err
+			}
+		case *agentapi.ProcessIOResponse_Stderr:
+			if _, err := stderr.Write(m.Stderr); err != nil {
+				return err
+			}
+		}
+	}
+}
