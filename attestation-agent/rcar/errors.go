@@ -62,8 +62,28 @@ func (e *KBSError) GRPCStatus() *status.Status {
 	return status.New(code, e.Error())
 }
 
-// maxDetail bounds how much of a non-RFC 7807 body is quoted in an error.
+// maxDetail bounds how much of an error body is quoted in an error.
 const maxDetail = 200
+
+// maxProblemDetail bounds the detail of an RFC 7807 body: enough for the
+// KBS's claim-by-claim reasons, not a way to flood logs.
+const maxProblemDetail = 4096
+
+// printable makes text from the network safe to print: valid UTF-8, no
+// control characters (terminal escapes), at most max bytes.
+func printable(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	s = strings.TrimSpace(s)
+	if len(s) > max {
+		s = strings.ToValidUTF8(s[:max], "") + "..."
+	}
+	return s
+}
 
 // kbsError builds the error for a non-2xx answer. A body that is not a
 // Problem (e.g. from a proxy) is quoted, shortened, as the detail.
@@ -71,16 +91,13 @@ func kbsError(op string, statusCode int, body []byte) *KBSError {
 	e := &KBSError{Op: op, Status: statusCode}
 	var p kbstypes.Problem
 	if json.Unmarshal(body, &p) == nil && (p.Detail != "" || p.Title != "") {
-		e.Check, e.Detail = p.Check, p.Detail
+		e.Check, e.Detail = printable(p.Check, 64), printable(p.Detail, maxProblemDetail)
 		if e.Detail == "" {
-			e.Detail = p.Title
+			e.Detail = printable(p.Title, maxDetail)
 		}
 		return e
 	}
-	text := strings.TrimSpace(strings.ToValidUTF8(string(body), "?"))
-	if len(text) > maxDetail {
-		text = text[:maxDetail] + "..."
-	}
+	text := printable(string(body), maxDetail)
 	if text == "" {
 		text = http.StatusText(statusCode)
 	}
