@@ -170,6 +170,7 @@ func FuzzExplain(f *testing.F) {
 		`"findings":[{"claim":"c","value":{"a":[1]},"reference":[null],"message":"m"}]}`))
 	f.Add([]byte(`{"kind":"attest","verdict":"none","trust_vector":{"instance-identity":-1}}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte("{\"kind\":\"attest\",\"tee\":\"sam\u001b[2Jple\",\"findings\":[{\"claim\":\"sample.svn\",\"value\":\"1\u0007\"}]}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var e adminapi.AuditEntry
 		if json.Unmarshal(data, &e) != nil {
@@ -178,6 +179,9 @@ func FuzzExplain(f *testing.F) {
 		var x Explainer
 		if x.Explain(e) == "" || Explain(e) == "" {
 			t.Fatal("empty explanation")
+		}
+		if got := Explain(e); strings.ContainsFunc(got, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			t.Fatalf("explanation carries a control character: %q", got)
 		}
 	})
 }
