@@ -1,0 +1,116 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/mdlayher/vsock"
+)
+
+// Agent wait tuning.
+const (
+	// agentAttemptTimeout bounds one dial+probe. Over virtio-serial the
+	// host's connect succeeds as soon as QEMU runs, and bytes wait in QEMU
+	// until the guest opens its port, so a probe against a guest that is
+	// still booting hangs rather than fails; the bound turns that into a
+	// retry.
+	agentAttemptTimeout = 3 * time.Second
+	agentRetryInterval  = 100 * time.Millisecond
+)
+
+// DialAgent opens a connection to the in-guest agent: the host end of the
+// virtio-serial port, or vsock (CID, port).
+func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
+	switch vm.cfg.Agent.Kind {
+	case AgentVsock:
+		c, err := vsock.DialContext(ctx, vm.cfg.Agent.CID, vm.cfg.Agent.Port, nil)
+		if err != nil {
+			return nil, fmt.Errorf("dial agent over vsock %d:%d: %w", vm.cfg.Agent.CID, vm.cfg.Agent.Port, err)
+		}
+		return c, nil
+	default:
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", vm.cfg.AgentSocket())
+		if err != nil {
+			return nil, fmt.Errorf("dial agent over virtio-serial: %w", err)
+		}
+		return c, nil
+	}
+}
+
+// WaitAgent dials the agent and runs probe on the connection until probe
+// succeeds, QEMU exits, or ctx ends. Each attempt gets its own connection,
+// closed after the probe, and at most a few seconds. The error on timeout
+// says how long it waited and quotes the guest console's last lines.
+//
+// Over virtio-serial, probing starts only once the guest has opened the
+// port: bytes written before that wait in QEMU and would reach the agent
+// as garbage in front of the next attempt's.
+func (vm *VM) WaitAgent(ctx context.Context, probe func(ctx context.Context, conn net.Conn) error) error {
+	start := time.Now()
+	attempts := 0
+	var last error
+	for {
+		ready, changed := true, (<-chan struct{})(nil)
+		if vm.cfg.Agent.Kind == AgentVirtioSerial {
+			ready, changed = vm.agentPort()
+		}
+		var retry <-chan time.Time
+		if ready {
+			attempts++
+			if last = vm.probeAgent(ctx, probe); last == nil {
+				vm.log.Debug("qemu: agent answered", "after", time.Since(start), "attempts", attempts)
+				return nil
+			}
+			retry = time.After(agentRetryInterval)
+		}
+		select {
+		case <-retry:
+		case <-changed:
+		case <-vm.exited:
+			why := vm.Wait()
+			if why == nil {
+				why = errors.New("the guest shut down or rebooted")
+			}
+			return fmt.Errorf("qemu exited while waiting for the agent (after %s): %w\n%s",
+				time.Since(start).Round(time.Millisecond), why, vm.consoleTail())
+		case <-ctx.Done():
+			waited := time.Since(start).Round(time.Millisecond)
+			if attempts == 0 {
+				return fmt.Errorf("agent did not answer within %s: the guest never opened virtio-serial port %q (agent not started?)\n%s",
+					waited, vm.cfg.Agent.PortName, vm.consoleTail())
+			}
+			return fmt.Errorf("agent did not answer within %s (%d attempts, last: %v)\n%s",
+				waited, attempts, last, vm.consoleTail())
+		}
+	}
+}
+
+func (vm *VM) probeAgent(ctx context.Context, probe func(ctx context.Context, conn net.Conn) error) error {
+	ctx, cancel := context.WithTimeout(ctx, agentAttemptTimeout)
+	defer cancel()
+	conn, err := vm.DialAgent(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// The deadline also unblocks a probe that ignores ctx and sits in Read.
+	if d, ok := ctx.Deadline(); ok {
+		if err := conn.SetDeadline(d); err != nil && !errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("agent connection deadline: %w", err)
+		}
+	}
+	return probe(ctx, conn)
+}
+
+// consoleTail points at the guest console log, where a guest that never
+// brought its agent up says why.
+func (vm *VM) consoleTail() string {
+	if vm.cfg.ConsoleLog == "" {
+		return "no guest console log (set Config.ConsoleLog to capture the guest's serial console)"
+	}
+	return "guest console " + vm.cfg.ConsoleLog + ":\n" + tail(vm.cfg.ConsoleLog, logTailLines)
+}

@@ -1,0 +1,181 @@
+package qemu
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// QOM ids used on the command line.
+const (
+	idSNP     = "sev0"
+	idTDX     = "tdx0"
+	idMemory  = "ram0"
+	idConsole = "console"
+	idAgent   = "agent"
+	// idAgentPort names the virtserialport so its VSERPORT_CHANGE events
+	// (guest opened or closed the port) can be told apart.
+	idAgentPort = "agent-port"
+	idSerial    = "vserial0"
+	idNet       = "net0"
+)
+
+// snpPolicy is SNP guest policy 0x30000: bit 16 is reserved and must be set,
+// bit 17 allows SMT on the host; debugging and migration stay off.
+const snpPolicy = "0x30000"
+
+// Args builds QEMU's argument list (without the binary) for cfg. It is a pure
+// function of cfg: Accel must already be kvm or tcg (see ResolveAccel).
+func Args(cfg Config) ([]string, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Accel == AccelAuto {
+		return nil, fmt.Errorf("accel %q must be resolved to %q or %q before building a command line (ResolveAccel)", AccelAuto, AccelKVM, AccelTCG)
+	}
+
+	a := []string{
+		// No default devices, config files or display: everything the guest
+		// sees is listed below, which keeps the launch measurable.
+		"-nodefaults", "-no-user-config", "-nographic",
+		// A guest reboot ends the VM; the shim decides what happens next.
+		"-no-reboot",
+		"-machine", machineOption(cfg),
+	}
+	switch cfg.Accel {
+	case AccelTCG:
+		// -cpu host needs KVM; max gives TCG every feature it emulates.
+		a = append(a, "-accel", "tcg,thread=multi", "-cpu", "max")
+	case AccelKVM:
+		a = append(a, "-accel", "kvm", "-cpu", "host")
+	}
+	mem := strconv.Itoa(cfg.MemoryMiB) + "M"
+	a = append(a, "-smp", strconv.Itoa(cfg.VCPUs), "-m", mem)
+
+	switch cfg.TEE.Kind {
+	case TEESNP:
+		// SNP keeps private memory in guest_memfd; the shared part comes
+		// from this memfd backend, shared so vhost devices can map it.
+		a = append(a,
+			"-object", "memory-backend-memfd,id="+idMemory+",size="+mem+",share=on",
+			"-object", strings.Join([]string{
+				"sev-snp-guest", "id=" + idSNP,
+				// C-bit position and address bits lost to encryption on
+				// Milan, Genoa and Turin.
+				"cbitpos=51", "reduced-phys-bits=1",
+				// OVMF checks kernel, initrd and command line against
+				// hashes that are part of the launch measurement.
+				"kernel-hashes=on",
+				"host-data=" + base64.StdEncoding.EncodeToString(cfg.TEE.InitdataDigest),
+				"policy=" + snpPolicy,
+			}, ","))
+	case TEETDX:
+		obj, err := tdxObject(cfg.TEE.InitdataDigest)
+		if err != nil {
+			return nil, err
+		}
+		a = append(a, "-object", obj)
+	}
+	if cfg.Firmware != "" {
+		a = append(a, "-bios", cfg.Firmware)
+	}
+	if cfg.Kernel != "" {
+		a = append(a, "-kernel", cfg.Kernel)
+	}
+	if cfg.Initrd != "" {
+		a = append(a, "-initrd", cfg.Initrd)
+	}
+	if cfg.Cmdline != "" {
+		a = append(a, "-append", cfg.Cmdline)
+	}
+
+	a = append(a, "-qmp", "unix:"+escape(cfg.QMPSocket())+",server=on,wait=off")
+	if cfg.ConsoleLog != "" {
+		a = append(a,
+			"-chardev", "file,id="+idConsole+",path="+escape(cfg.ConsoleLog),
+			"-serial", "chardev:"+idConsole)
+	}
+
+	virtio := virtioOptions(cfg)
+	switch cfg.Agent.Kind {
+	case AgentVirtioSerial:
+		a = append(a,
+			"-device", "virtio-serial-pci,id="+idSerial+virtio,
+			"-chardev", "socket,id="+idAgent+",path="+escape(cfg.AgentSocket())+",server=on,wait=off",
+			"-device", "virtserialport,bus="+idSerial+".0,chardev="+idAgent+",id="+idAgentPort+",name="+cfg.Agent.PortName)
+	case AgentVsock:
+		a = append(a, "-device", "vhost-vsock-pci,id=vsock0,guest-cid="+strconv.FormatUint(uint64(cfg.Agent.CID), 10)+virtio)
+	}
+	if cfg.Network.Kind == NetworkUser {
+		// romfile= skips the iPXE option ROM: the kernel is loaded
+		// directly, so network boot firmware would only cost boot time.
+		a = append(a,
+			"-netdev", "user,id="+idNet,
+			"-device", "virtio-net-pci,netdev="+idNet+",romfile="+virtio)
+	}
+	return a, nil
+}
+
+func machineOption(cfg Config) string {
+	opts := []string{string(cfg.Machine)}
+	if cfg.Machine == MachineMicroVM {
+		// PCIe on microvm lets the guest use the same virtio-pci drivers
+		// (built into the kernel) as on q35; virtio-mmio is a module.
+		opts = append(opts, "pcie=on")
+	}
+	switch cfg.TEE.Kind {
+	case TEESNP:
+		opts = append(opts, "confidential-guest-support="+idSNP, "memory-backend="+idMemory)
+	case TEETDX:
+		opts = append(opts, "kernel-irqchip=split", "confidential-guest-support="+idTDX)
+	}
+	return strings.Join(opts, ",")
+}
+
+// virtioOptions returns extra options for virtio PCI devices. A confidential
+// guest only drives virtio devices that offer VIRTIO_F_ACCESS_PLATFORM (DMA
+// through bounce buffers in shared memory), which iommu_platform turns on;
+// legacy virtio cannot offer it.
+func virtioOptions(cfg Config) string {
+	if cfg.TEE.Kind == TEENone {
+		return ""
+	}
+	return ",disable-legacy=on,iommu_platform=on"
+}
+
+// tdxObject is the tdx-guest object in QEMU's JSON syntax, the only one that
+// takes nested and binary-safe values cleanly.
+func tdxObject(mrconfigid []byte) (string, error) {
+	obj := struct {
+		QOMType    string `json:"qom-type"`
+		ID         string `json:"id"`
+		MRConfigID string `json:"mrconfigid"`
+		// Linux refuses to run as a TD unless EPT violations on private
+		// memory are fatal instead of turned into #VE.
+		SEPTVEDisable bool `json:"sept-ve-disable"`
+	}{"tdx-guest", idTDX, base64.StdEncoding.EncodeToString(mrconfigid), true}
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return "", fmt.Errorf("encode tdx-guest object: %w", err)
+	}
+	return string(b), nil
+}
+
+// escape doubles commas, QEMU's escape inside key=value option lists.
+func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// commandLine renders a binary and its arguments for logs and error messages,
+// quoting arguments a shell would split.
+func commandLine(binary string, args []string) string {
+	parts := make([]string, 0, len(args)+1)
+	for _, s := range append([]string{binary}, args...) {
+		if s == "" || strings.ContainsAny(s, " \t\n\"'\\$`{}*?;&|<>()") {
+			s = strconv.Quote(s)
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, " ")
+}
