@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs what building and booting the guest image needs on Debian 12, as
+# root. Idempotent: quiet when everything is there, otherwise says what it did.
+#   - apt source for bookworm-backports (QEMU 10 with sev-snp-guest, the 6.12
+#     cloud kernel), same archive host and keyring as debian.sources
+#   - qemu-system-x86 from bookworm-backports
+#   - kmod (depmod indexes the guest kernel's modules), gcc + libseccomp-dev
+#     (runc is linked statically with libseccomp and glibc), busybox-static
+#     (test images), ca-certificates (the guest's CA bundle); apt-get and dpkg
+#     (kernel download and unpacking) come with Debian
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "vm-deps: run as root (apt-get install)" >&2; exit 1
+fi
+
+sources=/etc/apt/sources.list.d/cloak-backports.sources
+base=/etc/apt/sources.list.d/debian.sources
+need_update=0
+
+has_backports() {
+	grep -rqsE '^(Suites:.*[[:space:]]|deb .*[[:space:]])bookworm-backports([[:space:]]|$)' \
+		/etc/apt/sources.list /etc/apt/sources.list.d/
+}
+if ! has_backports; then
+	uri=http://deb.debian.org/debian
+	keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+	if [ -f "$base" ]; then
+		# Reuse the archive host and keyring of the main Debian source.
+		uri=$(awk '/^URIs:/ {print $2; exit}' "$base")
+		keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$base")
+	fi
+	cat >"$sources" <<SRC
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: $keyring
+SRC
+	echo "vm-deps: added $sources ($uri bookworm-backports)"
+	need_update=1
+fi
+# Never updated on this machine, or the backports index is missing.
+if ! compgen -G '/var/lib/apt/lists/*bookworm-backports_main_binary-amd64_Packages*' >/dev/null; then
+	need_update=1
+fi
+if [ "$need_update" = 1 ]; then
+	echo "vm-deps: apt-get update"
+	apt-get update -qq
+fi
+
+installed=()
+install_missing() { # pkg...
+	local missing=()
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	installed+=("${missing[@]}")
+}
+
+# Debian 12's own QEMU is 7.2 (no SEV-SNP); take 10.x from backports.
+if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q 'bpo12'; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+	installed+=("qemu-system-x86 (bookworm-backports)")
+fi
+install_missing kmod gcc libc6-dev libseccomp-dev busybox-static ca-certificates
+
+if [ ${#installed[@]} -gt 0 ]; then
+	echo "vm-deps: installed ${installed[*]}"
+	echo "vm-deps: $(qemu-system-x86_64 --version | head -1)"
+fi

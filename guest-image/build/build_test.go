@@ -1,0 +1,368 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/cavaliergopher/cpio"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+var fakeBin string // static binary that prints "runc version 1.4.3-fake"
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "cloak-build-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fakeBin = filepath.Join(dir, "fakebin")
+	cmd := exec.Command("go", "build", "-o", fakeBin, "./testdata/fakebin")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build fake binary: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	fakeVersion = "6.12.1-1~bpo12+1"
+	fakeRelease = "6.12.1+deb12-cloud-amd64"
+)
+
+// fakeKernelCache lays out a cache entry as kernel.Fetch leaves it, with the
+// guest modules (fake ELF objects, xz compressed) and their modules.dep.
+func fakeKernelCache(t *testing.T) string {
+	t.Helper()
+	cache := t.TempDir()
+	root := filepath.Join(cache, "kernel", fakeVersion, "root")
+	mods := filepath.Join(root, "lib", "modules", fakeRelease)
+	write := func(name string, b []byte) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(root, "boot", "vmlinuz-"+fakeRelease), bytes.Repeat([]byte("bzImage "), 1000))
+	write(filepath.Join(root, "boot", "config-"+fakeRelease), []byte(strings.Join(requiredConfig, "\n")+"\nCONFIG_VIRTIO_NET=m\n"))
+	dep, err := os.ReadFile("kmod/testdata/modules.dep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(filepath.Join(mods, "modules.dep"), dep)
+	for _, line := range strings.Split(string(dep), "\n") {
+		file, _, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		var buf bytes.Buffer
+		w, err := xz.NewWriter(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(w, "\x7fELF module %s", file)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		write(filepath.Join(mods, file), buf.Bytes())
+	}
+	meta := fmt.Sprintf(`{"package":"linux-image-%s","version":"%s","release":"%s","deb_sha256":"%064d"}`,
+		fakeRelease, fakeVersion, fakeRelease, 0)
+	write(filepath.Join(cache, "kernel", fakeVersion, "kernel.json"), []byte(meta))
+	return cache
+}
+
+func fakeOptions(t *testing.T, cache, out string) Options {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Options{OutDir: out, CacheDir: cache, KernelVersion: fakeVersion,
+		Agent: fakeBin, AA: fakeBin, Runc: fakeBin, CABundle: ca}
+}
+
+// readInitrd decompresses an initrd and returns path -> (mode, content).
+func readInitrd(t *testing.T, img []byte) map[string]string {
+	t.Helper()
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	raw, err := dec.DecodeAll(img, nil)
+	if err != nil {
+		t.Fatalf("initrd is not zstd: %v", err)
+	}
+	r := cpio.NewReader(bytes.NewReader(raw))
+	got := map[string]string{}
+	for {
+		h, err := r.Next()
+		if err == io.EOF {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[h.Name] = fmt.Sprintf("%o %s", h.Mode, b)
+	}
+}
+
+func TestBuildReproducibleAndComplete(t *testing.T) {
+	cache := fakeKernelCache(t)
+	out1, out2 := t.TempDir(), t.TempDir()
+	m1, err := Build(context.Background(), fakeOptions(t, cache, out1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(context.Background(), fakeOptions(t, cache, out2)); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{KernelFile, InitrdFile, ManifestFile} {
+		a, _ := os.ReadFile(filepath.Join(out1, f))
+		b, _ := os.ReadFile(filepath.Join(out2, f))
+		if len(a) == 0 || !bytes.Equal(a, b) {
+			t.Errorf("%s differs between two builds of the same inputs (or is empty)", f)
+		}
+	}
+
+	wantModules := []string{"failover.ko", "net_failover.ko", "virtio_net.ko", "overlay.ko",
+		"vsock.ko", "vmw_vsock_virtio_transport_common.ko", "vmw_vsock_virtio_transport.ko"}
+	if !reflect.DeepEqual(m1.Modules, wantModules) {
+		t.Errorf("modules = %v, want %v", m1.Modules, wantModules)
+	}
+	if m1.Cmdline != Cmdline || m1.RuncVersion != "1.4.3-fake" || m1.KernelPackage.Version != fakeVersion {
+		t.Errorf("manifest = %+v", m1)
+	}
+	img, err := os.ReadFile(filepath.Join(out1, InitrdFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := readInitrd(t, img)
+	var names []string
+	for n := range files {
+		names = append(names, n)
+	}
+	want := []string{"dev", "etc", "etc/ssl", "etc/ssl/certs", "etc/ssl/certs/ca-certificates.crt", "init",
+		"lib", "lib/modules", "lib/modules/load.list", "mnt", "proc", "run", "sys", "tmp", "usr", "usr/bin",
+		"usr/bin/cloak-aa", "usr/bin/runc", "var"}
+	for _, m := range wantModules {
+		want = append(want, "lib/modules/"+m)
+	}
+	if len(names) != len(want) {
+		t.Errorf("initrd holds %d entries, want %d: %v", len(names), len(want), names)
+	}
+	for _, n := range want {
+		if _, ok := files[n]; !ok {
+			t.Errorf("initrd lacks %s", n)
+		}
+	}
+	if got, want := files["lib/modules/load.list"], "100644 "+strings.Join(wantModules, "\n")+"\n"; got != want {
+		t.Errorf("load.list = %q, want %q", got, want)
+	}
+	if got := files["lib/modules/virtio_net.ko"]; got != "100644 \x7fELF module kernel/drivers/net/virtio_net.ko.xz" {
+		t.Errorf("virtio_net.ko = %q, want the decompressed module", got)
+	}
+	if !strings.HasPrefix(files["init"], "100755 \x7fELF") || !strings.HasPrefix(files["tmp"], "41777") {
+		t.Errorf("init or tmp has the wrong mode: %.10q %.10q", files["init"], files["tmp"])
+	}
+
+	v, err := VerifyDir(out1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Mismatches) != 0 || v.Emulated != m1.Measurements.Emulated {
+		t.Fatalf("fresh image does not verify: %+v", v)
+	}
+}
+
+func TestVerifyDirDetectsTampering(t *testing.T) {
+	cache := fakeKernelCache(t)
+	src := t.TempDir()
+	if _, err := Build(context.Background(), fakeOptions(t, cache, src)); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		tamper func(dir string) error
+		want   []string // substrings, one per expected mismatch
+	}{
+		{"untouched", func(string) error { return nil }, nil},
+		{"initrd byte flipped", func(dir string) error { return flipByte(filepath.Join(dir, InitrdFile)) },
+			[]string{"initrd.img", "emulated measurement"}},
+		{"kernel byte flipped", func(dir string) error { return flipByte(filepath.Join(dir, KernelFile)) },
+			[]string{"vmlinuz", "emulated measurement"}},
+		{"cmdline edited in manifest", func(dir string) error {
+			return editManifest(dir, func(m *Manifest) { m.Cmdline += " init=/bin/sh" })
+		}, []string{"emulated measurement"}},
+		{"initrd digest edited in manifest", func(dir string) error {
+			return editManifest(dir, func(m *Manifest) { m.Initrd.SHA384 = strings.Repeat("00", 48) })
+		}, []string{"initrd.img"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range []string{KernelFile, InitrdFile, ManifestFile} {
+				b, err := os.ReadFile(filepath.Join(src, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tt.tamper(dir); err != nil {
+				t.Fatal(err)
+			}
+			v, err := VerifyDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(v.Mismatches) != len(tt.want) {
+				t.Fatalf("mismatches = %q, want %d", v.Mismatches, len(tt.want))
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(v.Mismatches[i], w) {
+					t.Errorf("mismatch %d = %q, want it to name %q", i, v.Mismatches[i], w)
+				}
+			}
+		})
+	}
+}
+
+func flipByte(name string) error {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	b[len(b)/2] ^= 1
+	return os.WriteFile(name, b, 0o644)
+}
+
+func editManifest(dir string, edit func(*Manifest)) error {
+	m, err := ReadManifest(dir)
+	if err != nil {
+		return err
+	}
+	edit(m)
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, ManifestFile), b, 0o644)
+}
+
+func TestBuildRefusesDynamicBinary(t *testing.T) {
+	dynamic, err := exec.LookPath("true")
+	if err != nil {
+		t.Skip("no `true` binary on this machine")
+	}
+	if b, _ := os.ReadFile(dynamic); checkStatic(b) == nil {
+		t.Skipf("%s is static here; need a dynamic binary for this check", dynamic)
+	}
+	o := fakeOptions(t, fakeKernelCache(t), t.TempDir())
+	o.AA = dynamic
+	if _, err := Build(context.Background(), o); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Fatalf("err = %v, want a refusal of the dynamic binary", err)
+	}
+}
+
+func TestBuildChecksKernelConfig(t *testing.T) {
+	cache := fakeKernelCache(t)
+	cfg := filepath.Join(cache, "kernel", fakeVersion, "root", "boot", "config-"+fakeRelease)
+	if err := os.WriteFile(cfg, []byte("CONFIG_RD_ZSTD=y\n# CONFIG_VIRTIO_CONSOLE is not set\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Build(context.Background(), fakeOptions(t, cache, t.TempDir()))
+	if err == nil || !strings.Contains(err.Error(), "CONFIG_VIRTIO_CONSOLE=y") {
+		t.Fatalf("err = %v, want the missing option named", err)
+	}
+}
+
+func TestTrivialInitrd(t *testing.T) {
+	init, err := os.ReadFile(fakeBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := TrivialInitrd(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := TrivialInitrd(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Fatal("two trivial initrds of the same init differ")
+	}
+	files := readInitrd(t, a)
+	if len(files) != 1 || files["init"] != "100755 "+string(init) {
+		t.Fatalf("trivial initrd holds %d entries, want only init", len(files))
+	}
+	if _, err := TrivialInitrd([]byte("#!/bin/sh\n")); err == nil {
+		t.Fatal("a shell script was accepted as a static init")
+	}
+}
+
+// TestBuildRealKernel runs the real pipeline: kernel from apt (cached under
+// CLOAK_CACHE), runc from its Go module (cached), cloak-aa from this
+// checkout. The fake binary stands in for cloak-agent.
+func TestBuildRealKernel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skips the real kernel download and runc build")
+	}
+	out, err := exec.Command("apt-cache", "search", "--names-only", `^linux-image-6\.12\..*-cloud-amd64$`).Output()
+	if err != nil || len(out) == 0 {
+		t.Skip("apt knows no linux-image-6.12 cloud kernel: run ci/vm-deps.sh to add bookworm-backports")
+	}
+	dirs := []string{t.TempDir(), t.TempDir()}
+	var ms []*Manifest
+	for _, dir := range dirs {
+		m, err := Build(context.Background(), Options{OutDir: dir, Agent: fakeBin, Progress: testWriter{t}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, m)
+	}
+	for _, f := range []string{InitrdFile, ManifestFile} {
+		a, _ := os.ReadFile(filepath.Join(dirs[0], f))
+		b, _ := os.ReadFile(filepath.Join(dirs[1], f))
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs between two builds", f)
+		}
+	}
+	m := ms[0]
+	if !strings.HasPrefix(m.RuncVersion, "1.4.") || len(m.Modules) != 7 {
+		t.Errorf("runc %q, modules %v", m.RuncVersion, m.Modules)
+	}
+	t.Logf("kernel %s, initrd %d bytes, emulated measurement %s", m.KernelPackage.Version, m.Initrd.Size, m.Measurements.Emulated)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
