@@ -1,29 +1,40 @@
 # Cloak developer entry points. `make demo` and `make test` install what they
-# need themselves (Go modules; later issues add apt packages and QEMU).
+# need themselves: Go modules, and (as root, from Debian) QEMU 10 from
+# bookworm-backports, busybox-static and the static libraries runc needs.
 
 SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 export GOFLAGS := -buildvcs=false
-BINARIES := kbs kbsctl cloak-aa
+BINARIES := kbs kbsctl cloak-aa cloak-image
+# The guest image is rebuilt from source each time (cheap: the kernel package
+# and the static runc are cached under $$HOME/.cache/cloak).
+IMAGE_DIR := $(CURDIR)/.work/image
 
-.PHONY: all build test unit fuzz-smoke lint bench demo generate clean deps
+.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo generate clean deps vm-deps
 
 all: build
 
 deps:
 	./ci/deps.sh
 
+vm-deps:
+	./ci/vm-deps.sh
+
 build: deps
 	mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
+image: build vm-deps
+	$(BIN)/cloak-image build --out $(IMAGE_DIR)
+
 # All tests: lint, unit + integration tests (real HTTP/TLS, bbolt, gRPC on
-# loopback and unix sockets), a short run of every fuzz target, and the demo.
+# loopback and unix sockets, QEMU guests booting the built image), a short
+# run of every fuzz target, and the demo.
 test: deps lint unit fuzz-smoke demo
 
-unit: build
-	$(GO) test -race -count=1 ./...
+unit: build image
+	CLOAK_BIN=$(BIN) CLOAK_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -race -count=1 -timeout 30m ./...
 
 # Each fuzz target for a few seconds: finds regressions in the parsers of
 # untrusted input without making CI slow. Run longer with FUZZTIME=5m.
@@ -36,6 +47,10 @@ lint: deps
 
 bench: build
 	./ci/bench.sh
+
+# Boot time of the guest image beside a trivial init on the same kernel.
+bench-boot: build image
+	CLOAK_IMAGE_DIR=$(IMAGE_DIR) ./ci/bench-boot.sh
 
 demo: build
 	./ci/demo.sh

@@ -31,3 +31,18 @@ const AgentPortName = "cloak.agent"
 
 // VsockPort is the agent's vsock port on hosts with vhost-vsock.
 const VsockPort = 1024
+
+// A virtio-serial port is one byte stream with no connection boundaries:
+// bytes of a host connection that just closed and of the next one can reach
+// the same guest read. So every host connection over virtio-serial starts
+// with a line "<SerialHello> <token>\n" (token: 1-64 characters of
+// [0-9a-f]), and the agent answers "<SerialWelcome> <token>\n" before
+// serving gRPC on it; anything before a valid hello is discarded. A host that
+// gets no welcome closes and reconnects. (vsock has real connections and no
+// handshake.)
+const (
+	SerialHello   = "CLOAK-AGENT-HELLO"
+	SerialWelcome = "CLOAK-AGENT-WELCOME"
+	// SerialHelloMax bounds a handshake line, newline included.
+	SerialHelloMax = 128
+)

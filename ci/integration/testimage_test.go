@@ -123,8 +123,10 @@ func (l *encryptedLayer) Digest() (v1.Hash, error) {
 	sum := sha256.Sum256(l.blob)
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}, nil
 }
-func (l *encryptedLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
-func (l *encryptedLayer) Compressed() (io.ReadCloser, error)   { return io.NopCloser(bytes.NewReader(l.blob)), nil }
+func (l *encryptedLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
+func (l *encryptedLayer) Compressed() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(l.blob)), nil
+}
 func (l *encryptedLayer) Uncompressed() (io.ReadCloser, error) { return nil, io.ErrUnexpectedEOF }
 func (l *encryptedLayer) Size() (int64, error)                 { return int64(len(l.blob)), nil }
 func (l *encryptedLayer) MediaType() (types.MediaType, error) {

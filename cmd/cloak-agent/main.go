@@ -13,16 +13,19 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/guest-image/agent"
+	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
 	guestinit "github.com/cloak-containers/cloak/guest-image/init"
 	"github.com/cloak-containers/cloak/guest-image/netconf"
@@ -129,13 +132,14 @@ func serve(o options, pid1 bool, log *slog.Logger) error {
 		powerOff = func() { guestinit.PowerOff(log) }
 	}
 	agentapi.RegisterAgentServiceServer(gs, agent.New(agent.Config{
-		Log:        log,
-		StateDir:   o.stateDir,
-		RuncBinary: o.runc,
-		Puller:     guestPuller{},
-		Net:        network,
-		Attester:   aaStarter{},
-		PowerOff:   powerOff,
+		Log:         log,
+		StateDir:    o.stateDir,
+		RuncBinary:  o.runc,
+		Puller:      guestPuller{},
+		Net:         network,
+		Attester:    aaStarter{},
+		PowerOff:    powerOff,
+		NoPivotRoot: rootIsInitramfs(),
 	}))
 	go func() {
 		<-ctx.Done()
@@ -188,9 +192,39 @@ func (n loggedNetwork) Apply(_ context.Context, req *agentapi.CreateSandboxReque
 type aaStarter struct{}
 
 func (aaStarter) Start(ctx context.Context, initdata []byte, log *slog.Logger) (agent.AttestationAgent, error) {
-	a, err := attester.Start(ctx, initdata, log)
+	a, err := attester.Start(ctx, initdata, log, reaperSpawn)
 	if err != nil {
 		return nil, err
 	}
 	return a, nil
+}
+
+// reaperSpawn starts cloak-aa through the agent's reaper, which collects
+// every child's exit status (a plain exec.Cmd.Wait would lose that race).
+func reaperSpawn(c *exec.Cmd) (func() error, error) {
+	r := reaper.Default()
+	ch, err := r.Start(c)
+	if err != nil {
+		return nil, err
+	}
+	return func() error {
+		status, err := r.Wait(c, ch)
+		if err != nil {
+			return err
+		}
+		if status != 0 {
+			return fmt.Errorf("exit status %d", status)
+		}
+		return nil
+	}, nil
+}
+
+// rootIsInitramfs reports whether / is the kernel's initramfs (rootfs:
+// ramfs or tmpfs), where pivot_root(2) fails with EINVAL.
+func rootIsInitramfs() bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		return false
+	}
+	return st.Type == unix.RAMFS_MAGIC || st.Type == unix.TMPFS_MAGIC
 }

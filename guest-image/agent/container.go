@@ -108,7 +108,7 @@ func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Im
 	}
 	pidFile := filepath.Join(c.bundle, "init.pid")
 	watch := s.reaper.Watch()
-	err = c.runc.Create(ctx, c.id, c.bundle, &runc.CreateOpts{IO: stdio.pipes, ConsoleSocket: stdio.consoleSocket(), PidFile: pidFile})
+	err = c.runc.Create(ctx, c.id, c.bundle, &runc.CreateOpts{IO: stdio.pipes, ConsoleSocket: stdio.consoleSocket(), PidFile: pidFile, NoPivot: s.cfg.NoPivotRoot})
 	if err != nil {
 		watch.Close()
 		stdio.close()

@@ -61,6 +61,11 @@ type Config struct {
 	// PowerOff is called after DestroySandbox has answered; nil = do nothing
 	// (tests, or an agent that is not PID 1).
 	PowerOff func()
+	// NoPivotRoot makes runc enter container rootfs with MS_MOVE+chroot
+	// instead of pivot_root(2), which the kernel refuses while the guest's
+	// own root is the initramfs. Each container still gets its own mount
+	// namespace; the VM remains the isolation boundary of the pod.
+	NoPivotRoot bool
 }
 
 // Server implements agentapi.AgentServiceServer.

@@ -43,13 +43,27 @@ type Agent struct {
 // them elsewhere.
 type config struct {
 	binary, runDir string
+	spawn          Spawner
+}
+
+// Spawner starts a command and returns how to wait for it. In the guest,
+// cloak-agent is PID 1 and reaps every child itself, so it passes a spawner
+// that waits through its reaper; exec.Cmd.Wait would race with it.
+type Spawner func(*exec.Cmd) (wait func() error, err error)
+
+// PlainSpawn starts a command with exec.Cmd.Start and waits with Wait.
+func PlainSpawn(c *exec.Cmd) (func() error, error) {
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return c.Wait, nil
 }
 
 // Start parses initdata, writes it and the KBS certificate to
-// /run/cloak-aa/, starts /usr/bin/cloak-aa serve and waits until its
-// socket accepts connections.
-func Start(ctx context.Context, initdata []byte, log *slog.Logger) (*Agent, error) {
-	return start(ctx, initdata, log, config{binary: defaultBinary, runDir: defaultRunDir})
+// /run/cloak-aa/, starts /usr/bin/cloak-aa serve with spawn (nil:
+// PlainSpawn) and waits until its socket accepts connections.
+func Start(ctx context.Context, initdata []byte, log *slog.Logger, spawn Spawner) (*Agent, error) {
+	return start(ctx, initdata, log, config{binary: defaultBinary, runDir: defaultRunDir, spawn: spawn})
 }
 
 func start(ctx context.Context, initdata []byte, log *slog.Logger, cfg config) (*Agent, error) {
@@ -84,12 +98,17 @@ func start(ctx context.Context, initdata []byte, log *slog.Logger, cfg config) (
 	a.cmd = exec.Command(cfg.binary, args...)
 	a.cmd.Stdout = a.stderr
 	a.cmd.Stderr = a.stderr
-	if err := a.cmd.Start(); err != nil {
+	spawn := cfg.spawn
+	if spawn == nil {
+		spawn = PlainSpawn
+	}
+	wait, err := spawn(a.cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start attestation agent %s: %w", cfg.binary, err)
 	}
 	log.Info("attestation agent started", "pid", a.cmd.Process.Pid, "kbs", doc.KBS.URL, "socket", socket)
 	go func() {
-		a.err = a.cmd.Wait()
+		a.err = wait()
 		close(a.done)
 	}()
 	if err := a.waitReady(ctx); err != nil {

@@ -207,6 +207,8 @@ func ParseModuleList(b []byte) ([]string, error) {
 		if s == "" || strings.HasPrefix(s, "#") {
 			continue
 		}
+		// The image builder writes file names ("virtio_net.ko").
+		s = strings.TrimSuffix(s, ".ko")
 		if !moduleName.MatchString(s) {
 			return nil, fmt.Errorf("module list line %d: %q is not a module name", line, s)
 		}

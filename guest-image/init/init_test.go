@@ -22,6 +22,8 @@ func TestLoadModules(t *testing.T) {
 		{name: "no list", list: nil},
 		{name: "in order", list: ptr("# deps first\nfailover\nnet_failover\n\nvirtio_net\n"), want: []string{"failover", "net_failover", "virtio_net"},
 			wantLoad: []string{"failover.ko", "net_failover.ko", "virtio_net.ko"}},
+		{name: "file names as the image builder writes them", list: ptr("failover.ko\nvirtio_net.ko\n"), want: []string{"failover", "virtio_net"},
+			wantLoad: []string{"failover.ko", "virtio_net.ko"}},
 		{name: "already loaded", list: ptr("overlay\n"), loadErr: map[string]error{"overlay.ko": unix.EEXIST}, want: []string{"overlay"}, wantLoad: []string{"overlay.ko"}},
 		{name: "load fails", list: ptr("a\nb\n"), loadErr: map[string]error{"a.ko": unix.ENOEXEC}, wantErr: "load module a", wantLoad: []string{"a.ko"}},
 		{name: "bad name", list: ptr("../../etc/x\n"), wantErr: "line 1"},

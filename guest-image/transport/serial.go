@@ -6,10 +6,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloak-containers/cloak/agentapi"
 )
 
 // What the guest observes on a virtio-serial port (drivers/char/
@@ -102,13 +105,25 @@ func (l *serialListener) Accept() (net.Conn, error) {
 			l.idle <- struct{}{}
 			return nil, fmt.Errorf("poll agent port %s: %w", l.addr, err)
 		}
-		if up {
-			break
+		if !up {
+			select {
+			case <-l.closed:
+				return nil, net.ErrClosed
+			case <-time.After(hostPollInterval):
+			}
+			continue
 		}
+		// A host attachment becomes a connection only after its hello; if
+		// none comes (the host left, or its hello was eaten by the previous
+		// connection), wait for the host to try again.
+		err = l.handshake()
 		select {
 		case <-l.closed:
 			return nil, net.ErrClosed
-		case <-time.After(hostPollInterval):
+		default:
+		}
+		if err == nil {
+			break
 		}
 	}
 	if err := l.port.SetReadDeadline(time.Time{}); err != nil {
@@ -116,6 +131,57 @@ func (l *serialListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	return &serialConn{l: l}, nil
+}
+
+// helloWait bounds how long the agent waits for a hello line before it
+// checks the port again.
+const helloWait = 5 * time.Second
+
+// handshake reads lines until "<SerialHello> <token>" and answers with the
+// welcome line. Bytes before it (left over from an earlier connection) are
+// discarded. Reading byte by byte keeps every byte after the hello for gRPC.
+func (l *serialListener) handshake() error {
+	if err := l.port.SetReadDeadline(time.Now().Add(helloWait)); err != nil {
+		return err
+	}
+	line := make([]byte, 0, agentapi.SerialHelloMax)
+	long := false // the current line is over the limit: skip to its end
+	var b [1]byte
+	for {
+		n, err := l.port.Read(b[:])
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			continue
+		}
+		if b[0] != '\n' {
+			if len(line) < agentapi.SerialHelloMax {
+				line = append(line, b[0])
+			} else {
+				long = true
+			}
+			continue
+		}
+		token, ok := strings.CutPrefix(string(line), agentapi.SerialHello+" ")
+		if !long && ok && validToken(token) {
+			_, err := l.port.Write([]byte(agentapi.SerialWelcome + " " + token + "\n"))
+			return err
+		}
+		line, long = line[:0], false
+	}
+}
+
+func validToken(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if (r < '0' || r > '9') && (r < 'a' || r > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func (l *serialListener) Close() error {

@@ -72,6 +72,23 @@ func (p *fakePort) Close() error                      { return nil }
 func (p *fakePort) SetReadDeadline(t time.Time) error { return p.current().SetReadDeadline(t) }
 func (p *fakePort) hostConnected() (bool, error)      { return p.connected.Load(), nil }
 
+// hello is the host's side of the connection handshake: it sends junk (as
+// a previous connection may leave behind), then the hello line, and checks
+// the agent's welcome.
+func (p *fakePort) hello(t *testing.T, token string) {
+	t.Helper()
+	p.mu.Lock()
+	w := p.hostW
+	p.mu.Unlock()
+	if _, err := w.Write([]byte("PRI * HTTP/2.0\r\n\x00\x00\n" + agentapi.SerialHello + " nothex\n" + agentapi.SerialHello + " " + token + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	want := agentapi.SerialWelcome + " " + token + "\n"
+	if got := readString(t, p.hostR, len(want)); got != want {
+		t.Fatalf("welcome %q, want %q", got, want)
+	}
+}
+
 type acceptResult struct {
 	c   net.Conn
 	err error
@@ -126,6 +143,7 @@ func TestSerialListenerReconnect(t *testing.T) {
 	first := acceptAsync(l)
 	mustBlock(t, first, "before the host attaches")
 	p.attach(t)
+	p.hello(t, "01")
 	c1 := mustWait(t, first, "host attached")
 	p.hostW.Write([]byte("ping"))
 	if got := readString(t, c1, 4); got != "ping" {
@@ -148,6 +166,7 @@ func TestSerialListenerReconnect(t *testing.T) {
 	}
 	mustBlock(t, second, "while the host is away")
 	p.attach(t)
+	p.hello(t, "02")
 	c2 := mustWait(t, second, "host re-attached")
 	if _, err := c1.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("write on the old connection = %v, want ErrClosed", err)
@@ -173,7 +192,9 @@ func TestSerialListenerReconnect(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not interrupt Read")
 	}
-	c3 := mustWait(t, acceptAsync(l), "after Close")
+	third := acceptAsync(l)
+	p.hello(t, "03")
+	c3 := mustWait(t, third, "after Close")
 	p.hostW.Write([]byte("3"))
 	if got := readString(t, c3, 1); got != "3" {
 		t.Errorf("read %q, want 3", got)

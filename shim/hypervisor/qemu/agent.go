@@ -2,13 +2,57 @@ package qemu
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"time"
 
 	"github.com/mdlayher/vsock"
+
+	"github.com/cloak-containers/cloak/agentapi"
 )
+
+// serialHelloWait bounds the wait for the agent's welcome on one attempt.
+const serialHelloWait = 3 * time.Second
+
+// serialHandshake starts a virtio-serial connection: hello with a fresh
+// token, then the agent's welcome with the same token (see
+// agentapi.SerialHello). A welcome for another token is a stale answer to an
+// earlier connection and fails this attempt.
+func serialHandshake(ctx context.Context, c net.Conn) error {
+	tok := make([]byte, 8)
+	if _, err := rand.Read(tok); err != nil {
+		return err
+	}
+	token := hex.EncodeToString(tok)
+	deadline := time.Now().Add(serialHelloWait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := c.SetDeadline(deadline); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte(agentapi.SerialHello + " " + token + "\n")); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	line := make([]byte, 0, agentapi.SerialHelloMax)
+	var b [1]byte
+	for len(line) < agentapi.SerialHelloMax {
+		if _, err := c.Read(b[:]); err != nil {
+			return fmt.Errorf("no welcome from the agent: %w", err)
+		}
+		if b[0] == '\n' {
+			if string(line) != agentapi.SerialWelcome+" "+token {
+				return fmt.Errorf("unexpected welcome %q", line)
+			}
+			return c.SetDeadline(time.Time{})
+		}
+		line = append(line, b[0])
+	}
+	return errors.New("welcome line too long")
+}
 
 // Agent wait tuning.
 const (
@@ -35,6 +79,10 @@ func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", vm.cfg.AgentSocket())
 		if err != nil {
+			return nil, fmt.Errorf("dial agent over virtio-serial: %w", err)
+		}
+		if err := vm.handshake(ctx, c); err != nil {
+			c.Close()
 			return nil, fmt.Errorf("dial agent over virtio-serial: %w", err)
 		}
 		return c, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -51,6 +52,10 @@ type VM struct {
 	portMu      sync.Mutex
 	portOpen    bool
 	portChanged chan struct{}
+
+	// handshake starts each virtio-serial agent connection (serialHandshake;
+	// tests without a guest agent replace it).
+	handshake func(context.Context, net.Conn) error
 }
 
 // Start launches QEMU for cfg and connects to its QMP socket. ctx bounds the
@@ -131,6 +136,7 @@ func launch(ctx context.Context, cfg Config, binary string, args []string, logge
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
 	vm := &VM{
+		handshake:   serialHandshake,
 		cfg:         cfg,
 		cmdline:     commandLine(binary, args),
 		cmd:         cmd,

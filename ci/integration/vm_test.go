@@ -1,0 +1,348 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/shim/agent"
+	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
+)
+
+// The guest sees the host's loopback at this address (QEMU user networking).
+const hostFromGuest = "10.0.2.2"
+
+var (
+	imageOnce sync.Once
+	imageDir  string
+	imageErr  error
+)
+
+// guestImage returns a directory with vmlinuz, initrd.img and manifest.json:
+// $CLOAK_IMAGE_DIR (make builds it), or one built now with cloak-image.
+func guestImage(t testing.TB) string {
+	t.Helper()
+	imageOnce.Do(func() {
+		if d := os.Getenv("CLOAK_IMAGE_DIR"); d != "" {
+			imageDir = d
+			return
+		}
+		dir, err := os.MkdirTemp("", "cloak-image")
+		if err != nil {
+			imageErr = err
+			return
+		}
+		cmd := exec.Command("go", "run", "./cmd/cloak-image", "build", "--out", dir)
+		cmd.Dir = "../.."
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			imageErr = fmt.Errorf("cloak-image build: %v\n%s", err, out.String())
+			return
+		}
+		imageDir = dir
+	})
+	if imageErr != nil {
+		t.Fatal(imageErr)
+	}
+	return imageDir
+}
+
+type manifest struct {
+	Cmdline string `json:"cmdline"`
+}
+
+// bootVM starts the guest image under QEMU (TCG here, KVM where usable) with
+// user-mode networking and the virtio-serial agent channel. The test stops
+// it and checks that no QEMU process or socket is left.
+func bootVM(t testing.TB) *qemu.VM {
+	t.Helper()
+	dir := guestImage(t)
+	return bootVMWith(t, filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir))
+}
+
+func imageCmdline(t testing.TB, dir string) string {
+	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m manifest
+	if err := json.Unmarshal(raw, &m); err != nil || m.Cmdline == "" {
+		t.Fatalf("manifest.json: no cmdline (%v)", err)
+	}
+	return m.Cmdline
+}
+
+func bootVMWith(t testing.TB, kernel, initrd, cmdline string) *qemu.VM {
+	t.Helper()
+	run := filepath.Join(t.TempDir(), "vm")
+	console := filepath.Join(t.TempDir(), "console.log")
+	cfg := qemu.Config{
+		Machine: qemu.MachineQ35, Accel: qemu.AccelAuto, VCPUs: 2, MemoryMiB: 1024,
+		Kernel: kernel, Initrd: initrd, Cmdline: cmdline,
+		ConsoleLog: console, RunDir: run,
+		Agent:   qemu.Agent{Kind: qemu.AgentVirtioSerial},
+		Network: qemu.Network{Kind: qemu.NetworkUser},
+		TEE:     qemu.TEE{Kind: qemu.TEENone},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vm, err := qemu.Start(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := vm.Pid()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := vm.Stop(ctx); err != nil {
+			t.Errorf("stop VM: %v", err)
+		}
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("QEMU pid %d still exists after Stop (kill 0: %v)", pid, err)
+		}
+		if _, err := os.Stat(run); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("VM run dir %s left behind", run)
+		}
+		if t.Failed() {
+			if b, err := os.ReadFile(console); err == nil {
+				t.Logf("guest console:\n%s", tailLines(string(b), 60))
+			}
+		}
+	})
+	return vm
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// connectAgent waits until the agent answers Check, then returns a client.
+func connectAgent(t testing.TB, vm *qemu.VM) *agent.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := vm.WaitAgent(ctx, checkProbe); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent answered Check %.1fs after QEMU start", time.Since(start).Seconds())
+	c, err := agent.Dial(vm.DialAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("Check after reconnecting: %v", err)
+	}
+	return c
+}
+
+// checkProbe is one readiness probe: a gRPC Check over a fresh connection,
+// with a short deadline.
+func checkProbe(ctx context.Context, conn net.Conn) error {
+	cc, err := grpc.NewClient("passthrough:///probe",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return conn, nil }))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, err = agentapi.NewAgentServiceClient(cc).Check(pctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true))
+	return err
+}
+
+// guestNetwork is the sandbox network of a user-mode guest.
+func sandboxRequest(initdata []byte) *agentapi.CreateSandboxRequest {
+	return &agentapi.CreateSandboxRequest{
+		SandboxId: "vmtest", Hostname: "cloak-vmtest",
+		DnsServers: []string{"10.0.2.3"},
+		Interfaces: []*agentapi.Interface{{Name: "eth0", Addresses: []string{"10.0.2.15/24"}}},
+		Routes:     []*agentapi.Route{{Destination: "default", Gateway: hostFromGuest, Device: "eth0"}},
+		Initdata:   initdata,
+	}
+}
+
+// registryOptions maps the loopback registry to the address the guest
+// reaches it at.
+func registryOptions(registryHost string) *agentapi.RegistryOptions {
+	_, port, _ := net.SplitHostPort(registryHost)
+	return &agentapi.RegistryOptions{
+		InsecureRegistries: []string{registryHost},
+		Mirrors:            map[string]string{registryHost: "http://" + hostFromGuest + ":" + port},
+	}
+}
+
+// containerSpec is a minimal OCI runtime spec as a container manager would
+// send it (the agent supplies the rootfs).
+func containerSpec(t *testing.T, args ...string) []byte {
+	spec := specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			Args: args, Cwd: "/", Env: []string{"PATH=/bin"},
+			User: specs.User{UID: 0, GID: 0},
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding: []string{"CAP_KILL", "CAP_CHOWN"}, Effective: []string{"CAP_KILL", "CAP_CHOWN"},
+				Permitted: []string{"CAP_KILL", "CAP_CHOWN"},
+			},
+			NoNewPrivileges: true,
+		},
+		Root:     &specs.Root{Path: "rootfs"},
+		Hostname: "container",
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}},
+		},
+	}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// runContainer creates and starts a container, and returns a function that
+// waits for its output and exit status.
+func runContainer(t *testing.T, ctx context.Context, c *agent.Client, id, image string, args ...string) func() (string, int32) {
+	t.Helper()
+	if _, err := c.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: id, Image: image, OciSpec: containerSpec(t, args...)}); err != nil {
+		t.Fatalf("CreateContainer %s: %v", id, err)
+	}
+	var out bytes.Buffer
+	attached := make(chan error, 1)
+	go func() { attached <- c.Attach(ctx, id, "", nil, &out, &out) }()
+	if _, err := c.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: id}); err != nil {
+		t.Fatalf("StartContainer %s: %v", id, err)
+	}
+	return func() (string, int32) {
+		w, err := c.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: id})
+		if err != nil {
+			t.Fatalf("WaitProcess %s: %v", id, err)
+		}
+		if err := <-attached; err != nil {
+			t.Fatalf("stdio of %s: %v", id, err)
+		}
+		return out.String(), w.ExitStatus
+	}
+}
+
+// TestVMContainerLifecycle boots the Cloak guest image, pulls a busybox
+// image from a loopback registry inside the guest and runs containers in it.
+func TestVMContainerLifecycle(t *testing.T) {
+	reg := startRegistry(t)
+	ref := pushBusybox(t, reg)
+	vm := bootVM(t)
+	c := connectAgent(t, vm)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	v, err := c.Version(ctx, &agentapi.VersionRequest{})
+	if err != nil || v.ApiVersion != "v1" {
+		t.Fatalf("Version: %v %v", v, err)
+	}
+	if _, err := c.CreateSandbox(ctx, sandboxRequest(nil)); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	pulled, err := c.PullImage(ctx, &agentapi.PullImageRequest{Image: ref, Registry: registryOptions(reg)})
+	if err != nil {
+		t.Fatalf("PullImage: %v", err)
+	}
+	if pulled.ManifestDigest == "" || pulled.Encrypted || len(pulled.LayerDigests) != 1 {
+		t.Fatalf("PullImage answer %+v", pulled)
+	}
+
+	wait := runContainer(t, ctx, c, "echo", ref, "/bin/echo", "hello from the guest")
+	if out, code := wait(); out != "hello from the guest\n" || code != 0 {
+		t.Fatalf("echo container: output %q exit %d", out, code)
+	}
+	wait = runContainer(t, ctx, c, "fail", ref, "/bin/sh", "-c", "echo oops >&2; exit 3")
+	if out, code := wait(); out != "oops\n" || code != 3 {
+		t.Fatalf("failing container: output %q exit %d", out, code)
+	}
+
+	// A long-running container: exec into it, then kill it.
+	waitSleeper := runContainer(t, ctx, c, "sleeper", ref, "/bin/sleep", "600")
+	if _, err := c.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: "sleeper", ExecId: "cat", Process: mustJSON(t, specs.Process{
+		Args: []string{"/bin/cat", "/etc/recipe.txt"}, Cwd: "/", Env: []string{"PATH=/bin"},
+	})}); err != nil {
+		t.Fatalf("ExecProcess: %v", err)
+	}
+	var execOut bytes.Buffer
+	if err := c.Attach(ctx, "sleeper", "cat", nil, &execOut, &execOut); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := c.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: "sleeper", ExecId: "cat"}); err != nil || w.ExitStatus != 0 || execOut.String() != "the secret recipe\n" {
+		t.Fatalf("exec: %q exit %v err %v", execOut.String(), w, err)
+	}
+	if _, err := c.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: "sleeper", Signal: uint32(syscall.SIGKILL)}); err != nil {
+		t.Fatalf("SignalProcess: %v", err)
+	}
+	if _, code := waitSleeper(); code != 128+int32(syscall.SIGKILL) {
+		t.Fatalf("killed container exit status %d, want %d", code, 128+syscall.SIGKILL)
+	}
+	for _, id := range []string{"echo", "fail", "sleeper"} {
+		if _, err := c.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("RemoveContainer %s: %v", id, err)
+		}
+	}
+
+	// DestroySandbox powers the guest off: QEMU exits by itself.
+	if _, err := c.DestroySandbox(ctx, &agentapi.DestroySandboxRequest{}); err != nil {
+		t.Fatalf("DestroySandbox: %v", err)
+	}
+	select {
+	case <-vm.Exited():
+	case <-time.After(60 * time.Second):
+		t.Fatal("QEMU still running 60s after DestroySandbox")
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// reasonOf returns the agentapi reason of a gRPC error from the agent.
+func reasonOf(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == agentapi.ErrorDomain {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
