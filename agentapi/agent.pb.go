@@ -72,7 +72,7 @@ func (x ProcessIOResponse_Stream) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProcessIOResponse_Stream.Descriptor instead.
 func (ProcessIOResponse_Stream) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32, 0}
+	return file_agent_proto_rawDescGZIP(), []int{34, 0}
 }
 
 type CheckRequest struct {
@@ -251,6 +251,110 @@ func (x *VersionResponse) GetKernelRelease() string {
 	return ""
 }
 
+type GuestStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestStatsRequest) Reset() {
+	*x = GuestStatsRequest{}
+	mi := &file_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestStatsRequest) ProtoMessage() {}
+
+func (x *GuestStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestStatsRequest.ProtoReflect.Descriptor instead.
+func (*GuestStatsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{4}
+}
+
+type GuestStatsResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	MemTotalBytes     uint64                 `protobuf:"varint,1,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	MemAvailableBytes uint64                 `protobuf:"varint,2,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"` // MemAvailable of /proc/meminfo
+	Cpus              uint32                 `protobuf:"varint,3,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	UptimeNs          int64                  `protobuf:"varint,4,opt,name=uptime_ns,json=uptimeNs,proto3" json:"uptime_ns,omitempty"` // since the guest kernel booted
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GuestStatsResponse) Reset() {
+	*x = GuestStatsResponse{}
+	mi := &file_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestStatsResponse) ProtoMessage() {}
+
+func (x *GuestStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestStatsResponse.ProtoReflect.Descriptor instead.
+func (*GuestStatsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GuestStatsResponse) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *GuestStatsResponse) GetMemAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemAvailableBytes
+	}
+	return 0
+}
+
+func (x *GuestStatsResponse) GetCpus() uint32 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *GuestStatsResponse) GetUptimeNs() int64 {
+	if x != nil {
+		return x.UptimeNs
+	}
+	return 0
+}
+
 type Interface struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`           // name in the guest, e.g. "eth0"
@@ -263,7 +367,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -275,7 +379,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -288,7 +392,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Interface) GetName() string {
@@ -330,7 +434,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +446,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +459,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Route) GetDestination() string {
@@ -397,7 +501,7 @@ type CreateSandboxRequest struct {
 
 func (x *CreateSandboxRequest) Reset() {
 	*x = CreateSandboxRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -409,7 +513,7 @@ func (x *CreateSandboxRequest) String() string {
 func (*CreateSandboxRequest) ProtoMessage() {}
 
 func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -422,7 +526,7 @@ func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CreateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateSandboxRequest) GetSandboxId() string {
@@ -482,7 +586,7 @@ type CreateSandboxResponse struct {
 
 func (x *CreateSandboxResponse) Reset() {
 	*x = CreateSandboxResponse{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +598,7 @@ func (x *CreateSandboxResponse) String() string {
 func (*CreateSandboxResponse) ProtoMessage() {}
 
 func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +611,7 @@ func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CreateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type DestroySandboxRequest struct {
@@ -518,7 +622,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +634,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +647,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 type DestroySandboxResponse struct {
@@ -554,7 +658,7 @@ type DestroySandboxResponse struct {
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +670,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +683,7 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 type RegistryOptions struct {
@@ -597,7 +701,7 @@ type RegistryOptions struct {
 
 func (x *RegistryOptions) Reset() {
 	*x = RegistryOptions{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +713,7 @@ func (x *RegistryOptions) String() string {
 func (*RegistryOptions) ProtoMessage() {}
 
 func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +726,7 @@ func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryOptions.ProtoReflect.Descriptor instead.
 func (*RegistryOptions) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegistryOptions) GetInsecureRegistries() []string {
@@ -650,7 +754,7 @@ type PullImageRequest struct {
 
 func (x *PullImageRequest) Reset() {
 	*x = PullImageRequest{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +766,7 @@ func (x *PullImageRequest) String() string {
 func (*PullImageRequest) ProtoMessage() {}
 
 func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +779,7 @@ func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageRequest.ProtoReflect.Descriptor instead.
 func (*PullImageRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PullImageRequest) GetImage() string {
@@ -718,7 +822,7 @@ type PullImageResponse struct {
 
 func (x *PullImageResponse) Reset() {
 	*x = PullImageResponse{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +834,7 @@ func (x *PullImageResponse) String() string {
 func (*PullImageResponse) ProtoMessage() {}
 
 func (x *PullImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +847,7 @@ func (x *PullImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullImageResponse.ProtoReflect.Descriptor instead.
 func (*PullImageResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PullImageResponse) GetImage() string {
@@ -831,7 +935,7 @@ type CreateContainerRequest struct {
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +947,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +960,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateContainerRequest) GetContainerId() string {
@@ -889,7 +993,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +1005,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +1018,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateContainerResponse) GetPid() uint32 {
@@ -933,7 +1037,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1049,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1062,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartContainerRequest) GetContainerId() string {
@@ -976,7 +1080,7 @@ type StartContainerResponse struct {
 
 func (x *StartContainerResponse) Reset() {
 	*x = StartContainerResponse{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1092,7 @@ func (x *StartContainerResponse) String() string {
 func (*StartContainerResponse) ProtoMessage() {}
 
 func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1105,7 @@ func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerResponse.ProtoReflect.Descriptor instead.
 func (*StartContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type RemoveContainerRequest struct {
@@ -1014,7 +1118,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1130,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1143,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1064,7 +1168,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1180,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1193,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 type UpdateContainerRequest struct {
@@ -1102,7 +1206,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1218,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1231,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1152,7 +1256,7 @@ type UpdateContainerResponse struct {
 
 func (x *UpdateContainerResponse) Reset() {
 	*x = UpdateContainerResponse{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1268,7 @@ func (x *UpdateContainerResponse) String() string {
 func (*UpdateContainerResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1281,7 @@ func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 type StatsContainerRequest struct {
@@ -1189,7 +1293,7 @@ type StatsContainerRequest struct {
 
 func (x *StatsContainerRequest) Reset() {
 	*x = StatsContainerRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1305,7 @@ func (x *StatsContainerRequest) String() string {
 func (*StatsContainerRequest) ProtoMessage() {}
 
 func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1318,7 @@ func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerRequest.ProtoReflect.Descriptor instead.
 func (*StatsContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatsContainerRequest) GetContainerId() string {
@@ -1240,7 +1344,7 @@ type StatsContainerResponse struct {
 
 func (x *StatsContainerResponse) Reset() {
 	*x = StatsContainerResponse{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1356,7 @@ func (x *StatsContainerResponse) String() string {
 func (*StatsContainerResponse) ProtoMessage() {}
 
 func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1369,7 @@ func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
 func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatsContainerResponse) GetCpuUsageNs() uint64 {
@@ -1333,7 +1437,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1449,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1462,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListProcessesRequest) GetContainerId() string {
@@ -1377,7 +1481,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1493,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1506,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListProcessesResponse) GetPids() []uint32 {
@@ -1423,7 +1527,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1539,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1552,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -1481,7 +1585,7 @@ type ExecProcessResponse struct {
 
 func (x *ExecProcessResponse) Reset() {
 	*x = ExecProcessResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1597,7 @@ func (x *ExecProcessResponse) String() string {
 func (*ExecProcessResponse) ProtoMessage() {}
 
 func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1610,7 @@ func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
 func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExecProcessResponse) GetPid() uint32 {
@@ -1528,7 +1632,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1644,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1657,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -1592,7 +1696,7 @@ type SignalProcessResponse struct {
 
 func (x *SignalProcessResponse) Reset() {
 	*x = SignalProcessResponse{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1708,7 @@ func (x *SignalProcessResponse) String() string {
 func (*SignalProcessResponse) ProtoMessage() {}
 
 func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1721,7 @@ func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
 func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 type WaitProcessRequest struct {
@@ -1630,7 +1734,7 @@ type WaitProcessRequest struct {
 
 func (x *WaitProcessRequest) Reset() {
 	*x = WaitProcessRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1746,7 @@ func (x *WaitProcessRequest) String() string {
 func (*WaitProcessRequest) ProtoMessage() {}
 
 func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1759,7 @@ func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessRequest.ProtoReflect.Descriptor instead.
 func (*WaitProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WaitProcessRequest) GetContainerId() string {
@@ -1682,7 +1786,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1798,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1811,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -1737,7 +1841,7 @@ type ProcessIORequest struct {
 
 func (x *ProcessIORequest) Reset() {
 	*x = ProcessIORequest{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1853,7 @@ func (x *ProcessIORequest) String() string {
 func (*ProcessIORequest) ProtoMessage() {}
 
 func (x *ProcessIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1866,7 @@ func (x *ProcessIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessIORequest.ProtoReflect.Descriptor instead.
 func (*ProcessIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ProcessIORequest) GetMsg() isProcessIORequest_Msg {
@@ -1820,7 +1924,7 @@ type ProcessIOResponse struct {
 
 func (x *ProcessIOResponse) Reset() {
 	*x = ProcessIOResponse{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +1936,7 @@ func (x *ProcessIOResponse) String() string {
 func (*ProcessIOResponse) ProtoMessage() {}
 
 func (x *ProcessIOResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +1949,7 @@ func (x *ProcessIOResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessIOResponse.ProtoReflect.Descriptor instead.
 func (*ProcessIOResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ProcessIOResponse) GetMsg() isProcessIOResponse_Msg {
@@ -1914,7 +2018,7 @@ type CloseStdinRequest struct {
 
 func (x *CloseStdinRequest) Reset() {
 	*x = CloseStdinRequest{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2030,7 @@ func (x *CloseStdinRequest) String() string {
 func (*CloseStdinRequest) ProtoMessage() {}
 
 func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2043,7 @@ func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
 func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CloseStdinRequest) GetContainerId() string {
@@ -1964,7 +2068,7 @@ type CloseStdinResponse struct {
 
 func (x *CloseStdinResponse) Reset() {
 	*x = CloseStdinResponse{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2080,7 @@ func (x *CloseStdinResponse) String() string {
 func (*CloseStdinResponse) ProtoMessage() {}
 
 func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2093,7 @@ func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinResponse.ProtoReflect.Descriptor instead.
 func (*CloseStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 type ResizePtyRequest struct {
@@ -2004,7 +2108,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2120,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2133,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -2068,7 +2172,7 @@ type ResizePtyResponse struct {
 
 func (x *ResizePtyResponse) Reset() {
 	*x = ResizePtyResponse{}
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2184,7 @@ func (x *ResizePtyResponse) String() string {
 func (*ResizePtyResponse) ProtoMessage() {}
 
 func (x *ResizePtyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2197,7 @@ func (x *ResizePtyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyResponse.ProtoReflect.Descriptor instead.
 func (*ResizePtyResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_proto_rawDescGZIP(), []int{38}
 }
 
 type OOMEventsRequest struct {
@@ -2104,7 +2208,7 @@ type OOMEventsRequest struct {
 
 func (x *OOMEventsRequest) Reset() {
 	*x = OOMEventsRequest{}
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2220,7 @@ func (x *OOMEventsRequest) String() string {
 func (*OOMEventsRequest) ProtoMessage() {}
 
 func (x *OOMEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2233,7 @@ func (x *OOMEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEventsRequest.ProtoReflect.Descriptor instead.
 func (*OOMEventsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_proto_rawDescGZIP(), []int{39}
 }
 
 type OOMEvent struct {
@@ -2142,7 +2246,7 @@ type OOMEvent struct {
 
 func (x *OOMEvent) Reset() {
 	*x = OOMEvent{}
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2258,7 @@ func (x *OOMEvent) String() string {
 func (*OOMEvent) ProtoMessage() {}
 
 func (x *OOMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2271,7 @@ func (x *OOMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
 func (*OOMEvent) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *OOMEvent) GetContainerId() string {
@@ -2194,7 +2298,7 @@ type ProcessIORequest_Attach struct {
 
 func (x *ProcessIORequest_Attach) Reset() {
 	*x = ProcessIORequest_Attach{}
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2310,7 @@ func (x *ProcessIORequest_Attach) String() string {
 func (*ProcessIORequest_Attach) ProtoMessage() {}
 
 func (x *ProcessIORequest_Attach) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2323,7 @@ func (x *ProcessIORequest_Attach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessIORequest_Attach.ProtoReflect.Descriptor instead.
 func (*ProcessIORequest_Attach) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31, 0}
+	return file_agent_proto_rawDescGZIP(), []int{33, 0}
 }
 
 func (x *ProcessIORequest_Attach) GetContainerId() string {
@@ -2249,7 +2353,13 @@ const file_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1f\n" +
 	"\vapi_version\x18\x02 \x01(\tR\n" +
 	"apiVersion\x12%\n" +
-	"\x0ekernel_release\x18\x03 \x01(\tR\rkernelRelease\"a\n" +
+	"\x0ekernel_release\x18\x03 \x01(\tR\rkernelRelease\"\x13\n" +
+	"\x11GuestStatsRequest\"\x9d\x01\n" +
+	"\x12GuestStatsResponse\x12&\n" +
+	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12.\n" +
+	"\x13mem_available_bytes\x18\x02 \x01(\x04R\x11memAvailableBytes\x12\x12\n" +
+	"\x04cpus\x18\x03 \x01(\rR\x04cpus\x12\x1b\n" +
+	"\tuptime_ns\x18\x04 \x01(\x03R\buptimeNs\"a\n" +
 	"\tInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x1c\n" +
@@ -2382,10 +2492,12 @@ const file_agent_proto_rawDesc = "" +
 	"\bOOMEvent\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12 \n" +
 	"\fat_unix_nano\x18\x02 \x01(\x03R\n" +
-	"atUnixNano2\xd3\f\n" +
+	"atUnixNano2\xa8\r\n" +
 	"\fAgentService\x12D\n" +
 	"\x05Check\x12\x1c.cloak.agent.v1.CheckRequest\x1a\x1d.cloak.agent.v1.CheckResponse\x12J\n" +
-	"\aVersion\x12\x1e.cloak.agent.v1.VersionRequest\x1a\x1f.cloak.agent.v1.VersionResponse\x12\\\n" +
+	"\aVersion\x12\x1e.cloak.agent.v1.VersionRequest\x1a\x1f.cloak.agent.v1.VersionResponse\x12S\n" +
+	"\n" +
+	"GuestStats\x12!.cloak.agent.v1.GuestStatsRequest\x1a\".cloak.agent.v1.GuestStatsResponse\x12\\\n" +
 	"\rCreateSandbox\x12$.cloak.agent.v1.CreateSandboxRequest\x1a%.cloak.agent.v1.CreateSandboxResponse\x12_\n" +
 	"\x0eDestroySandbox\x12%.cloak.agent.v1.DestroySandboxRequest\x1a&.cloak.agent.v1.DestroySandboxResponse\x12P\n" +
 	"\tPullImage\x12 .cloak.agent.v1.PullImageRequest\x1a!.cloak.agent.v1.PullImageResponse\x12b\n" +
@@ -2417,96 +2529,100 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_agent_proto_goTypes = []any{
 	(ProcessIOResponse_Stream)(0),   // 0: cloak.agent.v1.ProcessIOResponse.Stream
 	(*CheckRequest)(nil),            // 1: cloak.agent.v1.CheckRequest
 	(*CheckResponse)(nil),           // 2: cloak.agent.v1.CheckResponse
 	(*VersionRequest)(nil),          // 3: cloak.agent.v1.VersionRequest
 	(*VersionResponse)(nil),         // 4: cloak.agent.v1.VersionResponse
-	(*Interface)(nil),               // 5: cloak.agent.v1.Interface
-	(*Route)(nil),                   // 6: cloak.agent.v1.Route
-	(*CreateSandboxRequest)(nil),    // 7: cloak.agent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),   // 8: cloak.agent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),   // 9: cloak.agent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),  // 10: cloak.agent.v1.DestroySandboxResponse
-	(*RegistryOptions)(nil),         // 11: cloak.agent.v1.RegistryOptions
-	(*PullImageRequest)(nil),        // 12: cloak.agent.v1.PullImageRequest
-	(*PullImageResponse)(nil),       // 13: cloak.agent.v1.PullImageResponse
-	(*CreateContainerRequest)(nil),  // 14: cloak.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 15: cloak.agent.v1.CreateContainerResponse
-	(*StartContainerRequest)(nil),   // 16: cloak.agent.v1.StartContainerRequest
-	(*StartContainerResponse)(nil),  // 17: cloak.agent.v1.StartContainerResponse
-	(*RemoveContainerRequest)(nil),  // 18: cloak.agent.v1.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil), // 19: cloak.agent.v1.RemoveContainerResponse
-	(*UpdateContainerRequest)(nil),  // 20: cloak.agent.v1.UpdateContainerRequest
-	(*UpdateContainerResponse)(nil), // 21: cloak.agent.v1.UpdateContainerResponse
-	(*StatsContainerRequest)(nil),   // 22: cloak.agent.v1.StatsContainerRequest
-	(*StatsContainerResponse)(nil),  // 23: cloak.agent.v1.StatsContainerResponse
-	(*ListProcessesRequest)(nil),    // 24: cloak.agent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),   // 25: cloak.agent.v1.ListProcessesResponse
-	(*ExecProcessRequest)(nil),      // 26: cloak.agent.v1.ExecProcessRequest
-	(*ExecProcessResponse)(nil),     // 27: cloak.agent.v1.ExecProcessResponse
-	(*SignalProcessRequest)(nil),    // 28: cloak.agent.v1.SignalProcessRequest
-	(*SignalProcessResponse)(nil),   // 29: cloak.agent.v1.SignalProcessResponse
-	(*WaitProcessRequest)(nil),      // 30: cloak.agent.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),     // 31: cloak.agent.v1.WaitProcessResponse
-	(*ProcessIORequest)(nil),        // 32: cloak.agent.v1.ProcessIORequest
-	(*ProcessIOResponse)(nil),       // 33: cloak.agent.v1.ProcessIOResponse
-	(*CloseStdinRequest)(nil),       // 34: cloak.agent.v1.CloseStdinRequest
-	(*CloseStdinResponse)(nil),      // 35: cloak.agent.v1.CloseStdinResponse
-	(*ResizePtyRequest)(nil),        // 36: cloak.agent.v1.ResizePtyRequest
-	(*ResizePtyResponse)(nil),       // 37: cloak.agent.v1.ResizePtyResponse
-	(*OOMEventsRequest)(nil),        // 38: cloak.agent.v1.OOMEventsRequest
-	(*OOMEvent)(nil),                // 39: cloak.agent.v1.OOMEvent
-	nil,                             // 40: cloak.agent.v1.RegistryOptions.MirrorsEntry
-	(*ProcessIORequest_Attach)(nil), // 41: cloak.agent.v1.ProcessIORequest.Attach
+	(*GuestStatsRequest)(nil),       // 5: cloak.agent.v1.GuestStatsRequest
+	(*GuestStatsResponse)(nil),      // 6: cloak.agent.v1.GuestStatsResponse
+	(*Interface)(nil),               // 7: cloak.agent.v1.Interface
+	(*Route)(nil),                   // 8: cloak.agent.v1.Route
+	(*CreateSandboxRequest)(nil),    // 9: cloak.agent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),   // 10: cloak.agent.v1.CreateSandboxResponse
+	(*DestroySandboxRequest)(nil),   // 11: cloak.agent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),  // 12: cloak.agent.v1.DestroySandboxResponse
+	(*RegistryOptions)(nil),         // 13: cloak.agent.v1.RegistryOptions
+	(*PullImageRequest)(nil),        // 14: cloak.agent.v1.PullImageRequest
+	(*PullImageResponse)(nil),       // 15: cloak.agent.v1.PullImageResponse
+	(*CreateContainerRequest)(nil),  // 16: cloak.agent.v1.CreateContainerRequest
+	(*CreateContainerResponse)(nil), // 17: cloak.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 18: cloak.agent.v1.StartContainerRequest
+	(*StartContainerResponse)(nil),  // 19: cloak.agent.v1.StartContainerResponse
+	(*RemoveContainerRequest)(nil),  // 20: cloak.agent.v1.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil), // 21: cloak.agent.v1.RemoveContainerResponse
+	(*UpdateContainerRequest)(nil),  // 22: cloak.agent.v1.UpdateContainerRequest
+	(*UpdateContainerResponse)(nil), // 23: cloak.agent.v1.UpdateContainerResponse
+	(*StatsContainerRequest)(nil),   // 24: cloak.agent.v1.StatsContainerRequest
+	(*StatsContainerResponse)(nil),  // 25: cloak.agent.v1.StatsContainerResponse
+	(*ListProcessesRequest)(nil),    // 26: cloak.agent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),   // 27: cloak.agent.v1.ListProcessesResponse
+	(*ExecProcessRequest)(nil),      // 28: cloak.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 29: cloak.agent.v1.ExecProcessResponse
+	(*SignalProcessRequest)(nil),    // 30: cloak.agent.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil),   // 31: cloak.agent.v1.SignalProcessResponse
+	(*WaitProcessRequest)(nil),      // 32: cloak.agent.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),     // 33: cloak.agent.v1.WaitProcessResponse
+	(*ProcessIORequest)(nil),        // 34: cloak.agent.v1.ProcessIORequest
+	(*ProcessIOResponse)(nil),       // 35: cloak.agent.v1.ProcessIOResponse
+	(*CloseStdinRequest)(nil),       // 36: cloak.agent.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),      // 37: cloak.agent.v1.CloseStdinResponse
+	(*ResizePtyRequest)(nil),        // 38: cloak.agent.v1.ResizePtyRequest
+	(*ResizePtyResponse)(nil),       // 39: cloak.agent.v1.ResizePtyResponse
+	(*OOMEventsRequest)(nil),        // 40: cloak.agent.v1.OOMEventsRequest
+	(*OOMEvent)(nil),                // 41: cloak.agent.v1.OOMEvent
+	nil,                             // 42: cloak.agent.v1.RegistryOptions.MirrorsEntry
+	(*ProcessIORequest_Attach)(nil), // 43: cloak.agent.v1.ProcessIORequest.Attach
 }
 var file_agent_proto_depIdxs = []int32{
-	5,  // 0: cloak.agent.v1.CreateSandboxRequest.interfaces:type_name -> cloak.agent.v1.Interface
-	6,  // 1: cloak.agent.v1.CreateSandboxRequest.routes:type_name -> cloak.agent.v1.Route
-	40, // 2: cloak.agent.v1.RegistryOptions.mirrors:type_name -> cloak.agent.v1.RegistryOptions.MirrorsEntry
-	11, // 3: cloak.agent.v1.PullImageRequest.registry:type_name -> cloak.agent.v1.RegistryOptions
-	41, // 4: cloak.agent.v1.ProcessIORequest.attach:type_name -> cloak.agent.v1.ProcessIORequest.Attach
+	7,  // 0: cloak.agent.v1.CreateSandboxRequest.interfaces:type_name -> cloak.agent.v1.Interface
+	8,  // 1: cloak.agent.v1.CreateSandboxRequest.routes:type_name -> cloak.agent.v1.Route
+	42, // 2: cloak.agent.v1.RegistryOptions.mirrors:type_name -> cloak.agent.v1.RegistryOptions.MirrorsEntry
+	13, // 3: cloak.agent.v1.PullImageRequest.registry:type_name -> cloak.agent.v1.RegistryOptions
+	43, // 4: cloak.agent.v1.ProcessIORequest.attach:type_name -> cloak.agent.v1.ProcessIORequest.Attach
 	0,  // 5: cloak.agent.v1.ProcessIOResponse.eof:type_name -> cloak.agent.v1.ProcessIOResponse.Stream
 	1,  // 6: cloak.agent.v1.AgentService.Check:input_type -> cloak.agent.v1.CheckRequest
 	3,  // 7: cloak.agent.v1.AgentService.Version:input_type -> cloak.agent.v1.VersionRequest
-	7,  // 8: cloak.agent.v1.AgentService.CreateSandbox:input_type -> cloak.agent.v1.CreateSandboxRequest
-	9,  // 9: cloak.agent.v1.AgentService.DestroySandbox:input_type -> cloak.agent.v1.DestroySandboxRequest
-	12, // 10: cloak.agent.v1.AgentService.PullImage:input_type -> cloak.agent.v1.PullImageRequest
-	14, // 11: cloak.agent.v1.AgentService.CreateContainer:input_type -> cloak.agent.v1.CreateContainerRequest
-	16, // 12: cloak.agent.v1.AgentService.StartContainer:input_type -> cloak.agent.v1.StartContainerRequest
-	18, // 13: cloak.agent.v1.AgentService.RemoveContainer:input_type -> cloak.agent.v1.RemoveContainerRequest
-	20, // 14: cloak.agent.v1.AgentService.UpdateContainer:input_type -> cloak.agent.v1.UpdateContainerRequest
-	22, // 15: cloak.agent.v1.AgentService.StatsContainer:input_type -> cloak.agent.v1.StatsContainerRequest
-	24, // 16: cloak.agent.v1.AgentService.ListProcesses:input_type -> cloak.agent.v1.ListProcessesRequest
-	26, // 17: cloak.agent.v1.AgentService.ExecProcess:input_type -> cloak.agent.v1.ExecProcessRequest
-	28, // 18: cloak.agent.v1.AgentService.SignalProcess:input_type -> cloak.agent.v1.SignalProcessRequest
-	30, // 19: cloak.agent.v1.AgentService.WaitProcess:input_type -> cloak.agent.v1.WaitProcessRequest
-	32, // 20: cloak.agent.v1.AgentService.ProcessIO:input_type -> cloak.agent.v1.ProcessIORequest
-	34, // 21: cloak.agent.v1.AgentService.CloseStdin:input_type -> cloak.agent.v1.CloseStdinRequest
-	36, // 22: cloak.agent.v1.AgentService.ResizePty:input_type -> cloak.agent.v1.ResizePtyRequest
-	38, // 23: cloak.agent.v1.AgentService.OOMEvents:input_type -> cloak.agent.v1.OOMEventsRequest
-	2,  // 24: cloak.agent.v1.AgentService.Check:output_type -> cloak.agent.v1.CheckResponse
-	4,  // 25: cloak.agent.v1.AgentService.Version:output_type -> cloak.agent.v1.VersionResponse
-	8,  // 26: cloak.agent.v1.AgentService.CreateSandbox:output_type -> cloak.agent.v1.CreateSandboxResponse
-	10, // 27: cloak.agent.v1.AgentService.DestroySandbox:output_type -> cloak.agent.v1.DestroySandboxResponse
-	13, // 28: cloak.agent.v1.AgentService.PullImage:output_type -> cloak.agent.v1.PullImageResponse
-	15, // 29: cloak.agent.v1.AgentService.CreateContainer:output_type -> cloak.agent.v1.CreateContainerResponse
-	17, // 30: cloak.agent.v1.AgentService.StartContainer:output_type -> cloak.agent.v1.StartContainerResponse
-	19, // 31: cloak.agent.v1.AgentService.RemoveContainer:output_type -> cloak.agent.v1.RemoveContainerResponse
-	21, // 32: cloak.agent.v1.AgentService.UpdateContainer:output_type -> cloak.agent.v1.UpdateContainerResponse
-	23, // 33: cloak.agent.v1.AgentService.StatsContainer:output_type -> cloak.agent.v1.StatsContainerResponse
-	25, // 34: cloak.agent.v1.AgentService.ListProcesses:output_type -> cloak.agent.v1.ListProcessesResponse
-	27, // 35: cloak.agent.v1.AgentService.ExecProcess:output_type -> cloak.agent.v1.ExecProcessResponse
-	29, // 36: cloak.agent.v1.AgentService.SignalProcess:output_type -> cloak.agent.v1.SignalProcessResponse
-	31, // 37: cloak.agent.v1.AgentService.WaitProcess:output_type -> cloak.agent.v1.WaitProcessResponse
-	33, // 38: cloak.agent.v1.AgentService.ProcessIO:output_type -> cloak.agent.v1.ProcessIOResponse
-	35, // 39: cloak.agent.v1.AgentService.CloseStdin:output_type -> cloak.agent.v1.CloseStdinResponse
-	37, // 40: cloak.agent.v1.AgentService.ResizePty:output_type -> cloak.agent.v1.ResizePtyResponse
-	39, // 41: cloak.agent.v1.AgentService.OOMEvents:output_type -> cloak.agent.v1.OOMEvent
-	24, // [24:42] is the sub-list for method output_type
-	6,  // [6:24] is the sub-list for method input_type
+	5,  // 8: cloak.agent.v1.AgentService.GuestStats:input_type -> cloak.agent.v1.GuestStatsRequest
+	9,  // 9: cloak.agent.v1.AgentService.CreateSandbox:input_type -> cloak.agent.v1.CreateSandboxRequest
+	11, // 10: cloak.agent.v1.AgentService.DestroySandbox:input_type -> cloak.agent.v1.DestroySandboxRequest
+	14, // 11: cloak.agent.v1.AgentService.PullImage:input_type -> cloak.agent.v1.PullImageRequest
+	16, // 12: cloak.agent.v1.AgentService.CreateContainer:input_type -> cloak.agent.v1.CreateContainerRequest
+	18, // 13: cloak.agent.v1.AgentService.StartContainer:input_type -> cloak.agent.v1.StartContainerRequest
+	20, // 14: cloak.agent.v1.AgentService.RemoveContainer:input_type -> cloak.agent.v1.RemoveContainerRequest
+	22, // 15: cloak.agent.v1.AgentService.UpdateContainer:input_type -> cloak.agent.v1.UpdateContainerRequest
+	24, // 16: cloak.agent.v1.AgentService.StatsContainer:input_type -> cloak.agent.v1.StatsContainerRequest
+	26, // 17: cloak.agent.v1.AgentService.ListProcesses:input_type -> cloak.agent.v1.ListProcessesRequest
+	28, // 18: cloak.agent.v1.AgentService.ExecProcess:input_type -> cloak.agent.v1.ExecProcessRequest
+	30, // 19: cloak.agent.v1.AgentService.SignalProcess:input_type -> cloak.agent.v1.SignalProcessRequest
+	32, // 20: cloak.agent.v1.AgentService.WaitProcess:input_type -> cloak.agent.v1.WaitProcessRequest
+	34, // 21: cloak.agent.v1.AgentService.ProcessIO:input_type -> cloak.agent.v1.ProcessIORequest
+	36, // 22: cloak.agent.v1.AgentService.CloseStdin:input_type -> cloak.agent.v1.CloseStdinRequest
+	38, // 23: cloak.agent.v1.AgentService.ResizePty:input_type -> cloak.agent.v1.ResizePtyRequest
+	40, // 24: cloak.agent.v1.AgentService.OOMEvents:input_type -> cloak.agent.v1.OOMEventsRequest
+	2,  // 25: cloak.agent.v1.AgentService.Check:output_type -> cloak.agent.v1.CheckResponse
+	4,  // 26: cloak.agent.v1.AgentService.Version:output_type -> cloak.agent.v1.VersionResponse
+	6,  // 27: cloak.agent.v1.AgentService.GuestStats:output_type -> cloak.agent.v1.GuestStatsResponse
+	10, // 28: cloak.agent.v1.AgentService.CreateSandbox:output_type -> cloak.agent.v1.CreateSandboxResponse
+	12, // 29: cloak.agent.v1.AgentService.DestroySandbox:output_type -> cloak.agent.v1.DestroySandboxResponse
+	15, // 30: cloak.agent.v1.AgentService.PullImage:output_type -> cloak.agent.v1.PullImageResponse
+	17, // 31: cloak.agent.v1.AgentService.CreateContainer:output_type -> cloak.agent.v1.CreateContainerResponse
+	19, // 32: cloak.agent.v1.AgentService.StartContainer:output_type -> cloak.agent.v1.StartContainerResponse
+	21, // 33: cloak.agent.v1.AgentService.RemoveContainer:output_type -> cloak.agent.v1.RemoveContainerResponse
+	23, // 34: cloak.agent.v1.AgentService.UpdateContainer:output_type -> cloak.agent.v1.UpdateContainerResponse
+	25, // 35: cloak.agent.v1.AgentService.StatsContainer:output_type -> cloak.agent.v1.StatsContainerResponse
+	27, // 36: cloak.agent.v1.AgentService.ListProcesses:output_type -> cloak.agent.v1.ListProcessesResponse
+	29, // 37: cloak.agent.v1.AgentService.ExecProcess:output_type -> cloak.agent.v1.ExecProcessResponse
+	31, // 38: cloak.agent.v1.AgentService.SignalProcess:output_type -> cloak.agent.v1.SignalProcessResponse
+	33, // 39: cloak.agent.v1.AgentService.WaitProcess:output_type -> cloak.agent.v1.WaitProcessResponse
+	35, // 40: cloak.agent.v1.AgentService.ProcessIO:output_type -> cloak.agent.v1.ProcessIOResponse
+	37, // 41: cloak.agent.v1.AgentService.CloseStdin:output_type -> cloak.agent.v1.CloseStdinResponse
+	39, // 42: cloak.agent.v1.AgentService.ResizePty:output_type -> cloak.agent.v1.ResizePtyResponse
+	41, // 43: cloak.agent.v1.AgentService.OOMEvents:output_type -> cloak.agent.v1.OOMEvent
+	25, // [25:44] is the sub-list for method output_type
+	6,  // [6:25] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -2517,11 +2633,11 @@ func file_agent_proto_init() {
 	if File_agent_proto != nil {
 		return
 	}
-	file_agent_proto_msgTypes[31].OneofWrappers = []any{
+	file_agent_proto_msgTypes[33].OneofWrappers = []any{
 		(*ProcessIORequest_Attach_)(nil),
 		(*ProcessIORequest_Stdin)(nil),
 	}
-	file_agent_proto_msgTypes[32].OneofWrappers = []any{
+	file_agent_proto_msgTypes[34].OneofWrappers = []any{
 		(*ProcessIOResponse_Stdout)(nil),
 		(*ProcessIOResponse_Stderr)(nil),
 		(*ProcessIOResponse_Eof)(nil),
@@ -2532,7 +2648,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   41,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	AgentService_Check_FullMethodName           = "/cloak.agent.v1.AgentService/Check"
 	AgentService_Version_FullMethodName         = "/cloak.agent.v1.AgentService/Version"
+	AgentService_GuestStats_FullMethodName      = "/cloak.agent.v1.AgentService/GuestStats"
 	AgentService_CreateSandbox_FullMethodName   = "/cloak.agent.v1.AgentService/CreateSandbox"
 	AgentService_DestroySandbox_FullMethodName  = "/cloak.agent.v1.AgentService/DestroySandbox"
 	AgentService_PullImage_FullMethodName       = "/cloak.agent.v1.AgentService/PullImage"
@@ -51,6 +52,8 @@ type AgentServiceClient interface {
 	// Check answers once the agent can serve every other call.
 	Check(ctx context.Context, in *CheckRequest, opts ...grpc.CallOption) (*CheckResponse, error)
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
+	// GuestStats reports the VM's memory, CPUs and uptime as the guest sees them.
+	GuestStats(ctx context.Context, in *GuestStatsRequest, opts ...grpc.CallOption) (*GuestStatsResponse, error)
 	// CreateSandbox configures the VM for a pod: hostname, DNS, network,
 	// and initdata (handed to the attestation agent, which starts then).
 	CreateSandbox(ctx context.Context, in *CreateSandboxRequest, opts ...grpc.CallOption) (*CreateSandboxResponse, error)
@@ -104,6 +107,16 @@ func (c *agentServiceClient) Version(ctx context.Context, in *VersionRequest, op
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(VersionResponse)
 	err := c.cc.Invoke(ctx, AgentService_Version_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) GuestStats(ctx context.Context, in *GuestStatsRequest, opts ...grpc.CallOption) (*GuestStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GuestStatsResponse)
+	err := c.cc.Invoke(ctx, AgentService_GuestStats_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -289,6 +302,8 @@ type AgentServiceServer interface {
 	// Check answers once the agent can serve every other call.
 	Check(context.Context, *CheckRequest) (*CheckResponse, error)
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
+	// GuestStats reports the VM's memory, CPUs and uptime as the guest sees them.
+	GuestStats(context.Context, *GuestStatsRequest) (*GuestStatsResponse, error)
 	// CreateSandbox configures the VM for a pod: hostname, DNS, network,
 	// and initdata (handed to the attestation agent, which starts then).
 	CreateSandbox(context.Context, *CreateSandboxRequest) (*CreateSandboxResponse, error)
@@ -333,6 +348,9 @@ func (UnimplementedAgentServiceServer) Check(context.Context, *CheckRequest) (*C
 }
 func (UnimplementedAgentServiceServer) Version(context.Context, *VersionRequest) (*VersionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Version not implemented")
+}
+func (UnimplementedAgentServiceServer) GuestStats(context.Context, *GuestStatsRequest) (*GuestStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GuestStats not implemented")
 }
 func (UnimplementedAgentServiceServer) CreateSandbox(context.Context, *CreateSandboxRequest) (*CreateSandboxResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateSandbox not implemented")
@@ -435,6 +453,24 @@ func _AgentService_Version_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AgentServiceServer).Version(ctx, req.(*VersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_GuestStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GuestStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GuestStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GuestStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GuestStats(ctx, req.(*GuestStatsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -723,6 +759,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Version",
 			Handler:    _AgentService_Version_Handler,
+		},
+		{
+			MethodName: "GuestStats",
+			Handler:    _AgentService_GuestStats_Handler,
 		},
 		{
 			MethodName: "CreateSandbox",

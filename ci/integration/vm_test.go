@@ -19,7 +19,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
@@ -145,36 +144,34 @@ func connectAgent(t testing.TB, vm *qemu.VM) *agent.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	if err := vm.WaitAgent(ctx, checkProbe); err != nil {
+	c, err := dialReadyAgent(ctx, vm)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("agent answered Check %.1fs after QEMU start", time.Since(start).Seconds())
-	c, err := agent.Dial(vm.DialAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { c.Close() })
-	if _, err := c.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
-		t.Fatalf("Check after reconnecting: %v", err)
-	}
 	return c
 }
 
-// checkProbe is one readiness probe: a gRPC Check over a fresh connection,
-// with a short deadline.
-func checkProbe(ctx context.Context, conn net.Conn) error {
-	cc, err := grpc.NewClient("passthrough:///probe",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return conn, nil }))
+// dialReadyAgent waits for the agent channel, keeps the connection the agent
+// accepted, and returns a client once Check has answered on it.
+func dialReadyAgent(ctx context.Context, vm *qemu.VM) (*agent.Client, error) {
+	conn, err := vm.ConnectAgent(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer cc.Close()
-	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	_, err = agentapi.NewAgentServiceClient(cc).Check(pctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true))
-	return err
+	c, err := agent.DialFirst(conn, vm.DialAgent)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if _, err := c.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("Check: %w", err)
+	}
+	return c, nil
 }
+
 
 // guestNetwork is the sandbox network of a user-mode guest.
 func sandboxRequest(initdata []byte) *agentapi.CreateSandboxRequest {
@@ -268,6 +265,10 @@ func TestVMContainerLifecycle(t *testing.T) {
 	if err != nil || v.ApiVersion != "v1" {
 		t.Fatalf("Version: %v %v", v, err)
 	}
+	gs, err := c.GuestStats(ctx, &agentapi.GuestStatsRequest{})
+	if err != nil || gs.Cpus != 2 || gs.MemTotalBytes < 512<<20 || gs.MemTotalBytes > 1<<30 || gs.MemAvailableBytes == 0 {
+		t.Fatalf("GuestStats of a 2-vCPU 1 GiB guest: %+v %v", gs, err)
+	}
 	if _, err := c.CreateSandbox(ctx, sandboxRequest(nil)); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
 	}
@@ -288,8 +289,27 @@ func TestVMContainerLifecycle(t *testing.T) {
 		t.Fatalf("failing container: output %q exit %d", out, code)
 	}
 
-	// A long-running container: exec into it, then kill it.
-	waitSleeper := runContainer(t, ctx, c, "sleeper", ref, "/bin/sleep", "600")
+	// A long-running container: drop the agent connection and reconnect
+	// (containers keep running), exec into it, then kill it.
+	if _, err := c.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: "sleeper", Image: ref, OciSpec: containerSpec(t, "/bin/sleep", "600")}); err != nil {
+		t.Fatalf("CreateContainer sleeper: %v", err)
+	}
+	if _, err := c.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: "sleeper"}); err != nil {
+		t.Fatalf("StartContainer sleeper: %v", err)
+	}
+	old := c
+	c, err = agent.Dial(vm.DialAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	old.Close()
+	if _, err := c.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("Check after reconnecting: %v", err)
+	}
+	if pids, err := c.ListProcesses(ctx, &agentapi.ListProcessesRequest{ContainerId: "sleeper"}); err != nil || len(pids.Pids) == 0 {
+		t.Fatalf("sleeper after reconnecting: %v %v", pids, err)
+	}
 	if _, err := c.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: "sleeper", ExecId: "cat", Process: mustJSON(t, specs.Process{
 		Args: []string{"/bin/cat", "/etc/recipe.txt"}, Cwd: "/", Env: []string{"PATH=/bin"},
 	})}); err != nil {
@@ -305,8 +325,8 @@ func TestVMContainerLifecycle(t *testing.T) {
 	if _, err := c.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: "sleeper", Signal: uint32(syscall.SIGKILL)}); err != nil {
 		t.Fatalf("SignalProcess: %v", err)
 	}
-	if _, code := waitSleeper(); code != 128+int32(syscall.SIGKILL) {
-		t.Fatalf("killed container exit status %d, want %d", code, 128+syscall.SIGKILL)
+	if w, err := c.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: "sleeper"}); err != nil || w.ExitStatus != 128+int32(syscall.SIGKILL) {
+		t.Fatalf("killed container: %v %v, want exit status %d", w, err, 128+syscall.SIGKILL)
 	}
 	for _, id := range []string{"echo", "fail", "sleeper"} {
 		if _, err := c.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: id}); err != nil {

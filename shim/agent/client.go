@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -41,6 +42,23 @@ func Dial(dial func(ctx context.Context) (net.Conn, error)) (*Client, error) {
 		return nil, fmt.Errorf("agent client: %w", err)
 	}
 	return &Client{AgentServiceClient: agentapi.NewAgentServiceClient(conn), conn: conn}, nil
+}
+
+// DialFirst is Dial whose first connection is first (typically from
+// qemu.VM.ConnectAgent, already accepted by the agent); later reconnects use
+// redial.
+func DialFirst(first net.Conn, redial func(ctx context.Context) (net.Conn, error)) (*Client, error) {
+	var mu sync.Mutex
+	return Dial(func(ctx context.Context) (net.Conn, error) {
+		mu.Lock()
+		c := first
+		first = nil
+		mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		return redial(ctx)
+	})
 }
 
 // Close closes the connection; the guest keeps running.

@@ -98,6 +98,20 @@ func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
 // port: bytes written before that wait in QEMU and would reach the agent
 // as garbage in front of the next attempt's.
 func (vm *VM) WaitAgent(ctx context.Context, probe func(ctx context.Context, conn net.Conn) error) error {
+	_, err := vm.waitAgent(ctx, probe, false)
+	return err
+}
+
+// ConnectAgent waits like WaitAgent (the probe being the connection
+// handshake itself) and returns the first connection the agent accepted;
+// the caller owns it. Keep using it rather than dialling again: over
+// virtio-serial a connection closed right before the next one opens can
+// swallow the next one's first bytes, which costs a handshake timeout.
+func (vm *VM) ConnectAgent(ctx context.Context) (net.Conn, error) {
+	return vm.waitAgent(ctx, func(context.Context, net.Conn) error { return nil }, true)
+}
+
+func (vm *VM) waitAgent(ctx context.Context, probe func(ctx context.Context, conn net.Conn) error, keep bool) (net.Conn, error) {
 	start := time.Now()
 	attempts := 0
 	var last error
@@ -109,9 +123,10 @@ func (vm *VM) WaitAgent(ctx context.Context, probe func(ctx context.Context, con
 		var retry <-chan time.Time
 		if ready {
 			attempts++
-			if last = vm.probeAgent(ctx, probe); last == nil {
+			var conn net.Conn
+			if conn, last = vm.probeAgent(ctx, probe, keep); last == nil {
 				vm.log.Debug("qemu: agent answered", "after", time.Since(start), "attempts", attempts)
-				return nil
+				return conn, nil
 			}
 			retry = time.After(agentRetryInterval)
 		}
@@ -123,35 +138,46 @@ func (vm *VM) WaitAgent(ctx context.Context, probe func(ctx context.Context, con
 			if why == nil {
 				why = errors.New("the guest shut down or rebooted")
 			}
-			return fmt.Errorf("qemu exited while waiting for the agent (after %s): %w\n%s",
+			return nil, fmt.Errorf("qemu exited while waiting for the agent (after %s): %w\n%s",
 				time.Since(start).Round(time.Millisecond), why, vm.consoleTail())
 		case <-ctx.Done():
 			waited := time.Since(start).Round(time.Millisecond)
 			if attempts == 0 {
-				return fmt.Errorf("agent did not answer within %s: the guest never opened virtio-serial port %q (agent not started?)\n%s",
+				return nil, fmt.Errorf("agent did not answer within %s: the guest never opened virtio-serial port %q (agent not started?)\n%s",
 					waited, vm.cfg.Agent.PortName, vm.consoleTail())
 			}
-			return fmt.Errorf("agent did not answer within %s (%d attempts, last: %v)\n%s",
+			return nil, fmt.Errorf("agent did not answer within %s (%d attempts, last: %v)\n%s",
 				waited, attempts, last, vm.consoleTail())
 		}
 	}
 }
 
-func (vm *VM) probeAgent(ctx context.Context, probe func(ctx context.Context, conn net.Conn) error) error {
+// probeAgent dials and probes once; with keep, a connection that passed is
+// returned open (deadline cleared), otherwise it is closed.
+func (vm *VM) probeAgent(ctx context.Context, probe func(ctx context.Context, conn net.Conn) error, keep bool) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, agentAttemptTimeout)
 	defer cancel()
 	conn, err := vm.DialAgent(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer conn.Close()
 	// The deadline also unblocks a probe that ignores ctx and sits in Read.
 	if d, ok := ctx.Deadline(); ok {
 		if err := conn.SetDeadline(d); err != nil && !errors.Is(err, net.ErrClosed) {
-			return fmt.Errorf("agent connection deadline: %w", err)
+			conn.Close()
+			return nil, fmt.Errorf("agent connection deadline: %w", err)
 		}
 	}
-	return probe(ctx, conn)
+	err = probe(ctx, conn)
+	if err != nil || !keep {
+		conn.Close()
+		return nil, err
+	}
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("agent connection deadline: %w", err)
+	}
+	return conn, nil
 }
 
 // consoleTail points at the guest console log, where a guest that never

@@ -343,6 +343,19 @@ func TestWaitAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("ConnectAgent hands over the accepted connection", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := vm.ConnectAgent(ctx)
+		if err != nil {
+			t.Fatalf("ConnectAgent: %v", err)
+		}
+		defer conn.Close()
+		if _, err := conn.Write([]byte("still open\n")); err != nil {
+			t.Fatalf("write on the returned connection: %v", err)
+		}
+	})
+
 	t.Run("times out when the agent does not answer", func(t *testing.T) {
 		// The port is open from the previous subtest; nothing in the guest
 		// reads it, so the probe's read never returns.
