@@ -24,6 +24,19 @@ import (
 	"github.com/cloak-containers/cloak/kbs/keywrap"
 )
 
+// newKEK writes a random 32-byte key-encryption key to dir/kek (0600).
+func newKEK(t testing.TB, dir string) (kek []byte, path string) {
+	kek = make([]byte, 32)
+	if _, err := rand.Read(kek); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "kek")
+	if err := os.WriteFile(path, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kek, path
+}
+
 // useProvider points ocicrypt's "attestation-agent" key provider at a gRPC
 // socket, as an ocicrypt keyprovider config file would (skopeo on the host
 // points it at the wrapping service, the guest at cloak-aa).
@@ -64,14 +77,7 @@ func TestEncryptedLayerThroughKBS(t *testing.T) {
 	ctx := ctxT(t)
 	dir := t.TempDir()
 
-	kek := make([]byte, 32)
-	if _, err := rand.Read(kek); err != nil {
-		t.Fatal(err)
-	}
-	kekPath := filepath.Join(dir, "kek")
-	if err := os.WriteFile(kekPath, kek, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kek, kekPath := newKEK(t, dir)
 	const kid = "kbs:///default/image-key/layer"
 	if _, err := k.admin.SetResource(ctx, "default/image-key/layer", kek); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
 	"fmt"
@@ -46,14 +45,7 @@ func TestVMEncryptedImage(t *testing.T) {
 	ctl := func(args ...string) []string {
 		return append([]string{"--url", kbs.url, "--cacert", kbs.ca, "--admin-key", adminKey}, args...)
 	}
-	kek := make([]byte, 32)
-	if _, err := rand.Read(kek); err != nil {
-		t.Fatal(err)
-	}
-	kekPath := filepath.Join(dir, "kek")
-	if err := os.WriteFile(kekPath, kek, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kek, kekPath := newKEK(t, dir)
 	mustRun(t, kek, "kbsctl", ctl("resource", "set", "default/image-key/allowed", "--file", "-")...)
 	mustRun(t, kek, "kbsctl", ctl("resource", "set", "default/image-key/refused", "--file", "-")...)
 	mustRun(t, nil, "kbsctl", ctl("reference-value", "set", "sample_svn", "1")...)
