@@ -172,8 +172,7 @@ func dialReadyAgent(ctx context.Context, vm *qemu.VM) (*agent.Client, error) {
 	return c, nil
 }
 
-
-// guestNetwork is the sandbox network of a user-mode guest.
+// sandboxRequest is a sandbox on the user-mode network QEMU gives the guest.
 func sandboxRequest(initdata []byte) *agentapi.CreateSandboxRequest {
 	return &agentapi.CreateSandboxRequest{
 		SandboxId: "vmtest", Hostname: "cloak-vmtest",
