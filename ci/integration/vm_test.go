@@ -196,6 +196,11 @@ func registryOptions(registryHost string) *agentapi.RegistryOptions {
 // containerSpec is a minimal OCI runtime spec as a container manager would
 // send it (the agent supplies the rootfs).
 func containerSpec(t *testing.T, args ...string) []byte {
+	return containerSpecWith(t, nil, args...)
+}
+
+// containerSpecWith is containerSpec with a change applied to the spec.
+func containerSpecWith(t *testing.T, change func(*specs.Spec), args ...string) []byte {
 	spec := specs.Spec{
 		Version: specs.Version,
 		Process: &specs.Process{
@@ -212,11 +217,16 @@ func containerSpec(t *testing.T, args ...string) []byte {
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc"},
 			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 		},
 		Linux: &specs.Linux{
 			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}},
 		},
+	}
+	if change != nil {
+		change(&spec)
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -229,7 +239,12 @@ func containerSpec(t *testing.T, args ...string) []byte {
 // waits for its output and exit status.
 func runContainer(t *testing.T, ctx context.Context, c *agent.Client, id, image string, args ...string) func() (string, int32) {
 	t.Helper()
-	if _, err := c.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: id, Image: image, OciSpec: containerSpec(t, args...)}); err != nil {
+	return runContainerSpec(t, ctx, c, id, image, containerSpec(t, args...))
+}
+
+func runContainerSpec(t *testing.T, ctx context.Context, c *agent.Client, id, image string, spec []byte) func() (string, int32) {
+	t.Helper()
+	if _, err := c.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: id, Image: image, OciSpec: spec}); err != nil {
 		t.Fatalf("CreateContainer %s: %v", id, err)
 	}
 	var out bytes.Buffer
@@ -327,7 +342,48 @@ func TestVMContainerLifecycle(t *testing.T) {
 	if w, err := c.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: "sleeper"}); err != nil || w.ExitStatus != 128+int32(syscall.SIGKILL) {
 		t.Fatalf("killed container: %v %v, want exit status %d", w, err, 128+syscall.SIGKILL)
 	}
-	for _, id := range []string{"echo", "fail", "sleeper"} {
+	// TTY: the terminal size set with ResizePty reaches the process.
+	if _, err := c.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: "tty", Image: ref,
+		OciSpec: containerSpecWith(t, func(s *specs.Spec) { s.Process.Terminal = true },
+			"/bin/sh", "-c", `while [ "$(stty size)" != "40 100" ]; do sleep 0.1; done; echo resized`)}); err != nil {
+		t.Fatalf("CreateContainer tty: %v", err)
+	}
+	var ttyOut bytes.Buffer
+	ttyDone := make(chan error, 1)
+	go func() { ttyDone <- c.Attach(ctx, "tty", "", nil, &ttyOut, nil) }()
+	if _, err := c.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: "tty"}); err != nil {
+		t.Fatalf("StartContainer tty: %v", err)
+	}
+	if _, err := c.ResizePty(ctx, &agentapi.ResizePtyRequest{ContainerId: "tty", Rows: 40, Columns: 100}); err != nil {
+		t.Fatalf("ResizePty: %v", err)
+	}
+	if w, err := c.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: "tty"}); err != nil || w.ExitStatus != 0 {
+		t.Fatalf("tty container: %v %v", w, err)
+	}
+	if err := <-ttyDone; err != nil || !strings.Contains(ttyOut.String(), "resized\r\n") {
+		t.Fatalf("tty output %q (%v), want \"resized\" with a terminal's CRLF", ttyOut.String(), err)
+	}
+
+	// OOM: a container over its memory limit is killed and reported.
+	oomCtx, stopOOM := context.WithCancel(ctx)
+	defer stopOOM()
+	events, err := c.OOMEvents(oomCtx, &agentapi.OOMEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := int64(32 << 20)
+	waitOOM := runContainerSpec(t, ctx, c, "hog", ref, containerSpecWith(t, func(s *specs.Spec) {
+		s.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
+	}, "/bin/sh", "-c", `x=$(head -c 200000000 /dev/zero | tr '\0' a); echo survived`))
+	if out, code := waitOOM(); code != 128+int32(syscall.SIGKILL) || strings.Contains(out, "survived") {
+		t.Fatalf("memory hog: output %q exit %d, want killed by the OOM killer", out, code)
+	}
+	ev, err := events.Recv()
+	if err != nil || ev.ContainerId != "hog" {
+		t.Fatalf("OOM event: %v %v, want one for container hog", ev, err)
+	}
+
+	for _, id := range []string{"echo", "fail", "sleeper", "tty", "hog"} {
 		if _, err := c.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: id}); err != nil {
 			t.Fatalf("RemoveContainer %s: %v", id, err)
 		}
