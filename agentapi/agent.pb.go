@@ -1834,6 +1834,7 @@ type ProcessIORequest struct {
 	//
 	//	*ProcessIORequest_Attach_
 	//	*ProcessIORequest_Stdin
+	//	*ProcessIORequest_CloseStdin
 	Msg           isProcessIORequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1894,6 +1895,15 @@ func (x *ProcessIORequest) GetStdin() []byte {
 	return nil
 }
 
+func (x *ProcessIORequest) GetCloseStdin() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ProcessIORequest_CloseStdin); ok {
+			return x.CloseStdin
+		}
+	}
+	return false
+}
+
 type isProcessIORequest_Msg interface {
 	isProcessIORequest_Msg()
 }
@@ -1906,9 +1916,18 @@ type ProcessIORequest_Stdin struct {
 	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
 }
 
+type ProcessIORequest_CloseStdin struct {
+	// close_stdin ends the process's stdin after the stdin chunks sent
+	// before it. In the stream, unlike the CloseStdin call, it cannot
+	// overtake them.
+	CloseStdin bool `protobuf:"varint,3,opt,name=close_stdin,json=closeStdin,proto3,oneof"`
+}
+
 func (*ProcessIORequest_Attach_) isProcessIORequest_Msg() {}
 
 func (*ProcessIORequest_Stdin) isProcessIORequest_Msg() {}
+
+func (*ProcessIORequest_CloseStdin) isProcessIORequest_Msg() {}
 
 type ProcessIOResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2461,10 +2480,12 @@ const file_agent_proto_rawDesc = "" +
 	"\x13WaitProcessResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\x05R\n" +
 	"exitStatus\x12-\n" +
-	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\"\xba\x01\n" +
+	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\"\xdd\x01\n" +
 	"\x10ProcessIORequest\x12A\n" +
 	"\x06attach\x18\x01 \x01(\v2'.cloak.agent.v1.ProcessIORequest.AttachH\x00R\x06attach\x12\x16\n" +
-	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x1aD\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12!\n" +
+	"\vclose_stdin\x18\x03 \x01(\bH\x00R\n" +
+	"closeStdin\x1aD\n" +
 	"\x06Attach\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execIdB\x05\n" +
@@ -2636,6 +2657,7 @@ func file_agent_proto_init() {
 	file_agent_proto_msgTypes[33].OneofWrappers = []any{
 		(*ProcessIORequest_Attach_)(nil),
 		(*ProcessIORequest_Stdin)(nil),
+		(*ProcessIORequest_CloseStdin)(nil),
 	}
 	file_agent_proto_msgTypes[34].OneofWrappers = []any{
 		(*ProcessIOResponse_Stdout)(nil),

@@ -238,8 +238,9 @@ type output struct {
 	err            error
 }
 
-// attach opens ProcessIO, sends stdin (then CloseStdin if closeStdin), and
-// returns a channel with everything received once the call ends.
+// attach opens ProcessIO, sends stdin (then, if closeStdin, the in-stream
+// close_stdin, which must not overtake the data), and returns a channel with
+// everything received once the call ends.
 func (ta *testAgent) attach(ctx context.Context, t *testing.T, id, exec string, stdin []byte, closeStdin bool) <-chan *output {
 	t.Helper()
 	stream, err := ta.client.ProcessIO(ctx)
@@ -275,11 +276,8 @@ func (ta *testAgent) attach(ctx context.Context, t *testing.T, id, exec string, 
 		done <- out
 	}()
 	if closeStdin {
-		// Stdin frames and CloseStdin travel on different calls: wait
-		// until the agent has the attachment before closing.
-		time.Sleep(200 * time.Millisecond)
-		if _, err := ta.client.CloseStdin(ctx, &agentapi.CloseStdinRequest{ContainerId: id, ExecId: exec}); err != nil {
-			t.Fatalf("CloseStdin: %v", err)
+		if err := stream.Send(&agentapi.ProcessIORequest{Msg: &agentapi.ProcessIORequest_CloseStdin{CloseStdin: true}}); err != nil {
+			t.Fatalf("close_stdin: %v", err)
 		}
 	}
 	return done
@@ -401,6 +399,27 @@ func TestSandboxAndContainers(t *testing.T) {
 			t.Fatalf("stdout %q exit %d", out.stdout.String(), code)
 		}
 		ta.remove(ctx, t, "cat")
+	})
+
+	t.Run("CloseStdin call", func(t *testing.T) {
+		if _, err := ta.client.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: "cat2", Image: busyboxRef, OciSpec: mustJSON(t, spec("/bin/cat"))}); err != nil {
+			t.Fatal(err)
+		}
+		done := ta.attach(ctx, t, "cat2", "", nil, false)
+		if _, err := ta.client.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: "cat2"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ta.client.CloseStdin(ctx, &agentapi.CloseStdinRequest{ContainerId: "cat2"}); err != nil {
+			t.Fatalf("CloseStdin: %v", err)
+		}
+		w, err := ta.client.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: "cat2"})
+		if err != nil || w.ExitStatus != 0 {
+			t.Fatalf("cat after CloseStdin: %v %v", w, err)
+		}
+		if out := <-done; out.stdout.Len() != 0 {
+			t.Fatalf("stdout %q", out.stdout.String())
+		}
+		ta.remove(ctx, t, "cat2")
 	})
 
 	t.Run("terminal", func(t *testing.T) {

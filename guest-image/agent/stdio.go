@@ -244,6 +244,11 @@ func (s *Server) ProcessIO(stream agentapi.AgentService_ProcessIOServer) error {
 					s.log.Debug("stdin write", "process", p.name(), "err", err)
 				}
 			}
+			if m.GetCloseStdin() {
+				if err := p.closeStdin(); err != nil {
+					s.log.Debug("stdin close", "process", p.name(), "err", err)
+				}
+			}
 		}
 	}()
 	return sendOutput(stream, streams)

@@ -89,7 +89,9 @@ func (c *Client) Attach(ctx context.Context, containerID, execID string, stdin i
 					}
 				}
 				if err != nil {
-					_, _ = c.CloseStdin(ctx, &agentapi.CloseStdinRequest{ContainerId: containerID, ExecId: execID})
+					// In the stream: a CloseStdin call could overtake the
+					// chunks just sent.
+					_ = stream.Send(&agentapi.ProcessIORequest{Msg: &agentapi.ProcessIORequest_CloseStdin{CloseStdin: true}})
 					return
 				}
 			}
