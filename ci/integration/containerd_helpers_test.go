@@ -150,7 +150,34 @@ disabled_plugins = [
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Runs before containerd stops (cleanups run last-in first-out): a test
+	// that failed halfway leaves no task, shim or VM behind.
+	t.Cleanup(func() { e.removeAll(t) })
 	return e
+}
+
+// removeAll force-deletes every task and container of the test namespace.
+func (e *containerdEnv) removeAll(t *testing.T) {
+	t.Helper()
+	tasks, err := e.ctr(t, nil, "task", "ls", "-q")
+	if err != nil {
+		t.Errorf("list tasks: %v", err)
+	}
+	for _, id := range strings.Fields(tasks.stdout) {
+		t.Logf("removing task %s left by the test", id)
+		if _, err := e.ctr(t, nil, "task", "delete", "--force", id); err != nil {
+			t.Errorf("remove task %s: %v", id, err)
+		}
+	}
+	containers, err := e.ctr(t, nil, "container", "ls", "-q")
+	if err != nil {
+		t.Errorf("list containers: %v", err)
+	}
+	for _, id := range strings.Fields(containers.stdout) {
+		if _, err := e.ctr(t, nil, "container", "delete", id); err != nil {
+			t.Errorf("remove container %s: %v", id, err)
+		}
+	}
 }
 
 // ctrResult is what one ctr command did.

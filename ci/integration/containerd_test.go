@@ -109,8 +109,8 @@ mirrors = { %q = "http://%s:%s" }
 					t.Errorf("stdout differs: cloak %d bytes (sha256 %x), runc %d bytes (sha256 %x)\ncloak: %.300q\nrunc:  %.300q",
 						len(got.stdout), sha256.Sum256([]byte(got.stdout)), len(want.stdout), sha256.Sum256([]byte(want.stdout)), got.stdout, want.stdout)
 				}
-				if !strings.Contains(got.stderr, strings.TrimSpace(strings.Split(want.stderr, "\n")[0])) {
-					t.Errorf("stderr: cloak %q, runc %q", got.stderr, want.stderr)
+				if g, w := containerStderr(got.stderr), containerStderr(want.stderr); g != w {
+					t.Errorf("stderr: cloak %q, runc %q", g, w)
 				}
 			}
 			if got.code != want.code && !(tt.code < 0 && got.code != 0 && want.code != 0) {
@@ -145,6 +145,14 @@ mirrors = { %q = "http://%s:%s" }
 			if ps := e.mustCtr(t, "task", "ps", id); !strings.Contains(ps.stdout, "PID") {
 				t.Errorf("%s: task ps: %q", runtime, ps.stdout)
 			}
+			if runtime == cloakRuntime {
+				// The guest's cgroup v2 counters (the host here is cgroup v1:
+				// runc's table differs).
+				m := e.mustCtr(t, "task", "metrics", id).stdout
+				if !pidsCurrentRE.MatchString(m) || !strings.Contains(m, "cpu.usage_usec") {
+					t.Errorf("task metrics: %q, want pids.current >= 1 and cpu.usage_usec", m)
+				}
+			}
 			e.mustCtr(t, "task", "kill", "--signal", "SIGKILL", id)
 			waitStopped(t, e, id)
 			if st := deleteTask(t, e, id); st != 137 {
@@ -176,9 +184,10 @@ mirrors = { %q = "http://%s:%s" }
 		id := "qemu-killed"
 		ids = append(ids, id)
 		e.mustCtr(t, append(append([]string{"run", "-d"}, runtimeArgs[cloakRuntime]...), ref, id, "sleep", "600")...)
-		pids := pidsWithArg(t, runDir)
+		// This task's QEMU: its command line names the task's console log.
+		pids := pidsWithArg(t, filepath.Join(consoleDir, ctrNamespace+"-"+id+".log"))
 		if len(pids) != 1 {
-			t.Fatalf("want one QEMU with %s in its command line, found %v", runDir, pids)
+			t.Fatalf("want one QEMU for %s, found %v", id, pids)
 		}
 		if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -190,9 +199,36 @@ mirrors = { %q = "http://%s:%s" }
 		e.mustCtr(t, "container", "delete", id)
 	})
 
+	t.Run("shim killed under a task", func(t *testing.T) {
+		id := "shim-killed"
+		ids = append(ids, id)
+		e.mustCtr(t, append(append([]string{"run", "-d"}, runtimeArgs[cloakRuntime]...), ref, id, "sleep", "600")...)
+		// /proc cmdline separates arguments with NUL bytes.
+		shims := pidsWithArg(t, "\x00-id\x00"+id+"\x00-address\x00"+e.address+"\x00")
+		console := filepath.Join(consoleDir, ctrNamespace+"-"+id+".log")
+		vms := pidsWithArg(t, console)
+		if len(shims) != 1 || len(vms) != 1 {
+			t.Fatalf("want one shim and one QEMU for %s, found %v and %v", id, shims, vms)
+		}
+		if err := syscall.Kill(shims[0], syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		// containerd sees the shim gone and runs `containerd-shim-cloak-v2
+		// delete`, which must take the VM down.
+		waitNoPids(t, console, 30*time.Second)
+		deadline := time.Now().Add(30 * time.Second)
+		for strings.Contains(e.mustCtr(t, "task", "ls", "-q").stdout, id) {
+			if time.Now().After(deadline) {
+				t.Fatalf("task %s still listed 30s after its shim died", id)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		e.mustCtr(t, "container", "delete", id)
+	})
+
 	// Nothing of the cloak tasks is left: VMs, shims, sockets.
 	waitNoPids(t, runDir, 15*time.Second)
-	waitNoPids(t, e.address+" ", 15*time.Second)
+	waitNoPids(t, "\x00-address\x00"+e.address+"\x00", 15*time.Second)
 	for _, id := range ids {
 		if _, err := os.Stat(e.shimSocket(id)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("shim socket of %s left: %s", id, e.shimSocket(id))
@@ -222,6 +258,20 @@ func waitStopped(t *testing.T, e *containerdEnv, id string) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// containerStderr drops ctr's own log lines (time="..." level=...) from
+// what ctr printed on stderr, leaving the container's.
+func containerStderr(s string) string {
+	var keep []string
+	for _, line := range strings.SplitAfter(s, "\n") {
+		if !strings.HasPrefix(line, "time=") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "")
+}
+
+var pidsCurrentRE = regexp.MustCompile(`(?m)^pids\.current\s+[1-9]`)
 
 var exitCodeRE = regexp.MustCompile(`exit with non-zero exit code (\d+)`)
 

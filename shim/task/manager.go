@@ -2,6 +2,7 @@ package task
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -108,7 +109,7 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ shi
 
 // Stop runs `containerd-shim-cloak-v2 delete`, after the shim died or when
 // containerd cleans up: it removes the task's VM (QEMU, run directory)
-// recorded in the bundle.
+// recorded in the bundle, and the shim's socket.
 func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	bundle, err := os.Getwd()
 	if err != nil {
@@ -119,6 +120,16 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	if err := cleanupVM(bundle); err != nil {
 		return shim.StopStatus{}, fmt.Errorf("cleanup of %s: %w", id, err)
+	}
+	// A shim that exits normally removes its socket; a killed one cannot.
+	// containerd recorded the address in the bundle.
+	if raw, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json")); err == nil {
+		var params shim.BootstrapParams
+		if err := json.Unmarshal(raw, &params); err == nil && params.Address != "" && !shim.CanConnect(params.Address) {
+			if err := shim.RemoveSocket(params.Address); err != nil {
+				log.G(ctx).WithError(err).Warn("remove socket of the dead shim")
+			}
+		}
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: int(vmGoneStatus)}, nil
 }

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
@@ -525,8 +526,30 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	return &taskAPI.DeleteResponse{Pid: st.pid, ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
 }
 
+// Stats reports the container's cgroup (v2, inside the guest) in the
+// metrics type containerd and its clients decode for cgroup v2 hosts.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	return nil, errgrpc.ToGRPC(fmt.Errorf("stats: not implemented by the cloak runtime yet: %w", errdefs.ErrNotImplemented))
+	client, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	st, err := client.StatsContainer(ctx, &agentapi.StatsContainerRequest{ContainerId: r.ID})
+	if err != nil {
+		return nil, err
+	}
+	a, err := typeurl.MarshalAnyToProto(metrics(st))
+	if err != nil {
+		return nil, err
+	}
+	return &taskAPI.StatsResponse{Stats: a}, nil
+}
+
+func metrics(st *agentapi.StatsContainerResponse) *cgroupstats.Metrics {
+	return &cgroupstats.Metrics{
+		CPU:    &cgroupstats.CPUStat{UsageUsec: st.CpuUsageNs / 1000, UserUsec: st.CpuUserNs / 1000, SystemUsec: st.CpuSystemNs / 1000},
+		Memory: &cgroupstats.MemoryStat{Usage: st.MemoryUsageBytes, UsageLimit: st.MemoryLimitBytes, MaxUsage: st.MemoryMaxUsageBytes},
+		Pids:   &cgroupstats.PidsStat{Current: st.PidsCurrent, Limit: st.PidsLimit},
+	}
 }
 
 func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
@@ -17,6 +18,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/shim/config"
 )
 
@@ -180,5 +182,25 @@ func TestProcessExitOnce(t *testing.T) {
 	}
 	if st := p.state(); st.status != apitask.Status_STOPPED || st.exitStatus != 3 {
 		t.Errorf("state %+v, want STOPPED with status 3", st)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	m := metrics(&agentapi.StatsContainerResponse{
+		CpuUsageNs: 3_000_000, CpuUserNs: 2_000_000, CpuSystemNs: 1_000_000,
+		MemoryUsageBytes: 10, MemoryLimitBytes: 20, MemoryMaxUsageBytes: 15, PidsCurrent: 2, PidsLimit: 100,
+	})
+	if m.CPU.UsageUsec != 3000 || m.CPU.UserUsec != 2000 || m.CPU.SystemUsec != 1000 {
+		t.Errorf("cpu %+v, want usec 3000/2000/1000", m.CPU)
+	}
+	if m.Memory.Usage != 10 || m.Memory.UsageLimit != 20 || m.Memory.MaxUsage != 15 || m.Pids.Current != 2 || m.Pids.Limit != 100 {
+		t.Errorf("memory %+v pids %+v", m.Memory, m.Pids)
+	}
+	// containerd decodes the Any by its type URL.
+	a := anyOf(t, m)
+	if v, err := typeurl.UnmarshalAny(a); err != nil {
+		t.Errorf("metrics do not round-trip through Any: %v", err)
+	} else if _, ok := v.(*cgroupstats.Metrics); !ok {
+		t.Errorf("metrics decode as %T", v)
 	}
 }
