@@ -199,6 +199,30 @@ mirrors = { %q = "http://%s:%s" }
 		e.mustCtr(t, "container", "delete", id)
 	})
 
+	t.Run("OOM kill", func(t *testing.T) {
+		id := "oom"
+		ids = append(ids, id)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		events := execCtr(ctx, e, "events")
+		var evOut bytes.Buffer
+		events.Stdout = &evOut
+		if err := events.Start(); err != nil {
+			t.Fatal(err)
+		}
+		args := append(append([]string{"run", "--rm", "--memory-limit", "67108864"}, runtimeArgs[cloakRuntime]...), ref, id,
+			"sh", "-c", "x=$(yes | head -c 300000000); echo survived")
+		r, _ := e.ctr(t, nil, args...)
+		cancel()
+		_ = events.Wait()
+		if r.code != 137 || strings.Contains(r.stdout, "survived") {
+			t.Errorf("over its memory limit: exit %d, stdout %q; want 137 (OOM-killed)", r.code, r.stdout)
+		}
+		if !regexp.MustCompile(`/tasks/oom .*"container_id":"` + id + `"`).MatchString(evOut.String()) {
+			t.Errorf("no /tasks/oom event for %s; events:\n%s", id, evOut.String())
+		}
+	})
+
 	t.Run("shim killed under a task", func(t *testing.T) {
 		id := "shim-killed"
 		ids = append(ids, id)

@@ -198,6 +198,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 		s.sandbox = sb
 		go s.watchVM(sb)
+		go s.forwardOOM(sb)
 		defer func() {
 			if retErr != nil && len(s.containers) == 0 {
 				s.stopSandboxLocked(context.WithoutCancel(ctx))
@@ -241,6 +242,29 @@ func (s *service) watchVM(sb *sandbox) {
 				log.G(s.ctx).WithField("container", c.id).WithField("exec", p.execID).Warn("VM exited under a running process")
 				s.sendExit(p)
 			}
+		}
+	}
+}
+
+// forwardOOM turns the guest's OOM kills into TaskOOM events, until the VM
+// goes away.
+func (s *service) forwardOOM(sb *sandbox) {
+	stream, err := sb.client.OOMEvents(s.ctx, &agentapi.OOMEventsRequest{})
+	if err != nil {
+		log.G(s.ctx).WithError(err).Warn("subscribe to OOM events in the guest")
+		return
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		_, known := s.containers[ev.ContainerId]
+		s.mu.Unlock()
+		// The guest names containers; only report ones this shim runs.
+		if known {
+			s.send(&eventstypes.TaskOOM{ContainerID: ev.ContainerId})
 		}
 	}
 }
