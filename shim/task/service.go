@@ -285,6 +285,14 @@ func (s *service) sendExit(p *process) {
 	})
 }
 
+// find is lookup under s.mu; it also returns the current sandbox.
+func (s *service) find(id, execID string) (*container, *process, *sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, p, err := s.lookup(id, execID)
+	return c, p, s.sandbox, err
+}
+
 // lookup finds a process; the caller holds s.mu.
 func (s *service) lookup(id, execID string) (*container, *process, error) {
 	c, ok := s.containers[id]
@@ -303,10 +311,7 @@ func (s *service) lookup(id, execID string) (*container, *process, error) {
 
 // Start starts the init process (created by Create) or an exec process.
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	s.mu.Lock()
-	_, p, err := s.lookup(r.ID, r.ExecID)
-	sb := s.sandbox
-	s.mu.Unlock()
+	_, p, sb, err := s.find(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -393,9 +398,7 @@ func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 }
 
 func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
-	s.mu.Lock()
-	c, p, err := s.lookup(r.ID, r.ExecID)
-	s.mu.Unlock()
+	c, p, _, err := s.find(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -420,10 +423,7 @@ func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 }
 
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	s.mu.Lock()
-	_, p, err := s.lookup(r.ID, r.ExecID)
-	sb := s.sandbox
-	s.mu.Unlock()
+	_, p, sb, err := s.find(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -461,9 +461,7 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 }
 
 func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
-	s.mu.Lock()
-	_, p, err := s.lookup(r.ID, r.ExecID)
-	s.mu.Unlock()
+	_, p, _, err := s.find(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -490,9 +488,7 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 }
 
 func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
-	s.mu.Lock()
-	_, p, err := s.lookup(r.ID, r.ExecID)
-	s.mu.Unlock()
+	_, p, _, err := s.find(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}

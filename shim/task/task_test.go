@@ -104,15 +104,17 @@ func TestVMRunDirIsShortAndDistinct(t *testing.T) {
 }
 
 // startFake starts a process whose command line may name runDir's QMP
-// socket, standing in for QEMU.
-func startFake(t *testing.T, arg string) *exec.Cmd {
+// socket, standing in for QEMU; exited is closed once it is reaped.
+func startFake(t *testing.T, arg string) (cmd *exec.Cmd, exited chan struct{}) {
 	t.Helper()
-	cmd := exec.Command("sh", "-c", "sleep 60", arg)
+	cmd = exec.Command("sh", "-c", "sleep 60", arg)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return cmd
+	exited = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+	return cmd, exited
 }
 
 func TestCleanupVM(t *testing.T) {
@@ -134,9 +136,7 @@ func TestCleanupVM(t *testing.T) {
 			if tt.namesVM {
 				arg = filepath.Join(runDir, "qmp.sock")
 			}
-			fake := startFake(t, arg)
-			exited := make(chan struct{})
-			go func() { _ = fake.Wait(); close(exited) }()
+			fake, exited := startFake(t, arg)
 			raw, _ := json.Marshal(vmState{QEMUPid: fake.Process.Pid, RunDir: runDir})
 			if err := os.WriteFile(filepath.Join(bundle, stateFile), raw, 0o600); err != nil {
 				t.Fatal(err)
