@@ -109,12 +109,21 @@ func Args(cfg Config) ([]string, error) {
 	case AgentVsock:
 		a = append(a, "-device", "vhost-vsock-pci,id=vsock0,guest-cid="+strconv.FormatUint(uint64(cfg.Agent.CID), 10)+virtio)
 	}
-	if cfg.Network.Kind == NetworkUser {
-		// romfile= skips the iPXE option ROM: the kernel is loaded
-		// directly, so network boot firmware would only cost boot time.
+	// romfile= skips the iPXE option ROM: the kernel is loaded directly,
+	// so network boot firmware would only cost boot time.
+	switch cfg.Network.Kind {
+	case NetworkUser:
 		a = append(a,
 			"-netdev", "user,id="+idNet,
 			"-device", "virtio-net-pci,netdev="+idNet+",romfile="+virtio)
+	case NetworkTAP:
+		for i, t := range cfg.Network.TAPs {
+			id := idNet + strconv.Itoa(i)
+			// The TAPs are the child's descriptors 3, 4, ... (ExtraFiles).
+			a = append(a,
+				"-netdev", "tap,id="+id+",fd="+strconv.Itoa(3+i),
+				"-device", "virtio-net-pci,netdev="+id+",mac="+t.MAC.String()+",romfile="+virtio)
+		}
 	}
 	return a, nil
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"flag"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,6 +61,15 @@ func TestArgsGolden(t *testing.T) {
 	// The smallest config: only what the lifecycle tests boot (no kernel).
 	t.Run("minimal", func(t *testing.T) {
 		checkGolden(t, "minimal", Config{RunDir: "/run/cloak/pod1", Accel: AccelTCG})
+	})
+	t.Run("none-q35-virtio-serial-tap", func(t *testing.T) {
+		cfg := baseConfig()
+		cfg.Accel = AccelTCG
+		cfg.Network = Network{Kind: NetworkTAP, TAPs: []TAPDevice{
+			{File: os.Stdin, MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 1}},
+			{File: os.Stdin, MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 2}},
+		}}
+		checkGolden(t, "none-q35-virtio-serial-tap", cfg)
 	})
 	t.Run("none-q35-kvm", func(t *testing.T) {
 		cfg := baseConfig()
@@ -143,7 +153,14 @@ func TestConfigErrors(t *testing.T) {
 		{"vsock without cid", base(func(c *Config) { c.Agent = Agent{Kind: AgentVsock} }), "guest CID"},
 		{"vsock host cid", base(func(c *Config) { c.Agent = Agent{Kind: AgentVsock, CID: 2} }), "guest CID"},
 		{"port name with comma", base(func(c *Config) { c.Agent.PortName = "a,b" }), "port name"},
-		{"unknown network", base(func(c *Config) { c.Network.Kind = "tap" }), `network "tap"`},
+		{"unknown network", base(func(c *Config) { c.Network.Kind = "macvtap" }), `network "macvtap"`},
+		{"tap without devices", base(func(c *Config) { c.Network.Kind = NetworkTAP }), "1 to 16 TAP devices, got 0"},
+		{"tap without MAC", base(func(c *Config) {
+			c.Network = Network{Kind: NetworkTAP, TAPs: []TAPDevice{{File: os.Stdin}}}
+		}), "6-byte MAC"},
+		{"user with TAPs", base(func(c *Config) {
+			c.Network = Network{Kind: NetworkUser, TAPs: []TAPDevice{{File: os.Stdin, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}}}
+		}), "takes no TAP devices"},
 		{"unknown tee", base(func(c *Config) { c.TEE.Kind = "sgx" }), `tee "sgx"`},
 		{"snp on microvm", teeCfg(TEESNP, snp[:], func(c *Config) { c.Machine = MachineMicroVM }), `needs machine "q35"`},
 		{"tdx on microvm", teeCfg(TEETDX, tdx[:], func(c *Config) { c.Machine = MachineMicroVM }), `needs machine "q35"`},

@@ -9,6 +9,8 @@ package qemu
 
 import (
 	"fmt"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -69,17 +71,33 @@ type Agent struct {
 // NetworkKind is how the guest reaches the network.
 type NetworkKind string
 
-// Network kinds. TAP in the pod's network namespace comes with the shim.
+// Network kinds.
 const (
 	NetworkNone NetworkKind = "none"
 	// NetworkUser is QEMU's user-mode stack: the guest is 10.0.2.15 and
 	// reaches the host's loopback at 10.0.2.2. For standalone use and CI.
 	NetworkUser NetworkKind = "user"
+	// NetworkTAP attaches TAP devices the caller opened in the pod's
+	// network namespace (shim/network), one guest NIC each.
+	NetworkTAP NetworkKind = "tap"
 )
 
-// Network configures the guest NIC.
+// MaxTAPs bounds the NICs of one VM.
+const MaxTAPs = 16
+
+// Network configures the guest NICs.
 type Network struct {
 	Kind NetworkKind
+	// TAPs (Kind tap) are passed to QEMU as inherited descriptors 3, 4, ...
+	// in this order; each becomes a virtio-net NIC with the given MAC.
+	TAPs []TAPDevice
+}
+
+// TAPDevice is an open TAP device and the MAC the guest NIC must have (the
+// pod interface's, so that neighbours' ARP caches stay right).
+type TAPDevice struct {
+	File *os.File
+	MAC  net.HardwareAddr
 }
 
 // TEEKind is the confidential-computing technology the guest runs under.
@@ -226,8 +244,20 @@ func (c Config) validate() error {
 	}
 	switch c.Network.Kind {
 	case NetworkNone, NetworkUser:
+		if len(c.Network.TAPs) > 0 {
+			return fmt.Errorf("network %q takes no TAP devices", c.Network.Kind)
+		}
+	case NetworkTAP:
+		if len(c.Network.TAPs) == 0 || len(c.Network.TAPs) > MaxTAPs {
+			return fmt.Errorf("network tap needs 1 to %d TAP devices, got %d", MaxTAPs, len(c.Network.TAPs))
+		}
+		for i, t := range c.Network.TAPs {
+			if t.File == nil || len(t.MAC) != 6 {
+				return fmt.Errorf("TAP device %d: needs an open file and a 6-byte MAC", i)
+			}
+		}
 	default:
-		return fmt.Errorf("network %q is not supported: use %q or %q", c.Network.Kind, NetworkNone, NetworkUser)
+		return fmt.Errorf("network %q is not supported: use %q, %q or %q", c.Network.Kind, NetworkNone, NetworkUser, NetworkTAP)
 	}
 	return c.validateTEE()
 }

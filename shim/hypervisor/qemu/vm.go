@@ -131,6 +131,9 @@ func launch(ctx context.Context, cfg Config, binary string, args []string, logge
 	cmd := exec.Command(binary, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
+	for _, t := range cfg.Network.TAPs {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, t.File)
+	}
 	// Its own process group: a signal meant for the shim's group (a
 	// terminal's ^C) does not reach QEMU, and Stop can kill the group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -1,0 +1,101 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name, doc string
+		want      Config
+		wantErr   string
+	}{
+		{name: "empty gives defaults", doc: "", want: Config{
+			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
+			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds,
+		}},
+		{name: "every key", doc: `
+image_dir = "/img"
+accel = "tcg"
+vcpus = 2
+memory_mib = 1024
+run_dir = "/r"
+console_log_dir = "/logs"
+agent_timeout_seconds = 30
+[registry]
+insecure = ["127.0.0.1:5000"]
+mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
+`, want: Config{
+			ImageDir: "/img", Accel: "tcg", VCPUs: 2, MemoryMiB: 1024, RunDir: "/r", ConsoleLogDir: "/logs",
+			AgentTimeoutSeconds: 30,
+			Registry: Registry{
+				Insecure: []string{"127.0.0.1:5000"},
+				Mirrors:  map[string]string{"127.0.0.1:5000": "http://10.0.2.2:5000"},
+			},
+		}},
+		{name: "unknown key", doc: "vcpu = 2\n", wantErr: "unknown key"},
+		{name: "bad accel", doc: `accel = "hvf"`, wantErr: "accel"},
+		{name: "too little memory", doc: "memory_mib = 64", wantErr: "memory_mib"},
+		{name: "relative dir", doc: `image_dir = "img"`, wantErr: "absolute"},
+		{name: "not toml", doc: "vcpus = ", wantErr: "toml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse([]byte(tt.doc))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Parse: err %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Parse:\n got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "c.toml")
+	if err := os.WriteFile(good, []byte("vcpus = 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.toml")
+	if err := os.WriteFile(big, []byte(strings.Repeat("#", maxFileSize+1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Load(good); err != nil || c.VCPUs != 3 {
+		t.Errorf("Load(good) = %+v, %v", c, err)
+	}
+	if c, err := Load(""); err != nil || c.ImageDir != DefaultImageDir {
+		t.Errorf("Load(\"\") = %+v, %v", c, err)
+	}
+	if _, err := Load(big); err == nil || !strings.Contains(err.Error(), "larger") {
+		t.Errorf("Load(big): %v, want a size error", err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.toml")); err == nil || !strings.Contains(err.Error(), "ConfigPath") {
+		t.Errorf("Load(missing): %v, want a hint about ConfigPath", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("vcpus = 2\n[registry]\ninsecure = [\"a\"]\n"))
+	f.Add([]byte(`accel = "kvm"`))
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		c, err := Parse(doc)
+		if err != nil {
+			return
+		}
+		if c.VCPUs < 1 || c.MemoryMiB < 128 || c.RunDir == "" {
+			t.Fatalf("Parse accepted an invalid config: %+v", c)
+		}
+	})
+}

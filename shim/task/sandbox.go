@@ -1,0 +1,208 @@
+package task
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/shim/agent"
+	"github.com/cloak-containers/cloak/shim/config"
+	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
+)
+
+// The guest sees the host's loopback at this address on QEMU's user-mode
+// network, where the guest is 10.0.2.15 and QEMU's DNS is 10.0.2.3.
+const (
+	userNetGateway = "10.0.2.2"
+	userNetGuest   = "10.0.2.15/24"
+	userNetDNS     = "10.0.2.3"
+	// maxManifestSize bounds the guest image's manifest.json.
+	maxManifestSize = 1 << 20
+	// stateFile, in the bundle, lets `containerd-shim-cloak-v2 delete`
+	// find the VM of a shim that was killed.
+	stateFile = "cloak-vm.json"
+)
+
+// sandbox is one VM and the agent inside it.
+type sandbox struct {
+	vm     *qemu.VM
+	client *agent.Client
+}
+
+// vmState is what cleanup needs after the shim died.
+type vmState struct {
+	QEMUPid int    `json:"qemu_pid"`
+	RunDir  string `json:"run_dir"`
+}
+
+// vmRunDir is a short per-task directory under cfg.RunDir: socket paths must
+// stay under 108 bytes whatever the namespace and id.
+func vmRunDir(cfg config.Config, ns, id string) string {
+	sum := sha256.Sum256([]byte(ns + "/" + id))
+	return filepath.Join(cfg.RunDir, hex.EncodeToString(sum[:8]))
+}
+
+// imageCmdline reads the kernel command line the image was built with.
+func imageCmdline(dir string) (string, error) {
+	f, err := os.Open(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		return "", fmt.Errorf("guest image: %w (build it with `make image` and set image_dir)", err)
+	}
+	defer f.Close()
+	var m struct {
+		Cmdline string `json:"cmdline"`
+	}
+	if err := json.NewDecoder(io.LimitReader(f, maxManifestSize)).Decode(&m); err != nil || m.Cmdline == "" {
+		return "", fmt.Errorf("guest image %s: manifest.json has no cmdline (%v)", dir, err)
+	}
+	return m.Cmdline, nil
+}
+
+// startSandbox boots the VM for a task, waits for its agent and configures
+// the sandbox (user-mode network: a standalone task has no pod netns).
+func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostname string, logger *slog.Logger) (_ *sandbox, retErr error) {
+	cmdline, err := imageCmdline(cfg.ImageDir)
+	if err != nil {
+		return nil, err
+	}
+	console := filepath.Join(bundle, "console.log")
+	if cfg.ConsoleLogDir != "" {
+		if err := os.MkdirAll(cfg.ConsoleLogDir, 0o750); err != nil {
+			return nil, fmt.Errorf("console log dir: %w", err)
+		}
+		console = filepath.Join(cfg.ConsoleLogDir, ns+"-"+id+".log")
+	}
+	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	qcfg := qemu.Config{
+		Machine: qemu.MachineQ35, Accel: qemu.Accel(cfg.Accel), VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB,
+		Kernel: filepath.Join(cfg.ImageDir, "vmlinuz"), Initrd: filepath.Join(cfg.ImageDir, "initrd.img"), Cmdline: cmdline,
+		ConsoleLog: console, RunDir: vmRunDir(cfg, ns, id),
+		Agent:   qemu.Agent{Kind: qemu.AgentVirtioSerial},
+		Network: qemu.Network{Kind: qemu.NetworkUser},
+		TEE:     qemu.TEE{Kind: qemu.TEENone},
+	}
+	vm, err := qemu.Start(ctx, qcfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	sb := &sandbox{vm: vm}
+	defer func() {
+		if retErr != nil {
+			sb.stop(context.WithoutCancel(ctx))
+		}
+	}()
+	state, err := json.Marshal(vmState{QEMUPid: vm.Pid(), RunDir: qcfg.RunDir})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, stateFile), state, 0o600); err != nil {
+		return nil, fmt.Errorf("vm state: %w", err)
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, cfg.AgentTimeout())
+	defer cancel()
+	conn, err := vm.ConnectAgent(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("guest agent did not come up (guest console: %s): %w", console, err)
+	}
+	sb.client, err = agent.DialFirst(conn, vm.DialAgent)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if _, err := sb.client.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		return nil, fmt.Errorf("guest agent: %w", err)
+	}
+	if _, err := sb.client.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{
+		SandboxId: id, Hostname: hostname,
+		DnsServers: []string{userNetDNS},
+		Interfaces: []*agentapi.Interface{{Name: "eth0", Addresses: []string{userNetGuest}}},
+		Routes:     []*agentapi.Route{{Destination: "default", Gateway: userNetGateway, Device: "eth0"}},
+	}); err != nil {
+		return nil, fmt.Errorf("create sandbox in guest: %w", err)
+	}
+	return sb, nil
+}
+
+// registryOptions turns the config's registry section into the agent's.
+func registryOptions(cfg config.Config) *agentapi.RegistryOptions {
+	return &agentapi.RegistryOptions{InsecureRegistries: cfg.Registry.Insecure, Mirrors: cfg.Registry.Mirrors}
+}
+
+// stop powers the VM off and removes its run directory.
+func (sb *sandbox) stop(ctx context.Context) error {
+	if sb.client != nil {
+		sb.client.Close()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return sb.vm.Stop(ctx)
+}
+
+// cleanupVM removes the VM recorded in bundle by a shim that is gone: kills
+// QEMU (only if that pid still is QEMU for this run dir: pids get reused)
+// and removes the run directory and the state file.
+func cleanupVM(bundle string) error {
+	raw, err := os.ReadFile(filepath.Join(bundle, stateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("vm state: %w", err)
+	}
+	var st vmState
+	if err := json.Unmarshal(raw, &st); err != nil || st.RunDir == "" || !filepath.IsAbs(st.RunDir) {
+		return fmt.Errorf("vm state %s: unreadable (%v)", filepath.Join(bundle, stateFile), err)
+	}
+	if st.QEMUPid > 0 && isQEMUFor(st.QEMUPid, st.RunDir) {
+		if err := syscall.Kill(st.QEMUPid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("kill qemu %d: %w", st.QEMUPid, err)
+		}
+		waitGone(st.QEMUPid, 10*time.Second)
+	}
+	if err := os.RemoveAll(st.RunDir); err != nil {
+		return fmt.Errorf("remove vm run dir: %w", err)
+	}
+	return os.Remove(filepath.Join(bundle, stateFile))
+}
+
+// isQEMUFor reports whether pid's command line names runDir's QMP socket.
+func isQEMUFor(pid int, runDir string) bool {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(raw), filepath.Join(runDir, "qmp.sock"))
+}
+
+// waitGone polls until pid no longer exists (it is not our child: after the
+// shim died, QEMU was reparented and someone else reaps it).
+func waitGone(pid int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err == nil && strings.Contains(string(raw), ") Z ") {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

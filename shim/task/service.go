@@ -1,0 +1,620 @@
+// Package task is Cloak's containerd shim v2 task service: each task's
+// processes run in a QEMU guest, driven through the guest agent. The host
+// rootfs containerd prepares is ignored: the guest pulls the image itself.
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/containerd/v2/core/runtime"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/shim/agent"
+	"github.com/cloak-containers/cloak/shim/config"
+)
+
+// vmGoneStatus is the exit status of processes whose VM died under them
+// (as if SIGKILLed): non-zero, so containerd and its clients see a failure.
+const vmGoneStatus = 128 + uint32(syscall.SIGKILL)
+
+var empty = &emptypb.Empty{}
+
+// service implements containerd's task API for the tasks of one shim.
+type service struct {
+	ctx       context.Context // the shim's; outlives requests
+	ns        string
+	publisher shim.Publisher
+	shutdown  shutdown.Service
+	logger    *slog.Logger
+
+	eventsMu     sync.Mutex
+	events       chan any
+	eventsClosed bool
+
+	mu         sync.Mutex
+	sandbox    *sandbox
+	containers map[string]*container
+}
+
+type container struct {
+	id, bundle, image string
+	init              *process
+	execs             map[string]*process
+}
+
+// NewService returns the task service; the shim library registers it over
+// ttrpc. Events go to containerd through publisher in order.
+func NewService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (taskAPI.TTRPCTaskService, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{
+		ctx: ctx, ns: ns, publisher: publisher, shutdown: sd,
+		events:     make(chan any, 128),
+		containers: map[string]*container{},
+		// QEMU launcher logs join the shim's log (containerd's log pipe).
+		logger: slog.New(slog.NewTextHandler(log.G(ctx).Logger.Out, nil)),
+	}
+	go s.forward()
+	sd.RegisterCallback(func(ctx context.Context) error {
+		s.stopSandbox(ctx)
+		s.eventsMu.Lock()
+		s.eventsClosed = true
+		close(s.events)
+		s.eventsMu.Unlock()
+		return nil
+	})
+	return s, nil
+}
+
+// RegisterTTRPC is called by the shim library.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTTRPCTaskService(server, s)
+	return nil
+}
+
+func (s *service) forward() {
+	ctx := namespaces.WithNamespace(context.Background(), s.ns)
+	for e := range s.events {
+		if err := s.publisher.Publish(ctx, runtime.GetTopic(e), e); err != nil {
+			log.G(s.ctx).WithError(err).Error("publish event")
+		}
+	}
+	s.publisher.Close()
+}
+
+// send queues an event for containerd; after shutdown began, events of
+// processes that the stopping VM takes with it are dropped.
+func (s *service) send(e events.Event) {
+	s.eventsMu.Lock()
+	defer s.eventsMu.Unlock()
+	if !s.eventsClosed {
+		s.events <- e
+	}
+}
+
+// loadConfig reads the runtime's configuration: containerd passes the
+// handler's ConfigPath in the generic runtimeoptions.v1.Options type (CRI:
+// `options = { ConfigPath = "..." }` under the runtime handler; ctr:
+// --runtime-config-path), as for Kata.
+func loadConfig(opts *taskAPI.CreateTaskRequest) (config.Config, error) {
+	path := ""
+	if opts.Options != nil && opts.Options.GetValue() != nil {
+		v, err := typeurl.UnmarshalAny(opts.Options)
+		if err != nil {
+			return config.Config{}, fmt.Errorf("runtime options: %w", err)
+		}
+		o, ok := v.(*runtimeoptions.Options)
+		if !ok {
+			return config.Config{}, fmt.Errorf("runtime options: got %T, want runtimeoptions.v1.Options with ConfigPath", v)
+		}
+		path = o.ConfigPath
+	}
+	return config.Load(path)
+}
+
+// maxSpecSize bounds config.json as read from the bundle.
+const maxSpecSize = 4 << 20
+
+func readSpec(bundle string) ([]byte, *specs.Spec, error) {
+	raw, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read bundle spec: %w", err)
+	}
+	if len(raw) > maxSpecSize {
+		return nil, nil, fmt.Errorf("bundle spec larger than %d bytes", maxSpecSize)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		return nil, nil, fmt.Errorf("parse bundle spec: %w", err)
+	}
+	if spec.Process == nil {
+		return nil, nil, fmt.Errorf("bundle spec has no process: %w", errdefs.ErrInvalidArgument)
+	}
+	return raw, &spec, nil
+}
+
+// Create boots the VM on the first task, pulls the task's image in the
+// guest and creates the container there from the bundle's spec.
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("restore from checkpoint: a VM task cannot be checkpointed: %w", errdefs.ErrNotImplemented))
+	}
+	cfg, err := loadConfig(r)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument))
+	}
+	raw, spec, err := readSpec(r.Bundle)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if spec.Process.Terminal != r.Terminal {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("terminal %v in the request but %v in the spec: %w", r.Terminal, spec.Process.Terminal, errdefs.ErrInvalidArgument))
+	}
+	image, err := imageRef(ctx, s.ns, r.ID, spec.Annotations)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.containers[r.ID]; ok {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists))
+	}
+	if s.sandbox == nil {
+		hostname := spec.Hostname
+		if hostname == "" {
+			hostname = r.ID
+		}
+		sb, err := startSandbox(ctx, cfg, s.ns, r.ID, r.Bundle, hostname, s.logger)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("start VM: %w", err))
+		}
+		s.sandbox = sb
+		go s.watchVM(sb)
+		go s.forwardOOM(sb)
+		defer func() {
+			if retErr != nil && len(s.containers) == 0 {
+				s.stopSandboxLocked(context.WithoutCancel(ctx))
+			}
+		}()
+	}
+	client := s.sandbox.client
+	pullCtx, cancel := context.WithTimeout(ctx, cfg.AgentTimeout())
+	defer cancel()
+	if _, err := client.PullImage(pullCtx, &agentapi.PullImageRequest{Image: image, Registry: registryOptions(cfg)}); err != nil {
+		return nil, fmt.Errorf("pull %s in the guest: %w", image, err)
+	}
+	created, err := client.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: r.ID, Image: image, OciSpec: raw})
+	if err != nil {
+		return nil, fmt.Errorf("create container %s in the guest: %w", r.ID, err)
+	}
+	io, err := openStdio(ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
+	if err != nil {
+		_, _ = client.RemoveContainer(context.WithoutCancel(ctx), &agentapi.RemoveContainerRequest{ContainerId: r.ID})
+		return nil, errgrpc.ToGRPC(err)
+	}
+	p := newProcess(r.ID, "", created.Pid, io)
+	go io.copy(s.ctx, client, r.ID, "")
+	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, image: image, init: p, execs: map[string]*process{}}
+	s.send(&eventstypes.TaskCreate{
+		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: created.Pid,
+		IO:         &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Checkpoint: r.Checkpoint,
+	})
+	return &taskAPI.CreateTaskResponse{Pid: created.Pid}, nil
+}
+
+// watchVM ends every process when QEMU exits without being asked to.
+func (s *service) watchVM(sb *sandbox) {
+	<-sb.vm.Exited()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.containers {
+		for _, p := range append([]*process{c.init}, values(c.execs)...) {
+			if p.exit(vmGoneStatus, time.Now()) {
+				log.G(s.ctx).WithField("container", c.id).WithField("exec", p.execID).Warn("VM exited under a running process")
+				s.sendExit(p)
+			}
+		}
+	}
+}
+
+// forwardOOM turns the guest's OOM kills into TaskOOM events, until the VM
+// goes away.
+func (s *service) forwardOOM(sb *sandbox) {
+	stream, err := sb.client.OOMEvents(s.ctx, &agentapi.OOMEventsRequest{})
+	if err != nil {
+		log.G(s.ctx).WithError(err).Warn("subscribe to OOM events in the guest")
+		return
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		_, known := s.containers[ev.ContainerId]
+		s.mu.Unlock()
+		// The guest names containers; only report ones this shim runs.
+		if known {
+			s.send(&eventstypes.TaskOOM{ContainerID: ev.ContainerId})
+		}
+	}
+}
+
+func values(m map[string]*process) []*process {
+	out := make([]*process, 0, len(m))
+	for _, p := range m {
+		out = append(out, p)
+	}
+	return out
+}
+
+func (s *service) sendExit(p *process) {
+	st := p.state()
+	s.send(&eventstypes.TaskExit{
+		ContainerID: p.containerID, ID: p.eventID(), Pid: st.pid,
+		ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt),
+	})
+}
+
+// find is lookup under s.mu; it also returns the current sandbox.
+func (s *service) find(id, execID string) (*container, *process, *sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, p, err := s.lookup(id, execID)
+	return c, p, s.sandbox, err
+}
+
+// lookup finds a process; the caller holds s.mu.
+func (s *service) lookup(id, execID string) (*container, *process, error) {
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound))
+	}
+	if execID == "" {
+		return c, c.init, nil
+	}
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, nil, errgrpc.ToGRPC(fmt.Errorf("exec %s in container %s: %w", execID, id, errdefs.ErrNotFound))
+	}
+	return c, p, nil
+}
+
+// Start starts the init process (created by Create) or an exec process.
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	_, p, sb, err := s.find(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if st := p.state(); st.status != apitask.Status_CREATED {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("process %s is %s, not created: %w", p.eventID(), st.status, errdefs.ErrFailedPrecondition))
+	}
+	if r.ExecID == "" {
+		if _, err := sb.client.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: r.ID}); err != nil {
+			return nil, fmt.Errorf("start container %s in the guest: %w", r.ID, err)
+		}
+	} else {
+		resp, err := sb.client.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: r.ID, ExecId: r.ExecID, Process: p.spec})
+		if err != nil {
+			return nil, fmt.Errorf("exec in container %s in the guest: %w", r.ID, err)
+		}
+		p.setPid(resp.Pid)
+		// Output waits in the process's pipes until we attach.
+		go p.io.copy(s.ctx, sb.client, r.ID, r.ExecID)
+	}
+	p.setRunning()
+	go s.waitExit(sb, p)
+	pid := p.state().pid
+	if r.ExecID == "" {
+		s.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
+	} else {
+		s.send(&eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: pid})
+	}
+	return &taskAPI.StartResponse{Pid: pid}, nil
+}
+
+// waitExit records a process's exit once the guest reports it and its
+// output has been delivered, then tells containerd.
+func (s *service) waitExit(sb *sandbox, p *process) {
+	resp, err := sb.client.WaitProcess(s.ctx, &agentapi.WaitProcessRequest{ContainerId: p.containerID, ExecId: p.execID})
+	status, at := vmGoneStatus, time.Now()
+	if err != nil {
+		log.G(s.ctx).WithError(err).WithField("container", p.containerID).Warn("wait for process in the guest")
+	} else {
+		status, at = uint32(resp.ExitStatus), time.Unix(0, resp.ExitedAtUnixNano)
+	}
+	select {
+	case <-p.io.done:
+	case <-sb.vm.Exited():
+	}
+	if p.exit(status, at) {
+		s.sendExit(p)
+	}
+}
+
+func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[r.ID]
+	if !ok {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrNotFound))
+	}
+	if _, ok := c.execs[r.ExecID]; ok {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %s: %w", r.ExecID, errdefs.ErrAlreadyExists))
+	}
+	if r.Spec == nil || len(r.Spec.GetValue()) == 0 {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %s: no process spec: %w", r.ExecID, errdefs.ErrInvalidArgument))
+	}
+	io, err := openStdio(ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	p := newProcess(r.ID, r.ExecID, 0, io)
+	// The spec Any holds the OCI Process as JSON, which the agent takes as is.
+	p.spec = r.Spec.GetValue()
+	c.execs[r.ExecID] = p
+	s.send(&eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	return empty, nil
+}
+
+func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
+	client, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := client.ResizePty(ctx, &agentapi.ResizePtyRequest{ContainerId: r.ID, ExecId: r.ExecID, Rows: r.Height, Columns: r.Width}); err != nil {
+		return nil, err
+	}
+	return empty, nil
+}
+
+func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, p, _, err := s.find(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st := p.state()
+	return &taskAPI.StateResponse{
+		ID: p.eventID(), Bundle: c.bundle, Pid: st.pid, Status: st.status,
+		Stdin: p.io.stdinPath, Stdout: p.io.stdoutPath, Stderr: p.io.stderrPath, Terminal: p.io.terminal,
+		ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt), ExecID: r.ExecID,
+	}, nil
+}
+
+func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPC(fmt.Errorf("pause: not supported by the cloak runtime yet (the guest agent has no freezer call): %w", errdefs.ErrNotImplemented))
+}
+
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPC(fmt.Errorf("resume: not supported by the cloak runtime yet (the guest agent has no freezer call): %w", errdefs.ErrNotImplemented))
+}
+
+func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint: a confidential VM's memory cannot be dumped by the host, by design: %w", errdefs.ErrNotImplemented))
+}
+
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	_, p, sb, err := s.find(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	switch p.state().status {
+	case apitask.Status_STOPPED:
+		return nil, errgrpc.ToGRPC(fmt.Errorf("process %s already finished: %w", p.eventID(), errdefs.ErrNotFound))
+	case apitask.Status_CREATED:
+		if r.ExecID != "" {
+			// Never started: nothing runs in the guest yet.
+			p.exit(128+r.Signal, time.Now())
+			p.io.closeAll()
+			return empty, nil
+		}
+	}
+	if _, err := sb.client.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: r.ID, ExecId: r.ExecID, Signal: r.Signal, All: r.All}); err != nil {
+		return nil, fmt.Errorf("signal %d to %s in the guest: %w", r.Signal, p.eventID(), err)
+	}
+	return empty, nil
+}
+
+func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	client, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.ListProcesses(ctx, &agentapi.ListProcessesRequest{ContainerId: r.ID})
+	if err != nil {
+		return nil, err
+	}
+	out := &taskAPI.PidsResponse{}
+	for _, pid := range resp.Pids {
+		out.Processes = append(out.Processes, &apitask.ProcessInfo{Pid: pid})
+	}
+	return out, nil
+}
+
+func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, _, err := s.find(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stdin {
+		p.io.closeStdin()
+	}
+	return empty, nil
+}
+
+// Update passes new resources (OCI LinuxResources, JSON in the Any) to the
+// guest, which applies them to the container's cgroup.
+func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
+	client, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	if r.Resources == nil {
+		return empty, nil
+	}
+	if _, err := client.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: r.ID, Resources: r.Resources.GetValue()}); err != nil {
+		return nil, err
+	}
+	return empty, nil
+}
+
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	_, p, _, err := s.find(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	st := p.state()
+	return &taskAPI.WaitResponse{ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
+}
+
+// Delete removes an exec process, or the container (and, with the last
+// container, the VM).
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st := p.state()
+	if r.ExecID != "" {
+		if st.status == apitask.Status_RUNNING {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("exec %s is running: %w", r.ExecID, errdefs.ErrFailedPrecondition))
+		}
+		p.io.closeAll()
+		delete(c.execs, r.ExecID)
+		return &taskAPI.DeleteResponse{Pid: st.pid, ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
+	}
+	if st.status == apitask.Status_RUNNING {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s is running: kill it first: %w", r.ID, errdefs.ErrFailedPrecondition))
+	}
+	select {
+	case <-s.sandbox.vm.Exited():
+	default:
+		if _, err := s.sandbox.client.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: r.ID}); err != nil {
+			log.G(ctx).WithError(err).WithField("container", r.ID).Warn("remove container in the guest")
+		}
+	}
+	// A created-but-never-started task has not exited; it has now.
+	if p.exit(0, time.Now()) {
+		st = p.state()
+	}
+	p.io.closeAll()
+	for _, e := range c.execs {
+		e.exit(vmGoneStatus, time.Now())
+		e.io.closeAll()
+	}
+	delete(s.containers, r.ID)
+	if len(s.containers) == 0 {
+		s.stopSandboxLocked(ctx)
+	}
+	s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: st.pid, ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt)})
+	return &taskAPI.DeleteResponse{Pid: st.pid, ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt)}, nil
+}
+
+// Stats reports the container's cgroup (v2, inside the guest) in the
+// metrics type containerd and its clients decode for cgroup v2 hosts.
+func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	client, err := s.client()
+	if err != nil {
+		return nil, err
+	}
+	st, err := client.StatsContainer(ctx, &agentapi.StatsContainerRequest{ContainerId: r.ID})
+	if err != nil {
+		return nil, err
+	}
+	a, err := typeurl.MarshalAnyToProto(metrics(st))
+	if err != nil {
+		return nil, err
+	}
+	return &taskAPI.StatsResponse{Stats: a}, nil
+}
+
+func metrics(st *agentapi.StatsContainerResponse) *cgroupstats.Metrics {
+	return &cgroupstats.Metrics{
+		CPU:    &cgroupstats.CPUStat{UsageUsec: st.CpuUsageNs / 1000, UserUsec: st.CpuUserNs / 1000, SystemUsec: st.CpuSystemNs / 1000},
+		Memory: &cgroupstats.MemoryStat{Usage: st.MemoryUsageBytes, UsageLimit: st.MemoryLimitBytes, MaxUsage: st.MemoryMaxUsageBytes},
+		Pids:   &cgroupstats.PidsStat{Current: st.PidsCurrent, Limit: st.PidsLimit},
+	}
+}
+
+func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid())}
+	s.mu.Lock()
+	if c, ok := s.containers[r.ID]; ok {
+		resp.TaskPid = c.init.state().pid
+	}
+	s.mu.Unlock()
+	return resp, nil
+}
+
+// Shutdown ends the shim once it serves no container.
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	n := len(s.containers)
+	s.mu.Unlock()
+	if n > 0 {
+		return empty, nil
+	}
+	s.shutdown.Shutdown()
+	return empty, nil
+}
+
+func (s *service) client() (*agent.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandbox == nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("no VM: %w", errdefs.ErrNotFound))
+	}
+	return s.sandbox.client, nil
+}
+
+func (s *service) stopSandbox(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopSandboxLocked(ctx)
+}
+
+func (s *service) stopSandboxLocked(ctx context.Context) {
+	if s.sandbox == nil {
+		return
+	}
+	if err := s.sandbox.stop(ctx); err != nil {
+		log.G(ctx).WithError(err).Warn("stop VM")
+	}
+	s.sandbox = nil
+}
