@@ -22,6 +22,7 @@ import (
 	"github.com/cloak-containers/cloak/shim/agent"
 	"github.com/cloak-containers/cloak/shim/config"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
+	"github.com/cloak-containers/cloak/shim/network"
 )
 
 // The guest sees the host's loopback at this address on QEMU's user-mode
@@ -37,16 +38,27 @@ const (
 	stateFile = "cloak-vm.json"
 )
 
-// sandbox is one VM and the agent inside it.
+// sandbox is one VM, the agent inside it and, for a pod, the TAPs that
+// connect it to the pod network.
 type sandbox struct {
 	vm     *qemu.VM
 	client *agent.Client
+	pod    *network.Pod // nil on the user-mode network
 }
 
 // vmState is what cleanup needs after the shim died.
 type vmState struct {
 	QEMUPid int    `json:"qemu_pid"`
 	RunDir  string `json:"run_dir"`
+	NetNS   string `json:"netns,omitempty"` // the pod netns holding our TAPs
+}
+
+// sandboxNet is the network the VM joins: the pod network namespace (and
+// the pod's DNS), or QEMU's user-mode network when NetNS is "".
+type sandboxNet struct {
+	NetNS       string
+	DNSServers  []string
+	DNSSearches []string
 }
 
 // vmRunDir is a short per-task directory under cfg.RunDir: socket paths must
@@ -73,8 +85,10 @@ func imageCmdline(dir string) (string, error) {
 }
 
 // startSandbox boots the VM for a task, waits for its agent and configures
-// the sandbox (user-mode network: a standalone task has no pod netns).
-func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostname string, logger *slog.Logger) (_ *sandbox, retErr error) {
+// the sandbox. With a pod netns the VM's NICs are TAPs in it and the guest
+// gets the pod's addresses and routes; without (standalone `ctr run`) it is
+// on QEMU's user-mode network.
+func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostname string, pnet sandboxNet, logger *slog.Logger) (_ *sandbox, retErr error) {
 	cmdline, err := imageCmdline(cfg.ImageDir)
 	if err != nil {
 		return nil, err
@@ -97,23 +111,41 @@ func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostna
 		Network: qemu.Network{Kind: qemu.NetworkUser},
 		TEE:     qemu.TEE{Kind: qemu.TEENone},
 	}
-	vm, err := qemu.Start(ctx, qcfg, logger)
-	if err != nil {
-		return nil, err
+	sandboxReq := &agentapi.CreateSandboxRequest{
+		SandboxId: id, Hostname: hostname,
+		DnsServers: []string{userNetDNS},
+		Interfaces: []*agentapi.Interface{{Name: "eth0", Addresses: []string{userNetGuest}}},
+		Routes:     []*agentapi.Route{{Destination: "default", Gateway: userNetGateway, Device: "eth0"}},
 	}
-	sb := &sandbox{vm: vm}
+	sb := &sandbox{}
 	defer func() {
 		if retErr != nil {
 			sb.stop(context.WithoutCancel(ctx))
 		}
 	}()
-	state, err := json.Marshal(vmState{QEMUPid: vm.Pid(), RunDir: qcfg.RunDir})
-	if err != nil {
+	if pnet.NetNS != "" {
+		// Recorded before the TAPs exist: a shim killed from here on
+		// leaves them to `containerd-shim-cloak-v2 delete`.
+		if err := writeVMState(bundle, vmState{RunDir: qcfg.RunDir, NetNS: pnet.NetNS}); err != nil {
+			return nil, err
+		}
+		if sb.pod, err = network.Attach(ctx, pnet.NetNS, logger); err != nil {
+			return nil, err
+		}
+		qcfg.Network = qemu.Network{Kind: qemu.NetworkTAP}
+		for _, t := range sb.pod.TAPs() {
+			qcfg.Network.TAPs = append(qcfg.Network.TAPs, qemu.TAPDevice{File: t.File, MAC: t.MAC})
+		}
+		sandboxReq.DnsServers, sandboxReq.DnsSearches = pnet.DNSServers, pnet.DNSSearches
+		sandboxReq.Interfaces, sandboxReq.Routes = sb.pod.Interfaces(), sb.pod.Routes()
+	}
+	if sb.vm, err = qemu.Start(ctx, qcfg, logger); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(bundle, stateFile), state, 0o600); err != nil {
-		return nil, fmt.Errorf("vm state: %w", err)
+	if err := writeVMState(bundle, vmState{QEMUPid: sb.vm.Pid(), RunDir: qcfg.RunDir, NetNS: pnet.NetNS}); err != nil {
+		return nil, err
 	}
+	vm := sb.vm
 
 	ctx, cancel := context.WithTimeout(ctx, cfg.AgentTimeout())
 	defer cancel()
@@ -129,12 +161,7 @@ func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostna
 	if _, err := sb.client.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
 		return nil, fmt.Errorf("guest agent: %w", err)
 	}
-	if _, err := sb.client.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{
-		SandboxId: id, Hostname: hostname,
-		DnsServers: []string{userNetDNS},
-		Interfaces: []*agentapi.Interface{{Name: "eth0", Addresses: []string{userNetGuest}}},
-		Routes:     []*agentapi.Route{{Destination: "default", Gateway: userNetGateway, Device: "eth0"}},
-	}); err != nil {
+	if _, err := sb.client.CreateSandbox(ctx, sandboxReq); err != nil {
 		return nil, fmt.Errorf("create sandbox in guest: %w", err)
 	}
 	return sb, nil
@@ -145,19 +172,39 @@ func registryOptions(cfg config.Config) *agentapi.RegistryOptions {
 	return &agentapi.RegistryOptions{InsecureRegistries: cfg.Registry.Insecure, Mirrors: cfg.Registry.Mirrors}
 }
 
-// stop powers the VM off and removes its run directory.
+// writeVMState records st in the bundle for cleanupVM.
+func writeVMState(bundle string, st vmState) error {
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, stateFile), raw, 0o600); err != nil {
+		return fmt.Errorf("vm state: %w", err)
+	}
+	return nil
+}
+
+// stop powers the VM off, removes its run directory and then the TAPs
+// (after QEMU, which holds them, is gone).
 func (sb *sandbox) stop(ctx context.Context) error {
 	if sb.client != nil {
 		sb.client.Close()
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	return sb.vm.Stop(ctx)
+	var errs []error
+	if sb.vm != nil {
+		errs = append(errs, sb.vm.Stop(ctx))
+	}
+	if sb.pod != nil {
+		errs = append(errs, sb.pod.Detach(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // cleanupVM removes the VM recorded in bundle by a shim that is gone: kills
-// QEMU (only if that pid still is QEMU for this run dir: pids get reused)
-// and removes the run directory and the state file.
+// QEMU (only if that pid still is QEMU for this run dir: pids get reused),
+// removes the run directory, the TAPs in the pod netns and the state file.
 func cleanupVM(bundle string) error {
 	raw, err := os.ReadFile(filepath.Join(bundle, stateFile))
 	if errors.Is(err, os.ErrNotExist) {
@@ -178,6 +225,12 @@ func cleanupVM(bundle string) error {
 	}
 	if err := os.RemoveAll(st.RunDir); err != nil {
 		return fmt.Errorf("remove vm run dir: %w", err)
+	}
+	// A netns that is gone (CNI DEL already removed it) took the TAPs along.
+	if st.NetNS != "" {
+		if err := network.Cleanup(st.NetNS); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	return os.Remove(filepath.Join(bundle, stateFile))
 }

@@ -192,7 +192,13 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if hostname == "" {
 			hostname = r.ID
 		}
-		sb, err := startSandbox(ctx, cfg, s.ns, r.ID, r.Bundle, hostname, s.logger)
+		pnet := sandboxNet{NetNS: podNetNS(spec)}
+		if pnet.NetNS != "" {
+			if pnet.DNSServers, pnet.DNSSearches, err = podDNS(spec); err != nil {
+				return nil, errgrpc.ToGRPC(err)
+			}
+		}
+		sb, err := startSandbox(ctx, cfg, s.ns, r.ID, r.Bundle, hostname, pnet, s.logger)
 		if err != nil {
 			return nil, errgrpc.ToGRPC(fmt.Errorf("start VM: %w", err))
 		}
@@ -211,7 +217,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if _, err := client.PullImage(pullCtx, &agentapi.PullImageRequest{Image: image, Registry: registryOptions(cfg)}); err != nil {
 		return nil, fmt.Errorf("pull %s in the guest: %w", image, err)
 	}
-	created, err := client.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: r.ID, Image: image, OciSpec: raw})
+	guestRaw, err := guestSpec(raw, spec)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	created, err := client.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: r.ID, Image: image, OciSpec: guestRaw})
 	if err != nil {
 		return nil, fmt.Errorf("create container %s in the guest: %w", r.ID, err)
 	}

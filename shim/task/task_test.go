@@ -122,9 +122,12 @@ func TestCleanupVM(t *testing.T) {
 		name     string
 		namesVM  bool
 		wantKill bool
+		netns    string
 	}{
 		{name: "QEMU of this VM is killed", namesVM: true, wantKill: true},
 		{name: "a reused pid is left alone", namesVM: false, wantKill: false},
+		// CNI DEL removed the pod netns, and the TAPs with it.
+		{name: "pod netns already gone", namesVM: true, wantKill: true, netns: "/nonexistent/netns/cni-1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,7 +140,7 @@ func TestCleanupVM(t *testing.T) {
 				arg = filepath.Join(runDir, "qmp.sock")
 			}
 			fake, exited := startFake(t, arg)
-			raw, _ := json.Marshal(vmState{QEMUPid: fake.Process.Pid, RunDir: runDir})
+			raw, _ := json.Marshal(vmState{QEMUPid: fake.Process.Pid, RunDir: runDir, NetNS: tt.netns})
 			if err := os.WriteFile(filepath.Join(bundle, stateFile), raw, 0o600); err != nil {
 				t.Fatal(err)
 			}

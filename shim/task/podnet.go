@@ -1,0 +1,125 @@
+package task
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Bounds for the pod's resolv.conf, which the host's CNI/CRI wrote. The
+// guest (guest-image/netconf) enforces its own limits on what it receives;
+// these keep the shim from reading or sending more than it could use.
+const (
+	maxResolvConfSize = 64 << 10
+	maxDNSServers     = 3 // what glibc's resolver uses
+	maxDNSSearches    = 6
+)
+
+// podNetNS returns the network namespace the task's spec names by path (as
+// CRI and `ctr run --with-ns network:PATH` write it), or "" when the task
+// has none and the VM uses QEMU's user-mode network.
+func podNetNS(spec *specs.Spec) string {
+	if spec.Linux == nil {
+		return ""
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return ns.Path
+		}
+	}
+	return ""
+}
+
+// guestSpec is the spec the guest gets for a task in a pod network
+// namespace: without the network namespace entry, so the container shares
+// the guest's network, which is where the pod's interfaces are. The guest
+// refuses namespace paths (they name the host's namespaces), so the path
+// must not reach it.
+func guestSpec(raw []byte, spec *specs.Spec) ([]byte, error) {
+	if podNetNS(spec) == "" {
+		return raw, nil
+	}
+	s := *spec
+	l := *spec.Linux
+	l.Namespaces = nil
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type != specs.NetworkNamespace {
+			l.Namespaces = append(l.Namespaces, ns)
+		}
+	}
+	s.Linux = &l
+	out, err := json.Marshal(&s)
+	if err != nil {
+		return nil, fmt.Errorf("guest spec: %w", err)
+	}
+	return out, nil
+}
+
+// podDNS reads the name servers and search domains from the resolv.conf the
+// spec bind-mounts at /etc/resolv.conf (CRI writes one per pod). No such
+// mount means no DNS configuration, not an error.
+func podDNS(spec *specs.Spec) (servers, searches []string, err error) {
+	for _, m := range spec.Mounts {
+		if m.Destination != "/etc/resolv.conf" || m.Source == "" {
+			continue
+		}
+		f, err := os.Open(m.Source)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pod resolv.conf: %w", err)
+		}
+		defer f.Close()
+		servers, searches, err = parseResolvConf(f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pod resolv.conf %s: %w", m.Source, err)
+		}
+		return servers, searches, nil
+	}
+	return nil, nil, nil
+}
+
+// parseResolvConf takes the nameserver and search lines of a resolv.conf
+// (resolv.conf(5)); other options are the guest's business. Hand-written:
+// the parsers in Go libraries (docker's libnetwork/resolvconf, miekg/dns)
+// would be new dependencies for two keywords.
+func parseResolvConf(r io.Reader) (servers, searches []string, err error) {
+	raw, err := io.ReadAll(io.LimitReader(r, maxResolvConfSize+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(raw) > maxResolvConfSize {
+		return nil, nil, fmt.Errorf("larger than %d bytes", maxResolvConfSize)
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(raw)))
+	sc.Buffer(make([]byte, 0, 4096), maxResolvConfSize)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") || strings.HasPrefix(f[0], ";") {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			if net.ParseIP(f[1]) == nil {
+				return nil, nil, fmt.Errorf("nameserver %q is not an IP address", f[1])
+			}
+			if len(servers) < maxDNSServers {
+				servers = append(servers, f[1])
+			}
+		case "search", "domain":
+			// The last search or domain line wins (resolv.conf(5)).
+			searches = f[1:]
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, nil, err
+	}
+	if len(searches) > maxDNSSearches {
+		return nil, nil, fmt.Errorf("%d search domains, limit is %d", len(searches), maxDNSSearches)
+	}
+	return servers, searches, nil
+}
