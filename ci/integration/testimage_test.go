@@ -55,7 +55,7 @@ func busyboxTar(t testing.TB) []byte {
 		add(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755}, nil)
 	}
 	add(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bin))}, bin)
-	for _, applet := range []string{"sh", "echo", "cat", "sleep", "ls", "id", "hostname", "head", "true", "false", "wc", "sha256sum", "yes", "tr", "stty"} {
+	for _, applet := range []string{"sh", "echo", "cat", "sleep", "ls", "id", "hostname", "head", "true", "false", "wc", "sha256sum", "yes", "tr", "stty", "wget", "ip"} {
 		add(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox"}, nil)
 	}
 	secret := []byte("the secret recipe\n")
