@@ -122,15 +122,7 @@ mirrors = { %q = "http://%s" }
 		}
 		// containerd runs `containerd-shim-cloak-v2 delete`, which must
 		// take the VM down and the TAP out of the netns.
-		waitNoPids(t, console, 30*time.Second)
-		deadline := time.Now().Add(30 * time.Second)
-		for strings.Contains(e.mustCtr(t, "task", "ls", "-q").stdout, id) {
-			if time.Now().After(deadline) {
-				t.Fatalf("task %s still listed 30s after its shim died", id)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		e.mustCtr(t, "container", "delete", id)
+		waitShimCleanup(t, e, id, console)
 		pod.assertClean(t)
 	})
 

@@ -239,15 +239,7 @@ mirrors = { %q = "http://%s:%s" }
 		}
 		// containerd sees the shim gone and runs `containerd-shim-cloak-v2
 		// delete`, which must take the VM down.
-		waitNoPids(t, console, 30*time.Second)
-		deadline := time.Now().Add(30 * time.Second)
-		for strings.Contains(e.mustCtr(t, "task", "ls", "-q").stdout, id) {
-			if time.Now().After(deadline) {
-				t.Fatalf("task %s still listed 30s after its shim died", id)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		e.mustCtr(t, "container", "delete", id)
+		waitShimCleanup(t, e, id, console)
 	})
 
 	// Nothing of the cloak tasks is left: VMs, shims, sockets.
@@ -389,4 +381,20 @@ func ctrWithPty(t *testing.T, e *containerdEnv, args ...string) (string, int) {
 	case <-time.After(5 * time.Second):
 	}
 	return out.String(), code
+}
+
+// waitShimCleanup waits, after a task's shim was killed, until its QEMU (found
+// by the console log path on its command line) is gone and containerd no
+// longer lists the task, then deletes the container.
+func waitShimCleanup(t *testing.T, e *containerdEnv, id, console string) {
+	t.Helper()
+	waitNoPids(t, console, 30*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Contains(e.mustCtr(t, "task", "ls", "-q").stdout, id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("task %s still listed 30s after its shim died", id)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.mustCtr(t, "container", "delete", id)
 }

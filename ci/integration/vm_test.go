@@ -365,7 +365,7 @@ func TestVMContainerLifecycle(t *testing.T) {
 	}
 
 	// OOM: a container over its memory limit is killed and reported.
-	oomCtx, stopOOM := context.WithCancel(ctx)
+	oomCtx, stopOOM := context.WithTimeout(ctx, 90*time.Second)
 	defer stopOOM()
 	events, err := c.OOMEvents(oomCtx, &agentapi.OOMEventsRequest{})
 	if err != nil {

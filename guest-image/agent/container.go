@@ -39,6 +39,11 @@ type container struct {
 	execs   map[string]*process
 	started bool
 	stopOOM context.CancelFunc
+
+	// cgroupDir is the container's cgroup v2 directory; oomReported counts
+	// the OOM kills already published for it (guarded by mu).
+	cgroupDir   string
+	oomReported int
 }
 
 func (c *container) rootfs() string  { return filepath.Join(c.bundle, "rootfs") }
@@ -125,9 +130,22 @@ func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Im
 		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: %v", c.id, err)
 	}
 	c.init = p
+	if spec.Linux != nil {
+		c.cgroupDir = filepath.Join("/sys/fs/cgroup", spec.Linux.CgroupsPath)
+	}
 	oomCtx, stop := context.WithCancel(context.Background())
 	c.stopOOM = stop
 	go s.watchOOM(oomCtx, c)
+	// `runc events` starts asynchronously and misses an OOM kill that comes
+	// before it watches; the cgroup's own counter, read when init exits,
+	// catches those.
+	go func() {
+		select {
+		case <-p.exited:
+			s.noteOOM(c, false)
+		case <-oomCtx.Done():
+		}
+	}()
 	s.log.Info("container created", "container", c.id, "pid", pid, "terminal", spec.Process.Terminal)
 	return &agentapi.CreateContainerResponse{Pid: uint32(pid)}, nil
 }

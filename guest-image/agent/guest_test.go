@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/cloak-containers/cloak/agentapi"
@@ -28,5 +30,21 @@ func TestGuestStats(t *testing.T) {
 	}
 	if st.MemTotalBytes == 0 || st.MemAvailableBytes == 0 || st.MemAvailableBytes > st.MemTotalBytes || st.Cpus == 0 || st.UptimeNs <= 0 {
 		t.Fatalf("implausible stats %+v", st)
+	}
+}
+
+func TestOOMKills(t *testing.T) {
+	dir := t.TempDir()
+	if _, ok := oomKills(dir); ok {
+		t.Error("no memory.events: want not ok")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "memory.events"), []byte("low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := oomKills(dir); !ok || n != 2 {
+		t.Errorf("oomKills = %d %v, want 2", n, ok)
+	}
+	if _, ok := oomKills(""); ok {
+		t.Error("empty dir: want not ok")
 	}
 }

@@ -2,6 +2,10 @@ package agent
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,10 +63,7 @@ func (s *Server) watchOOM(ctx context.Context, c *container) {
 	for ev := range events {
 		switch ev.Type {
 		case "oom":
-			if dropped := s.oom.publish(&agentapi.OOMEvent{ContainerId: c.id, AtUnixNano: time.Now().UnixNano()}); dropped > 0 {
-				s.log.Warn("OOM event dropped for slow subscribers", "container", c.id, "subscribers", dropped)
-			}
-			s.log.Warn("container OOM kill", "container", c.id)
+			s.noteOOM(c, true)
 		case "error":
 			// go-runc's decoder keeps failing after a bad line; stop
 			// following this container rather than spin.
@@ -70,6 +71,48 @@ func (s *Server) watchOOM(ctx context.Context, c *container) {
 			return
 		}
 	}
+}
+
+// noteOOM publishes the container's OOM kills not reported yet. With
+// cgroup v2 the count comes from memory.events (oom_kill), so a kill is
+// reported once whether runc's event stream or the init exit noticed it
+// first; without that file (cgroup v1) runc's event is trusted as one kill.
+func (s *Server) noteOOM(c *container, fromRunc bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fresh := 0
+	if n, ok := oomKills(c.cgroupDir); ok {
+		fresh = n - c.oomReported
+	} else if fromRunc {
+		fresh = 1
+	}
+	for range fresh {
+		if dropped := s.oom.publish(&agentapi.OOMEvent{ContainerId: c.id, AtUnixNano: time.Now().UnixNano()}); dropped > 0 {
+			s.log.Warn("OOM event dropped for slow subscribers", "container", c.id, "subscribers", dropped)
+		}
+		s.log.Warn("container OOM kill", "container", c.id)
+	}
+	if fresh > 0 {
+		c.oomReported += fresh
+	}
+}
+
+// oomKills reads the oom_kill counter of a cgroup v2 memory.events file.
+func oomKills(cgroupDir string) (int, bool) {
+	if cgroupDir == "" {
+		return 0, false
+	}
+	b, err := os.ReadFile(filepath.Join(cgroupDir, "memory.events"))
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // OOMEvents streams every OOM kill in any container until the host hangs up.
