@@ -69,16 +69,9 @@ const maxDetail = 200
 // KBS's claim-by-claim reasons, not a way to flood logs.
 const maxProblemDetail = 4096
 
-// printable makes text from the network safe to print: valid UTF-8, no
-// control characters (terminal escapes), at most max bytes.
+// printable is kbstypes.SafeText, trimmed, at most max bytes.
 func printable(s string, max int) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(s, "?"))
-	s = strings.TrimSpace(s)
+	s = strings.TrimSpace(kbstypes.SafeText(s))
 	if len(s) > max {
 		s = strings.ToValidUTF8(s[:max], "") + "..."
 	}

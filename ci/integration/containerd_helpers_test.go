@@ -279,3 +279,19 @@ func execCtr(ctx context.Context, e *containerdEnv, args ...string) *exec.Cmd {
 	cmd.Env = append(os.Environ(), "PATH="+e.path)
 	return cmd
 }
+
+// containerdWithBusybox starts a containerd daemon with the cloak shim on its
+// PATH, pushes the busybox test image to a loopback registry and pulls it
+// into containerd. It returns the daemon, the guest image directory, the
+// registry's host:port and the image reference.
+func containerdWithBusybox(t *testing.T) (e *containerdEnv, imageDir, registryHost, ref string) {
+	t.Helper()
+	bin := containerdDeps(t)
+	imageDir = guestImage(t)
+	shimDir := buildShim(t)
+	registryHost = startRegistry(t)
+	ref = pushBusybox(t, registryHost)
+	e = startContainerd(t, bin, shimDir)
+	e.mustCtr(t, "image", "pull", "--plain-http", ref)
+	return e, imageDir, registryHost, ref
+}

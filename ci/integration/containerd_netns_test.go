@@ -44,13 +44,7 @@ func TestContainerdPodNetwork(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
 	}
-	bin := containerdDeps(t)
-	imageDir := guestImage(t)
-	shimDir := buildShim(t)
-	registryHost := startRegistry(t)
-	ref := pushBusybox(t, registryHost)
-	e := startContainerd(t, bin, shimDir)
-	e.mustCtr(t, "image", "pull", "--plain-http", ref)
+	e, imageDir, registryHost, ref := containerdWithBusybox(t)
 
 	pod := newPodNetNS(t)
 	web := serveIn(t, pod.peer, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, webBody) }))

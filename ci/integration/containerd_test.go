@@ -27,13 +27,7 @@ func TestContainerdCtrRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots several VMs")
 	}
-	bin := containerdDeps(t)
-	imageDir := guestImage(t)
-	shimDir := buildShim(t)
-	registryHost := startRegistry(t)
-	ref := pushBusybox(t, registryHost)
-	e := startContainerd(t, bin, shimDir)
-	e.mustCtr(t, "image", "pull", "--plain-http", ref)
+	e, imageDir, registryHost, ref := containerdWithBusybox(t)
 
 	// Short: the VMs' QMP and agent sockets live here.
 	runDir, err := os.MkdirTemp("", "cloakrun")

@@ -160,16 +160,7 @@ func dialReadyAgent(ctx context.Context, vm *qemu.VM) (*agent.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := agent.DialFirst(conn, vm.DialAgent)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if _, err := c.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("Check: %w", err)
-	}
-	return c, nil
+	return agent.Connect(ctx, conn, vm.DialAgent)
 }
 
 // sandboxRequest is a sandbox on the user-mode network QEMU gives the guest.

@@ -9,6 +9,7 @@ import (
 	"github.com/veraison/ear"
 
 	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // trustGroups lists the AR4SI trust-vector claims in the order the EAR
@@ -69,19 +70,8 @@ func Explain(e adminapi.AuditEntry) string {
 	if s := findingsSentence(e.Findings, failed(e)); s != "" {
 		b.WriteString(" " + s)
 	}
-	return withoutControls(b.String())
-}
-
-// withoutControls replaces control characters: audit entries quote values a
-// guest chose (evidence claims, TEE names), which must not reach an admin's
-// terminal as escape sequences.
-func withoutControls(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(s, "?"))
+	// Audit entries quote values a guest chose (evidence claims, TEE names).
+	return kbstypes.SafeText(b.String())
 }
 
 // maxRemembered bounds the attestations an Explainer keeps; a long

@@ -44,21 +44,30 @@ func Dial(dial func(ctx context.Context) (net.Conn, error)) (*Client, error) {
 	return &Client{AgentServiceClient: agentapi.NewAgentServiceClient(conn), conn: conn}, nil
 }
 
-// DialFirst is Dial whose first connection is first (typically from
-// qemu.VM.ConnectAgent, already accepted by the agent); later reconnects use
-// redial.
-func DialFirst(first net.Conn, redial func(ctx context.Context) (net.Conn, error)) (*Client, error) {
+// Connect returns a client once the agent has answered Check. Its first
+// connection is first (typically from qemu.VM.ConnectAgent, already accepted
+// by the agent); later reconnects use redial. first is closed on failure.
+func Connect(ctx context.Context, first net.Conn, redial func(ctx context.Context) (net.Conn, error)) (*Client, error) {
 	var mu sync.Mutex
-	return Dial(func(ctx context.Context) (net.Conn, error) {
+	c, err := Dial(func(ctx context.Context) (net.Conn, error) {
 		mu.Lock()
-		c := first
+		conn := first
 		first = nil
 		mu.Unlock()
-		if c != nil {
-			return c, nil
+		if conn != nil {
+			return conn, nil
 		}
 		return redial(ctx)
 	})
+	if err != nil {
+		first.Close()
+		return nil, err
+	}
+	if _, err := c.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("agent Check: %w", err)
+	}
+	return c, nil
 }
 
 // Close closes the connection; the guest keeps running.

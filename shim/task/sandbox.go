@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/shim/agent"
 	"github.com/cloak-containers/cloak/shim/config"
@@ -153,12 +151,8 @@ func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostna
 	if err != nil {
 		return nil, fmt.Errorf("guest agent did not come up (guest console: %s): %w", console, err)
 	}
-	sb.client, err = agent.DialFirst(conn, vm.DialAgent)
+	sb.client, err = agent.Connect(ctx, conn, vm.DialAgent)
 	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if _, err := sb.client.Check(ctx, &agentapi.CheckRequest{}, grpc.WaitForReady(true)); err != nil {
 		return nil, fmt.Errorf("guest agent: %w", err)
 	}
 	if _, err := sb.client.CreateSandbox(ctx, sandboxReq); err != nil {
