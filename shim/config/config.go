@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -45,7 +46,65 @@ type Config struct {
 	// image pull.
 	AgentTimeoutSeconds int `toml:"agent_timeout_seconds"`
 
+	// TEE is none | emulated | snp | tdx. Anything but none is a
+	// confidential handler: the host shares no directory with the guest.
+	TEE string `toml:"tee"`
+	// Kernel and Initrd default to vmlinuz and initrd.img in ImageDir.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// Firmware is the guest firmware (OVMF) for snp and tdx; empty: QEMU's
+	// default BIOS.
+	Firmware string `toml:"firmware"`
+	// SharedFS is none | virtio-fs: how host directories (other than the
+	// small files CRI adds, which are copied) reach the guest. Only
+	// allowed with tee = "none".
+	SharedFS string `toml:"shared_fs"`
+	// Virtiofsd is the virtio-fs daemon for SharedFS = "virtio-fs".
+	Virtiofsd string `toml:"virtiofsd"`
+	// AllowedAnnotations lists the pod annotations (short names: initdata,
+	// vcpus, memory) a pod may use to change its VM; any other io.cloak.*
+	// annotation is refused.
+	AllowedAnnotations []string `toml:"allowed_annotations"`
+
+	KBS      KBS      `toml:"kbs"`
 	Registry Registry `toml:"registry"`
+}
+
+// TEE kinds of the tee key.
+const (
+	TEENone     = "none"
+	TEEEmulated = "emulated"
+	TEESNP      = "snp"
+	TEETDX      = "tdx"
+)
+
+// Shared file systems of the shared_fs key.
+const (
+	SharedFSNone     = "none"
+	SharedFSVirtioFS = "virtio-fs"
+)
+
+// DefaultVirtiofsd is where distributions install virtiofsd.
+const DefaultVirtiofsd = "/usr/libexec/virtiofsd"
+
+// Annotation short names of allowed_annotations.
+const (
+	AnnotationInitdata = "initdata"
+	AnnotationVCPUs    = "vcpus"
+	AnnotationMemory   = "memory"
+)
+
+// KBS names the Key Broker Service a pod's guest attests to. The shim turns
+// it into the pod's default initdata (CoCo's TOML: aa.toml with the URL and
+// certificate), unless the pod brings its own initdata annotation.
+type KBS struct {
+	// URL is the KBS as the guest reaches it, e.g. https://10.88.0.1:8080.
+	URL string `toml:"url"`
+	// CAFile is the PEM certificate (or CA) the guest trusts for URL.
+	CAFile string `toml:"ca_file"`
+	// InitdataFile is a complete initdata document used instead of the one
+	// built from URL and CAFile.
+	InitdataFile string `toml:"initdata_file"`
 }
 
 // Registry configures how the guest reaches registries (guest pull).
@@ -124,7 +183,37 @@ func (c Config) WithDefaults() Config {
 	if c.AgentTimeoutSeconds == 0 {
 		c.AgentTimeoutSeconds = DefaultAgentTimeoutSeconds
 	}
+	if c.TEE == "" {
+		c.TEE = TEENone
+	}
+	if c.Kernel == "" {
+		c.Kernel = filepath.Join(c.ImageDir, "vmlinuz")
+	}
+	if c.Initrd == "" {
+		c.Initrd = filepath.Join(c.ImageDir, "initrd.img")
+	}
+	if c.SharedFS == "" {
+		c.SharedFS = SharedFSNone
+	}
+	if c.Virtiofsd == "" {
+		c.Virtiofsd = DefaultVirtiofsd
+	}
 	return c
+}
+
+// Confidential reports whether the handler runs confidential VMs: the host
+// must not see or change what runs inside them.
+func (c Config) Confidential() bool { return c.TEE != TEENone }
+
+// AnnotationAllowed reports whether the pod annotation short name is in
+// allowed_annotations.
+func (c Config) AnnotationAllowed(name string) bool {
+	for _, a := range c.AllowedAnnotations {
+		if a == name {
+			return true
+		}
+	}
+	return false
 }
 
 func (c Config) validate() error {
@@ -142,7 +231,44 @@ func (c Config) validate() error {
 	if c.AgentTimeoutSeconds < 1 {
 		return fmt.Errorf("agent_timeout_seconds %d: want > 0", c.AgentTimeoutSeconds)
 	}
-	for _, d := range []struct{ key, dir string }{{"image_dir", c.ImageDir}, {"run_dir", c.RunDir}, {"console_log_dir", c.ConsoleLogDir}} {
+	switch c.TEE {
+	case TEENone, TEEEmulated, TEESNP, TEETDX:
+	default:
+		return fmt.Errorf("tee %q: want none, emulated, snp or tdx", c.TEE)
+	}
+	switch c.SharedFS {
+	case SharedFSNone:
+	case SharedFSVirtioFS:
+		if c.Confidential() {
+			return fmt.Errorf("shared_fs %q with tee %q: a confidential guest shares no host directory; set shared_fs = \"none\"", c.SharedFS, c.TEE)
+		}
+	default:
+		return fmt.Errorf("shared_fs %q: want none or virtio-fs", c.SharedFS)
+	}
+	for _, a := range c.AllowedAnnotations {
+		switch a {
+		case AnnotationInitdata, AnnotationVCPUs, AnnotationMemory:
+		default:
+			return fmt.Errorf("allowed_annotations: unknown %q: want some of initdata, vcpus, memory", a)
+		}
+	}
+	if c.KBS.InitdataFile != "" && (c.KBS.URL != "" || c.KBS.CAFile != "") {
+		return errors.New("[kbs] initdata_file replaces url and ca_file: set one or the other")
+	}
+	if c.KBS.CAFile != "" && c.KBS.URL == "" {
+		return errors.New("[kbs] ca_file without url: set url to the KBS as the guest reaches it")
+	}
+	if c.KBS.URL != "" {
+		u, err := url.Parse(c.KBS.URL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("[kbs] url %q: want http(s)://HOST[:PORT]", c.KBS.URL)
+		}
+	}
+	for _, d := range []struct{ key, dir string }{
+		{"image_dir", c.ImageDir}, {"run_dir", c.RunDir}, {"console_log_dir", c.ConsoleLogDir},
+		{"kernel", c.Kernel}, {"initrd", c.Initrd}, {"firmware", c.Firmware}, {"virtiofsd", c.Virtiofsd},
+		{"[kbs] ca_file", c.KBS.CAFile}, {"[kbs] initdata_file", c.KBS.InitdataFile},
+	} {
 		if d.dir != "" && !filepath.IsAbs(d.dir) {
 			return fmt.Errorf("%s %q: want an absolute path", d.key, d.dir)
 		}

@@ -16,7 +16,9 @@ func TestParse(t *testing.T) {
 	}{
 		{name: "empty gives defaults", doc: "", want: Config{
 			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
-			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds,
+			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
+			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
+			SharedFS: "none", Virtiofsd: DefaultVirtiofsd,
 		}},
 		{name: "every key", doc: `
 image_dir = "/img"
@@ -26,12 +28,23 @@ memory_mib = 1024
 run_dir = "/r"
 console_log_dir = "/logs"
 agent_timeout_seconds = 30
+tee = "emulated"
+kernel = "/k"
+initrd = "/i"
+firmware = "/usr/share/ovmf/OVMF.fd"
+allowed_annotations = ["initdata", "vcpus", "memory"]
+[kbs]
+url = "https://10.88.0.1:8080"
+ca_file = "/etc/cloak/kbs-ca.pem"
 [registry]
 insecure = ["127.0.0.1:5000"]
 mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 `, want: Config{
 			ImageDir: "/img", Accel: "tcg", VCPUs: 2, MemoryMiB: 1024, RunDir: "/r", ConsoleLogDir: "/logs",
-			AgentTimeoutSeconds: 30,
+			AgentTimeoutSeconds: 30, TEE: "emulated", Kernel: "/k", Initrd: "/i", Firmware: "/usr/share/ovmf/OVMF.fd",
+			SharedFS: "none", Virtiofsd: DefaultVirtiofsd,
+			AllowedAnnotations: []string{"initdata", "vcpus", "memory"},
+			KBS:                KBS{URL: "https://10.88.0.1:8080", CAFile: "/etc/cloak/kbs-ca.pem"},
 			Registry: Registry{
 				Insecure: []string{"127.0.0.1:5000"},
 				Mirrors:  map[string]string{"127.0.0.1:5000": "http://10.0.2.2:5000"},
@@ -42,6 +55,20 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 		{name: "too little memory", doc: "memory_mib = 64", wantErr: "memory_mib"},
 		{name: "relative dir", doc: `image_dir = "img"`, wantErr: "absolute"},
 		{name: "not toml", doc: "vcpus = ", wantErr: "toml"},
+		{name: "bad tee", doc: `tee = "sev"`, wantErr: "tee"},
+		{name: "shared fs on a confidential handler", doc: "tee = \"snp\"\nshared_fs = \"virtio-fs\"", wantErr: "confidential"},
+		{name: "shared fs without tee", doc: `shared_fs = "virtio-fs"`, want: Config{
+			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
+			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
+			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
+			SharedFS: "virtio-fs", Virtiofsd: DefaultVirtiofsd,
+		}},
+		{name: "bad shared fs", doc: `shared_fs = "9p"`, wantErr: "shared_fs"},
+		{name: "unknown annotation", doc: `allowed_annotations = ["kernel"]`, wantErr: "allowed_annotations"},
+		{name: "initdata file and url", doc: "[kbs]\nurl = \"https://k\"\ninitdata_file = \"/i\"", wantErr: "initdata_file"},
+		{name: "ca without url", doc: "[kbs]\nca_file = \"/ca.pem\"", wantErr: "without url"},
+		{name: "kbs url scheme", doc: "[kbs]\nurl = \"ftp://k\"", wantErr: "url"},
+		{name: "relative firmware", doc: `firmware = "OVMF.fd"`, wantErr: "firmware"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
