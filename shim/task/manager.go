@@ -32,15 +32,24 @@ func (Manager) Name() string { return RuntimeName }
 
 // Start runs `containerd-shim-cloak-v2 start`: it starts the long-lived
 // shim process serving the task API on a fresh socket and returns how to
-// reach it. One shim (and one VM) per task: grouping the containers of a
-// pod into one shim comes with CRI support.
+// reach it. One shim and one VM per pod: a CRI container names its pod's
+// sandbox, whose shim is already serving, and that shim's address is
+// returned; a task outside a pod gets a shim of its own.
 func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ shim.BootstrapParams, retErr error) {
 	params := shim.BootstrapParams{Version: 3, Protocol: "ttrpc"}
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return params, err
 	}
-	address, err := shim.SocketAddress(ctx, opts.Address, id, false)
+	bundle, err := os.Getwd()
+	if err != nil {
+		return params, err
+	}
+	annotations, err := readAnnotations(bundle)
+	if err != nil {
+		return params, err
+	}
+	address, err := shim.SocketAddress(ctx, opts.Address, groupID(id, annotations), false)
 	if err != nil {
 		return params, err
 	}
@@ -77,16 +86,12 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ shi
 	if err != nil {
 		return params, err
 	}
-	cwd, err := os.Getwd()
-	if err != nil {
-		return params, err
-	}
 	args := []string{"-namespace", ns, "-id", id, "-address", opts.Address}
 	if opts.Debug {
 		args = append(args, "-debug")
 	}
 	cmd := exec.Command(self, args...)
-	cmd.Dir = cwd // the bundle
+	cmd.Dir = bundle
 	cmd.Env = os.Environ()
 	// The shim library serves on fd 3.
 	cmd.ExtraFiles = []*os.File{f}

@@ -86,7 +86,7 @@ func imageCmdline(dir string) (string, error) {
 // the sandbox. With a pod netns the VM's NICs are TAPs in it and the guest
 // gets the pod's addresses and routes; without (standalone `ctr run`) it is
 // on QEMU's user-mode network.
-func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostname string, pnet sandboxNet, logger *slog.Logger) (_ *sandbox, retErr error) {
+func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id, bundle, hostname string, pnet sandboxNet, logger *slog.Logger) (_ *sandbox, retErr error) {
 	cmdline, err := imageCmdline(cfg.ImageDir)
 	if err != nil {
 		return nil, err
@@ -102,15 +102,15 @@ func startSandbox(ctx context.Context, cfg config.Config, ns, id, bundle, hostna
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
 	qcfg := qemu.Config{
-		Machine: qemu.MachineQ35, Accel: qemu.Accel(cfg.Accel), VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB,
-		Kernel: filepath.Join(cfg.ImageDir, "vmlinuz"), Initrd: filepath.Join(cfg.ImageDir, "initrd.img"), Cmdline: cmdline,
+		Machine: qemu.MachineQ35, Accel: qemu.Accel(cfg.Accel), VCPUs: vs.vcpus, MemoryMiB: vs.memoryMiB,
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Firmware: cfg.Firmware, Cmdline: cmdline,
 		ConsoleLog: console, RunDir: vmRunDir(cfg, ns, id),
 		Agent:   qemu.Agent{Kind: qemu.AgentVirtioSerial},
 		Network: qemu.Network{Kind: qemu.NetworkUser},
-		TEE:     qemu.TEE{Kind: qemu.TEENone},
+		TEE:     vs.tee,
 	}
 	sandboxReq := &agentapi.CreateSandboxRequest{
-		SandboxId: id, Hostname: hostname,
+		SandboxId: id, Hostname: hostname, Initdata: vs.initdata,
 		DnsServers: []string{userNetDNS},
 		Interfaces: []*agentapi.Interface{{Name: "eth0", Addresses: []string{userNetGuest}}},
 		Routes:     []*agentapi.Route{{Destination: "default", Gateway: userNetGateway, Device: "eth0"}},

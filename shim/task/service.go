@@ -56,15 +56,19 @@ type service struct {
 	events       chan any
 	eventsClosed bool
 
-	mu         sync.Mutex
-	sandbox    *sandbox
+	mu      sync.Mutex
+	sandbox *sandbox
+	// podID names the VM: the CRI sandbox id, or the standalone task's id.
+	podID      string
 	containers map[string]*container
 }
 
 type container struct {
 	id, bundle, image string
-	init              *process
-	execs             map[string]*process
+	// podSandbox: CRI's pause container, which is the VM itself.
+	podSandbox bool
+	init       *process
+	execs      map[string]*process
 }
 
 // NewService returns the task service; the shim library registers it over
@@ -160,8 +164,10 @@ func readSpec(bundle string) ([]byte, *specs.Spec, error) {
 	return raw, &spec, nil
 }
 
-// Create boots the VM on the first task, pulls the task's image in the
-// guest and creates the container there from the bundle's spec.
+// Create boots the VM with the pod's sandbox task (or a standalone task),
+// and for every other task pulls its image in the guest and creates the
+// container there from the bundle's spec. A CRI sandbox (pause) task runs
+// nothing in the guest: it stands for the VM.
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("restore from checkpoint: a VM task cannot be checkpointed: %w", errdefs.ErrNotImplemented))
@@ -177,15 +183,28 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if spec.Process.Terminal != r.Terminal {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("terminal %v in the request but %v in the spec: %w", r.Terminal, spec.Process.Terminal, errdefs.ErrInvalidArgument))
 	}
-	image, err := imageRef(ctx, s.ns, r.ID, spec.Annotations)
+	kind, podID := kindOf(r.ID, spec.Annotations)
+	vs, err := vmSettingsFor(cfg, spec.Annotations)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	image := ""
+	if kind != podSandbox {
+		if image, err = imageRef(ctx, s.ns, r.ID, spec.Annotations); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
 	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.containers[r.ID]; ok {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists))
+	}
+	switch {
+	case kind == podContainer && s.sandbox == nil:
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: its pod sandbox %s has no VM in this shim (create the sandbox first): %w", r.ID, podID, errdefs.ErrFailedPrecondition))
+	case kind != podContainer && s.sandbox != nil:
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: this shim already runs the VM of %s: %w", r.ID, s.podID, errdefs.ErrAlreadyExists))
 	}
 	if s.sandbox == nil {
 		hostname := spec.Hostname
@@ -198,11 +217,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 				return nil, errgrpc.ToGRPC(err)
 			}
 		}
-		sb, err := startSandbox(ctx, cfg, s.ns, r.ID, r.Bundle, hostname, pnet, s.logger)
+		sb, err := startSandbox(ctx, cfg, vs, s.ns, r.ID, r.Bundle, hostname, pnet, s.logger)
 		if err != nil {
 			return nil, errgrpc.ToGRPC(fmt.Errorf("start VM: %w", err))
 		}
-		s.sandbox = sb
+		s.sandbox, s.podID = sb, podID
 		go s.watchVM(sb)
 		go s.forwardOOM(sb)
 		defer func() {
@@ -210,6 +229,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 				s.stopSandboxLocked(context.WithoutCancel(ctx))
 			}
 		}()
+	}
+	if kind == podSandbox {
+		return s.createPodSandbox(ctx, r)
 	}
 	client := s.sandbox.client
 	pullCtx, cancel := context.WithTimeout(ctx, cfg.AgentTimeout())
@@ -233,12 +255,33 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	p := newProcess(r.ID, "", created.Pid, io)
 	go io.copy(s.ctx, client, r.ID, "")
 	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, image: image, init: p, execs: map[string]*process{}}
+	s.sendCreate(r, created.Pid)
+	return &taskAPI.CreateTaskResponse{Pid: created.Pid}, nil
+}
+
+// createPodSandbox records the pod's sandbox task, whose process is the VM:
+// its pid is QEMU's, it runs until killed or until the VM stops. The caller
+// holds s.mu and has started the VM.
+func (s *service) createPodSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	io, err := openStdio(ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	// The pause process prints nothing: its output streams end now.
+	io.closeAll()
+	pid := uint32(s.sandbox.vm.Pid())
+	p := newProcess(r.ID, "", pid, io)
+	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, podSandbox: true, init: p, execs: map[string]*process{}}
+	s.sendCreate(r, pid)
+	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
+}
+
+func (s *service) sendCreate(r *taskAPI.CreateTaskRequest, pid uint32) {
 	s.send(&eventstypes.TaskCreate{
-		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: created.Pid,
+		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: pid,
 		IO:         &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Checkpoint: r.Checkpoint,
 	})
-	return &taskAPI.CreateTaskResponse{Pid: created.Pid}, nil
 }
 
 // watchVM ends every process when QEMU exits without being asked to.
@@ -321,12 +364,19 @@ func (s *service) lookup(id, execID string) (*container, *process, error) {
 
 // Start starts the init process (created by Create) or an exec process.
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	_, p, sb, err := s.find(r.ID, r.ExecID)
+	c, p, sb, err := s.find(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
 	if st := p.state(); st.status != apitask.Status_CREATED {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("process %s is %s, not created: %w", p.eventID(), st.status, errdefs.ErrFailedPrecondition))
+	}
+	if c.podSandbox {
+		// The VM is up already; it is the sandbox's process.
+		p.setRunning()
+		pid := p.state().pid
+		s.send(&eventstypes.TaskStart{ContainerID: r.ID, Pid: pid})
+		return &taskAPI.StartResponse{Pid: pid}, nil
 	}
 	if r.ExecID == "" {
 		if _, err := sb.client.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: r.ID}); err != nil {
@@ -377,6 +427,9 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	c, ok := s.containers[r.ID]
 	if !ok {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrNotFound))
+	}
+	if c.podSandbox {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("exec in %s: the pod sandbox is the VM and runs no process in the guest; exec into one of the pod's containers: %w", r.ID, errdefs.ErrNotImplemented))
 	}
 	if _, ok := c.execs[r.ExecID]; ok {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %s: %w", r.ExecID, errdefs.ErrAlreadyExists))
@@ -433,13 +486,19 @@ func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 }
 
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	_, p, sb, err := s.find(r.ID, r.ExecID)
+	c, p, sb, err := s.find(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
 	switch p.state().status {
 	case apitask.Status_STOPPED:
 		return nil, errgrpc.ToGRPC(fmt.Errorf("process %s already finished: %w", p.eventID(), errdefs.ErrNotFound))
+	}
+	if c.podSandbox {
+		s.killPodSandbox(ctx, sb, p, syscall.Signal(r.Signal))
+		return empty, nil
+	}
+	switch p.state().status {
 	case apitask.Status_CREATED:
 		if r.ExecID != "" {
 			// Never started: nothing runs in the guest yet.
@@ -454,7 +513,38 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	return empty, nil
 }
 
+// killPodSandbox ends the sandbox's process as a pause process would:
+// SIGTERM and SIGINT end it with status 0, SIGKILL with 137, other signals
+// are ignored (pause is PID 1 of its namespace). The VM stops with it, and
+// every other task of the pod exits 137.
+func (s *service) killPodSandbox(ctx context.Context, sb *sandbox, p *process, sig syscall.Signal) {
+	var status uint32
+	switch sig {
+	case syscall.SIGTERM, syscall.SIGINT:
+	case syscall.SIGKILL:
+		status = vmGoneStatus
+	default:
+		return
+	}
+	if !p.exit(status, time.Now()) {
+		return
+	}
+	// Stopped before the exit event: containerd tears the pod network down
+	// on it, and QEMU must no longer use the TAPs by then.
+	if err := sb.stop(context.WithoutCancel(ctx)); err != nil {
+		log.G(ctx).WithError(err).Warn("stop the pod VM")
+	}
+	s.sendExit(p)
+}
+
 func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	c, p, _, err := s.find(r.ID, "")
+	if err != nil {
+		return nil, err
+	}
+	if c.podSandbox {
+		return &taskAPI.PidsResponse{Processes: []*apitask.ProcessInfo{{Pid: p.state().pid}}}, nil
+	}
 	client, err := s.client()
 	if err != nil {
 		return nil, err
@@ -484,12 +574,17 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*empt
 // Update passes new resources (OCI LinuxResources, JSON in the Any) to the
 // guest, which applies them to the container's cgroup.
 func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	client, err := s.client()
+	c, _, _, err := s.find(r.ID, "")
 	if err != nil {
 		return nil, err
 	}
-	if r.Resources == nil {
+	// The sandbox's resources are the VM's, fixed at boot.
+	if r.Resources == nil || c.podSandbox {
 		return empty, nil
+	}
+	client, err := s.client()
+	if err != nil {
+		return nil, err
 	}
 	if _, err := client.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: r.ID, Resources: r.Resources.GetValue()}); err != nil {
 		return nil, err
@@ -535,6 +630,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	select {
 	case <-s.sandbox.vm.Exited():
 	default:
+		if c.podSandbox {
+			break
+		}
 		if _, err := s.sandbox.client.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: r.ID}); err != nil {
 			log.G(ctx).WithError(err).WithField("container", r.ID).Warn("remove container in the guest")
 		}
@@ -559,15 +657,32 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 // Stats reports the container's cgroup (v2, inside the guest) in the
 // metrics type containerd and its clients decode for cgroup v2 hosts.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	c, _, _, err := s.find(r.ID, "")
+	if err != nil {
+		return nil, err
+	}
 	client, err := s.client()
 	if err != nil {
 		return nil, err
 	}
-	st, err := client.StatsContainer(ctx, &agentapi.StatsContainerRequest{ContainerId: r.ID})
-	if err != nil {
-		return nil, err
+	var m *cgroupstats.Metrics
+	if c.podSandbox {
+		// The sandbox is the VM: its memory in use is the guest's.
+		gs, err := client.GuestStats(ctx, &agentapi.GuestStatsRequest{})
+		if err != nil {
+			return nil, err
+		}
+		m = &cgroupstats.Metrics{Memory: &cgroupstats.MemoryStat{
+			Usage: gs.MemTotalBytes - min(gs.MemAvailableBytes, gs.MemTotalBytes), UsageLimit: gs.MemTotalBytes,
+		}}
+	} else {
+		st, err := client.StatsContainer(ctx, &agentapi.StatsContainerRequest{ContainerId: r.ID})
+		if err != nil {
+			return nil, err
+		}
+		m = metrics(st)
 	}
-	a, err := typeurl.MarshalAnyToProto(metrics(st))
+	a, err := typeurl.MarshalAnyToProto(m)
 	if err != nil {
 		return nil, err
 	}
