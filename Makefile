@@ -6,12 +6,12 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 export GOFLAGS := -buildvcs=false
-BINARIES := kbs kbsctl cloak-aa cloak-image
+BINARIES := kbs kbsctl cloak-aa cloak-image containerd-shim-cloak-v2 cloak-snapshotter
 # The guest image is rebuilt from source each time (cheap: the kernel package
 # and the static runc are cached under $$HOME/.cache/cloak).
 IMAGE_DIR := $(CURDIR)/.work/image
 
-.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo generate clean deps vm-deps
+.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo generate clean deps vm-deps install bench-pod
 
 all: build
 
@@ -51,6 +51,18 @@ bench: build
 # Boot time of the guest image beside a trivial init on the same kernel.
 bench-boot: build image
 	CLOAK_IMAGE_DIR=$(IMAGE_DIR) ./ci/bench-boot.sh
+
+# Time of `ctr run --rm` of busybox echo with runc and Cloak (and runsc if
+# installed), and the memory of one idle Cloak pod, in one run.
+bench-pod: build image
+	CLOAK_IMAGE_DIR=$(IMAGE_DIR) ./ci/bench-pod.sh
+
+# Binaries to DESTDIR/PREFIX/bin, the guest image to /usr/share/cloak/image and
+# one configuration per handler to /etc/cloak (never overwriting one), all under
+# DESTDIR; prints the containerd configuration for the handlers.
+PREFIX ?= /usr/local
+install: build image
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BIN=$(BIN) IMAGE_DIR=$(IMAGE_DIR) ./ci/install.sh
 
 demo: build
 	./ci/demo.sh

@@ -33,7 +33,7 @@ var (
 // containerdDeps returns the directory holding containerd, ctr,
 // containerd-shim-runc-v2 and runc, built once into the cache by
 // ci/containerd-deps.sh at go.mod's containerd version.
-func containerdDeps(t *testing.T) string {
+func containerdDeps(t testing.TB) string {
 	t.Helper()
 	containerdOnce.Do(func() {
 		cmd := exec.Command("./ci/containerd-deps.sh")
@@ -57,7 +57,7 @@ func containerdDeps(t *testing.T) string {
 
 // buildShim builds containerd-shim-cloak-v2 into a directory of its own,
 // which goes first on containerd's PATH.
-func buildShim(t *testing.T) string {
+func buildShim(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/containerd-shim-cloak-v2")
@@ -77,7 +77,7 @@ type containerdEnv struct {
 	log          string
 }
 
-func startContainerd(t *testing.T, bin, shimDir string) *containerdEnv {
+func startContainerd(t testing.TB, bin, shimDir string) *containerdEnv {
 	t.Helper()
 	// Short: containerd's sockets live here.
 	dir, err := os.MkdirTemp("", "ctrd")
@@ -159,7 +159,7 @@ disabled_plugins = [
 }
 
 // removeAll force-deletes every task and container of the test namespace.
-func (e *containerdEnv) removeAll(t *testing.T) {
+func (e *containerdEnv) removeAll(t testing.TB) {
 	t.Helper()
 	tasks, err := e.ctr(t, nil, "task", "ls", "-q")
 	if err != nil {
@@ -190,7 +190,7 @@ type ctrResult struct {
 
 // ctr runs a ctr command against the test's containerd; err is set only
 // when ctr could not run at all or exited non-zero.
-func (e *containerdEnv) ctr(t *testing.T, stdin []byte, args ...string) (ctrResult, error) {
+func (e *containerdEnv) ctr(t testing.TB, stdin []byte, args ...string) (ctrResult, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -215,7 +215,7 @@ func (e *containerdEnv) ctr(t *testing.T, stdin []byte, args ...string) (ctrResu
 }
 
 // mustCtr is ctr that fails the test on a non-zero exit.
-func (e *containerdEnv) mustCtr(t *testing.T, args ...string) ctrResult {
+func (e *containerdEnv) mustCtr(t testing.TB, args ...string) ctrResult {
 	t.Helper()
 	r, err := e.ctr(t, nil, args...)
 	if err != nil {
@@ -232,7 +232,7 @@ func (e *containerdEnv) shimSocket(id string) string {
 }
 
 // pidsWithArg lists processes whose command line contains arg.
-func pidsWithArg(t *testing.T, arg string) []int {
+func pidsWithArg(t testing.TB, arg string) []int {
 	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -256,7 +256,7 @@ func pidsWithArg(t *testing.T, arg string) []int {
 }
 
 // waitNoPids waits until no process's command line contains arg.
-func waitNoPids(t *testing.T, arg string, limit time.Duration) {
+func waitNoPids(t testing.TB, arg string, limit time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
@@ -284,7 +284,7 @@ func execCtr(ctx context.Context, e *containerdEnv, args ...string) *exec.Cmd {
 // PATH, pushes the busybox test image to a loopback registry and pulls it
 // into containerd. It returns the daemon, the guest image directory, the
 // registry's host:port and the image reference.
-func containerdWithBusybox(t *testing.T) (e *containerdEnv, imageDir, registryHost, ref string) {
+func containerdWithBusybox(t testing.TB) (e *containerdEnv, imageDir, registryHost, ref string) {
 	t.Helper()
 	bin := containerdDeps(t)
 	imageDir = guestImage(t)
