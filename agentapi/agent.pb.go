@@ -26,6 +26,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GuestDir_Kind int32
+
+const (
+	GuestDir_KIND_UNSPECIFIED GuestDir_Kind = 0
+	GuestDir_KIND_EMPTY_DIR   GuestDir_Kind = 1 // a Kubernetes emptyDir volume
+	GuestDir_KIND_SHM         GuestDir_Kind = 2 // the pod's /dev/shm (a tmpfs)
+)
+
+// Enum value maps for GuestDir_Kind.
+var (
+	GuestDir_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "KIND_EMPTY_DIR",
+		2: "KIND_SHM",
+	}
+	GuestDir_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED": 0,
+		"KIND_EMPTY_DIR":   1,
+		"KIND_SHM":         2,
+	}
+)
+
+func (x GuestDir_Kind) Enum() *GuestDir_Kind {
+	p := new(GuestDir_Kind)
+	*p = x
+	return p
+}
+
+func (x GuestDir_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GuestDir_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (GuestDir_Kind) Type() protoreflect.EnumType {
+	return &file_agent_proto_enumTypes[0]
+}
+
+func (x GuestDir_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GuestDir_Kind.Descriptor instead.
+func (GuestDir_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{18, 0}
+}
+
 type ProcessIOResponse_Stream int32
 
 const (
@@ -59,11 +108,11 @@ func (x ProcessIOResponse_Stream) String() string {
 }
 
 func (ProcessIOResponse_Stream) Descriptor() protoreflect.EnumDescriptor {
-	return file_agent_proto_enumTypes[0].Descriptor()
+	return file_agent_proto_enumTypes[1].Descriptor()
 }
 
 func (ProcessIOResponse_Stream) Type() protoreflect.EnumType {
-	return &file_agent_proto_enumTypes[0]
+	return &file_agent_proto_enumTypes[1]
 }
 
 func (x ProcessIOResponse_Stream) Number() protoreflect.EnumNumber {
@@ -72,7 +121,7 @@ func (x ProcessIOResponse_Stream) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProcessIOResponse_Stream.Descriptor instead.
 func (ProcessIOResponse_Stream) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34, 0}
+	return file_agent_proto_rawDescGZIP(), []int{37, 0}
 }
 
 type CheckRequest struct {
@@ -494,7 +543,11 @@ type CreateSandboxRequest struct {
 	// initdata is the pod's initdata TOML document, byte for byte (its digest
 	// is bound into the TEE report). It names the KBS (aa.toml) and the agent
 	// policy. Empty = no attestation agent (images cannot be decrypted).
-	Initdata      []byte `protobuf:"bytes,7,opt,name=initdata,proto3" json:"initdata,omitempty"`
+	Initdata []byte `protobuf:"bytes,7,opt,name=initdata,proto3" json:"initdata,omitempty"`
+	// shared_fs_tag is the virtio-fs tag of the host's per-VM shared
+	// directory (non-confidential handlers with shared_fs = "virtio-fs"); the
+	// agent mounts it once. Empty = no shared directory.
+	SharedFsTag   string `protobuf:"bytes,8,opt,name=shared_fs_tag,json=sharedFsTag,proto3" json:"shared_fs_tag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -576,6 +629,13 @@ func (x *CreateSandboxRequest) GetInitdata() []byte {
 		return x.Initdata
 	}
 	return nil
+}
+
+func (x *CreateSandboxRequest) GetSharedFsTag() string {
+	if x != nil {
+		return x.SharedFsTag
+	}
+	return ""
 }
 
 type CreateSandboxResponse struct {
@@ -928,7 +988,14 @@ type CreateContainerRequest struct {
 	// never provides the rootfs.
 	Image string `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
 	// oci_spec is the OCI runtime spec (JSON) from the host.
-	OciSpec       []byte `protobuf:"bytes,3,opt,name=oci_spec,json=ociSpec,proto3" json:"oci_spec,omitempty"`
+	OciSpec []byte `protobuf:"bytes,3,opt,name=oci_spec,json=ociSpec,proto3" json:"oci_spec,omitempty"`
+	// files are host files copied into the container's own directory in the
+	// guest (CRI's hosts, resolv.conf, hostname, termination-log; configMap,
+	// secret, projected and downwardAPI volumes): a snapshot taken at create.
+	Files []*ContainerFile `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	// mount_sources say where bind mounts of oci_spec take their source in the
+	// guest; any other bind mount of a host path is refused.
+	MountSources  []*MountSource `protobuf:"bytes,5,rep,name=mount_sources,json=mountSources,proto3" json:"mount_sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -984,6 +1051,282 @@ func (x *CreateContainerRequest) GetOciSpec() []byte {
 	return nil
 }
 
+func (x *CreateContainerRequest) GetFiles() []*ContainerFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *CreateContainerRequest) GetMountSources() []*MountSource {
+	if x != nil {
+		return x.MountSources
+	}
+	return nil
+}
+
+// ContainerFile is one entry of the copied files: a regular file, a
+// directory or a symlink, at a relative path under the container's files
+// directory. The first path component is the mount it belongs to.
+type ContainerFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`  // relative, clean, no ".." (e.g. "m3/..data/key")
+	Mode  uint32                 `protobuf:"varint,2,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits (0777 mask)
+	Data  []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`  // content of a regular file
+	Dir   bool                   `protobuf:"varint,4,opt,name=dir,proto3" json:"dir,omitempty"`
+	// symlink, when set, makes the entry a symbolic link to this relative
+	// target, which may only descend (no "..", not absolute): kubelet's
+	// "..data" links.
+	Symlink       string `protobuf:"bytes,5,opt,name=symlink,proto3" json:"symlink,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerFile) Reset() {
+	*x = ContainerFile{}
+	mi := &file_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerFile) ProtoMessage() {}
+
+func (x *ContainerFile) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerFile.ProtoReflect.Descriptor instead.
+func (*ContainerFile) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ContainerFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ContainerFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *ContainerFile) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ContainerFile) GetDir() bool {
+	if x != nil {
+		return x.Dir
+	}
+	return false
+}
+
+func (x *ContainerFile) GetSymlink() string {
+	if x != nil {
+		return x.Symlink
+	}
+	return ""
+}
+
+// MountSource gives the guest source of the bind mount at index
+// mount_index of oci_spec.mounts (whose host source the guest ignores).
+type MountSource struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	MountIndex uint32                 `protobuf:"varint,1,opt,name=mount_index,json=mountIndex,proto3" json:"mount_index,omitempty"`
+	// Types that are valid to be assigned to Source:
+	//
+	//	*MountSource_Files
+	//	*MountSource_GuestDir
+	//	*MountSource_Shared
+	Source        isMountSource_Source `protobuf_oneof:"source"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountSource) Reset() {
+	*x = MountSource{}
+	mi := &file_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountSource) ProtoMessage() {}
+
+func (x *MountSource) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountSource.ProtoReflect.Descriptor instead.
+func (*MountSource) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MountSource) GetMountIndex() uint32 {
+	if x != nil {
+		return x.MountIndex
+	}
+	return 0
+}
+
+func (x *MountSource) GetSource() isMountSource_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *MountSource) GetFiles() string {
+	if x != nil {
+		if x, ok := x.Source.(*MountSource_Files); ok {
+			return x.Files
+		}
+	}
+	return ""
+}
+
+func (x *MountSource) GetGuestDir() *GuestDir {
+	if x != nil {
+		if x, ok := x.Source.(*MountSource_GuestDir); ok {
+			return x.GuestDir
+		}
+	}
+	return nil
+}
+
+func (x *MountSource) GetShared() string {
+	if x != nil {
+		if x, ok := x.Source.(*MountSource_Shared); ok {
+			return x.Shared
+		}
+	}
+	return ""
+}
+
+type isMountSource_Source interface {
+	isMountSource_Source()
+}
+
+type MountSource_Files struct {
+	// files: a path (file or directory) among the copied files.
+	Files string `protobuf:"bytes,2,opt,name=files,proto3,oneof"`
+}
+
+type MountSource_GuestDir struct {
+	// guest_dir: a directory that lives in the guest only.
+	GuestDir *GuestDir `protobuf:"bytes,3,opt,name=guest_dir,json=guestDir,proto3,oneof"`
+}
+
+type MountSource_Shared struct {
+	// shared: a relative path in the sandbox's virtio-fs shared directory.
+	Shared string `protobuf:"bytes,4,opt,name=shared,proto3,oneof"`
+}
+
+func (*MountSource_Files) isMountSource_Source() {}
+
+func (*MountSource_GuestDir) isMountSource_Source() {}
+
+func (*MountSource_Shared) isMountSource_Source() {}
+
+// GuestDir is a directory in guest memory shared by the pod's containers.
+type GuestDir struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          GuestDir_Kind          `protobuf:"varint,1,opt,name=kind,proto3,enum=cloak.agent.v1.GuestDir_Kind" json:"kind,omitempty"`
+	Pod           string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`        // the pod it belongs to (sandbox id)
+	Volume        string                 `protobuf:"bytes,3,opt,name=volume,proto3" json:"volume,omitempty"`  // the emptyDir volume's name (KIND_EMPTY_DIR)
+	Memory        bool                   `protobuf:"varint,4,opt,name=memory,proto3" json:"memory,omitempty"` // emptyDir medium Memory: a tmpfs of its own
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestDir) Reset() {
+	*x = GuestDir{}
+	mi := &file_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestDir) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestDir) ProtoMessage() {}
+
+func (x *GuestDir) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestDir.ProtoReflect.Descriptor instead.
+func (*GuestDir) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GuestDir) GetKind() GuestDir_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return GuestDir_KIND_UNSPECIFIED
+}
+
+func (x *GuestDir) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *GuestDir) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *GuestDir) GetMemory() bool {
+	if x != nil {
+		return x.Memory
+	}
+	return false
+}
+
 type CreateContainerResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"` // pid of the init process in the guest
@@ -993,7 +1336,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1348,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1361,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateContainerResponse) GetPid() uint32 {
@@ -1037,7 +1380,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1392,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1405,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StartContainerRequest) GetContainerId() string {
@@ -1080,7 +1423,7 @@ type StartContainerResponse struct {
 
 func (x *StartContainerResponse) Reset() {
 	*x = StartContainerResponse{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1435,7 @@ func (x *StartContainerResponse) String() string {
 func (*StartContainerResponse) ProtoMessage() {}
 
 func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1448,7 @@ func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerResponse.ProtoReflect.Descriptor instead.
 func (*StartContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 type RemoveContainerRequest struct {
@@ -1118,7 +1461,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1473,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1486,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1168,7 +1511,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1523,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1536,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 type UpdateContainerRequest struct {
@@ -1206,7 +1549,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1561,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1574,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1256,7 +1599,7 @@ type UpdateContainerResponse struct {
 
 func (x *UpdateContainerResponse) Reset() {
 	*x = UpdateContainerResponse{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1611,7 @@ func (x *UpdateContainerResponse) String() string {
 func (*UpdateContainerResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1624,7 @@ func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 type StatsContainerRequest struct {
@@ -1293,7 +1636,7 @@ type StatsContainerRequest struct {
 
 func (x *StatsContainerRequest) Reset() {
 	*x = StatsContainerRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1648,7 @@ func (x *StatsContainerRequest) String() string {
 func (*StatsContainerRequest) ProtoMessage() {}
 
 func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1661,7 @@ func (x *StatsContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerRequest.ProtoReflect.Descriptor instead.
 func (*StatsContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatsContainerRequest) GetContainerId() string {
@@ -1344,7 +1687,7 @@ type StatsContainerResponse struct {
 
 func (x *StatsContainerResponse) Reset() {
 	*x = StatsContainerResponse{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1699,7 @@ func (x *StatsContainerResponse) String() string {
 func (*StatsContainerResponse) ProtoMessage() {}
 
 func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1712,7 @@ func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
 func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatsContainerResponse) GetCpuUsageNs() uint64 {
@@ -1437,7 +1780,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1792,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1805,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListProcessesRequest) GetContainerId() string {
@@ -1481,7 +1824,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1836,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1849,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListProcessesResponse) GetPids() []uint32 {
@@ -1527,7 +1870,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1882,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1895,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -1585,7 +1928,7 @@ type ExecProcessResponse struct {
 
 func (x *ExecProcessResponse) Reset() {
 	*x = ExecProcessResponse{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1940,7 @@ func (x *ExecProcessResponse) String() string {
 func (*ExecProcessResponse) ProtoMessage() {}
 
 func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1953,7 @@ func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
 func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExecProcessResponse) GetPid() uint32 {
@@ -1632,7 +1975,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1987,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +2000,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -1696,7 +2039,7 @@ type SignalProcessResponse struct {
 
 func (x *SignalProcessResponse) Reset() {
 	*x = SignalProcessResponse{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +2051,7 @@ func (x *SignalProcessResponse) String() string {
 func (*SignalProcessResponse) ProtoMessage() {}
 
 func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +2064,7 @@ func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
 func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 type WaitProcessRequest struct {
@@ -1734,7 +2077,7 @@ type WaitProcessRequest struct {
 
 func (x *WaitProcessRequest) Reset() {
 	*x = WaitProcessRequest{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +2089,7 @@ func (x *WaitProcessRequest) String() string {
 func (*WaitProcessRequest) ProtoMessage() {}
 
 func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +2102,7 @@ func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessRequest.ProtoReflect.Descriptor instead.
 func (*WaitProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WaitProcessRequest) GetContainerId() string {
@@ -1786,7 +2129,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2141,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2154,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -1842,7 +2185,7 @@ type ProcessIORequest struct {
 
 func (x *ProcessIORequest) Reset() {
 	*x = ProcessIORequest{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2197,7 @@ func (x *ProcessIORequest) String() string {
 func (*ProcessIORequest) ProtoMessage() {}
 
 func (x *ProcessIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2210,7 @@ func (x *ProcessIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessIORequest.ProtoReflect.Descriptor instead.
 func (*ProcessIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ProcessIORequest) GetMsg() isProcessIORequest_Msg {
@@ -1943,7 +2286,7 @@ type ProcessIOResponse struct {
 
 func (x *ProcessIOResponse) Reset() {
 	*x = ProcessIOResponse{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2298,7 @@ func (x *ProcessIOResponse) String() string {
 func (*ProcessIOResponse) ProtoMessage() {}
 
 func (x *ProcessIOResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2311,7 @@ func (x *ProcessIOResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessIOResponse.ProtoReflect.Descriptor instead.
 func (*ProcessIOResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ProcessIOResponse) GetMsg() isProcessIOResponse_Msg {
@@ -2037,7 +2380,7 @@ type CloseStdinRequest struct {
 
 func (x *CloseStdinRequest) Reset() {
 	*x = CloseStdinRequest{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2392,7 @@ func (x *CloseStdinRequest) String() string {
 func (*CloseStdinRequest) ProtoMessage() {}
 
 func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2405,7 @@ func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
 func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CloseStdinRequest) GetContainerId() string {
@@ -2087,7 +2430,7 @@ type CloseStdinResponse struct {
 
 func (x *CloseStdinResponse) Reset() {
 	*x = CloseStdinResponse{}
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2442,7 @@ func (x *CloseStdinResponse) String() string {
 func (*CloseStdinResponse) ProtoMessage() {}
 
 func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2455,7 @@ func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinResponse.ProtoReflect.Descriptor instead.
 func (*CloseStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_proto_rawDescGZIP(), []int{39}
 }
 
 type ResizePtyRequest struct {
@@ -2127,7 +2470,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2482,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2495,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -2191,7 +2534,7 @@ type ResizePtyResponse struct {
 
 func (x *ResizePtyResponse) Reset() {
 	*x = ResizePtyResponse{}
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2546,7 @@ func (x *ResizePtyResponse) String() string {
 func (*ResizePtyResponse) ProtoMessage() {}
 
 func (x *ResizePtyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2559,7 @@ func (x *ResizePtyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyResponse.ProtoReflect.Descriptor instead.
 func (*ResizePtyResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_proto_rawDescGZIP(), []int{41}
 }
 
 type OOMEventsRequest struct {
@@ -2227,7 +2570,7 @@ type OOMEventsRequest struct {
 
 func (x *OOMEventsRequest) Reset() {
 	*x = OOMEventsRequest{}
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2582,7 @@ func (x *OOMEventsRequest) String() string {
 func (*OOMEventsRequest) ProtoMessage() {}
 
 func (x *OOMEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2595,7 @@ func (x *OOMEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEventsRequest.ProtoReflect.Descriptor instead.
 func (*OOMEventsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_proto_rawDescGZIP(), []int{42}
 }
 
 type OOMEvent struct {
@@ -2265,7 +2608,7 @@ type OOMEvent struct {
 
 func (x *OOMEvent) Reset() {
 	*x = OOMEvent{}
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2620,7 @@ func (x *OOMEvent) String() string {
 func (*OOMEvent) ProtoMessage() {}
 
 func (x *OOMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2633,7 @@ func (x *OOMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
 func (*OOMEvent) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *OOMEvent) GetContainerId() string {
@@ -2317,7 +2660,7 @@ type ProcessIORequest_Attach struct {
 
 func (x *ProcessIORequest_Attach) Reset() {
 	*x = ProcessIORequest_Attach{}
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2672,7 @@ func (x *ProcessIORequest_Attach) String() string {
 func (*ProcessIORequest_Attach) ProtoMessage() {}
 
 func (x *ProcessIORequest_Attach) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2685,7 @@ func (x *ProcessIORequest_Attach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessIORequest_Attach.ProtoReflect.Descriptor instead.
 func (*ProcessIORequest_Attach) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33, 0}
+	return file_agent_proto_rawDescGZIP(), []int{36, 0}
 }
 
 func (x *ProcessIORequest_Attach) GetContainerId() string {
@@ -2387,7 +2730,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x05Route\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
-	"\x06device\x18\x03 \x01(\tR\x06device\"\x9b\x02\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\"\xbf\x02\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -2399,7 +2742,8 @@ const file_agent_proto_rawDesc = "" +
 	"interfaces\x18\x05 \x03(\v2\x19.cloak.agent.v1.InterfaceR\n" +
 	"interfaces\x12-\n" +
 	"\x06routes\x18\x06 \x03(\v2\x15.cloak.agent.v1.RouteR\x06routes\x12\x1a\n" +
-	"\binitdata\x18\a \x01(\fR\binitdata\"\x17\n" +
+	"\binitdata\x18\a \x01(\fR\binitdata\x12\"\n" +
+	"\rshared_fs_tag\x18\b \x01(\tR\vsharedFsTag\"\x17\n" +
 	"\x15CreateSandboxResponse\"\x17\n" +
 	"\x15DestroySandboxRequest\"\x18\n" +
 	"\x16DestroySandboxResponse\"\xc6\x01\n" +
@@ -2426,11 +2770,35 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"decrypt_ns\x18\t \x01(\x03R\tdecryptNs\x12\x1b\n" +
 	"\tunpack_ns\x18\n" +
-	" \x01(\x03R\bunpackNs\"l\n" +
+	" \x01(\x03R\bunpackNs\"\xe3\x01\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x19\n" +
-	"\boci_spec\x18\x03 \x01(\fR\aociSpec\"+\n" +
+	"\boci_spec\x18\x03 \x01(\fR\aociSpec\x123\n" +
+	"\x05files\x18\x04 \x03(\v2\x1d.cloak.agent.v1.ContainerFileR\x05files\x12@\n" +
+	"\rmount_sources\x18\x05 \x03(\v2\x1b.cloak.agent.v1.MountSourceR\fmountSources\"w\n" +
+	"\rContainerFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x10\n" +
+	"\x03dir\x18\x04 \x01(\bR\x03dir\x12\x18\n" +
+	"\asymlink\x18\x05 \x01(\tR\asymlink\"\xa3\x01\n" +
+	"\vMountSource\x12\x1f\n" +
+	"\vmount_index\x18\x01 \x01(\rR\n" +
+	"mountIndex\x12\x16\n" +
+	"\x05files\x18\x02 \x01(\tH\x00R\x05files\x127\n" +
+	"\tguest_dir\x18\x03 \x01(\v2\x18.cloak.agent.v1.GuestDirH\x00R\bguestDir\x12\x18\n" +
+	"\x06shared\x18\x04 \x01(\tH\x00R\x06sharedB\b\n" +
+	"\x06source\"\xbf\x01\n" +
+	"\bGuestDir\x121\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1d.cloak.agent.v1.GuestDir.KindR\x04kind\x12\x10\n" +
+	"\x03pod\x18\x02 \x01(\tR\x03pod\x12\x16\n" +
+	"\x06volume\x18\x03 \x01(\tR\x06volume\x12\x16\n" +
+	"\x06memory\x18\x04 \x01(\bR\x06memory\">\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eKIND_EMPTY_DIR\x10\x01\x12\f\n" +
+	"\bKIND_SHM\x10\x02\"+\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\":\n" +
 	"\x15StartContainerRequest\x12!\n" +
@@ -2549,104 +2917,112 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_agent_proto_goTypes = []any{
-	(ProcessIOResponse_Stream)(0),   // 0: cloak.agent.v1.ProcessIOResponse.Stream
-	(*CheckRequest)(nil),            // 1: cloak.agent.v1.CheckRequest
-	(*CheckResponse)(nil),           // 2: cloak.agent.v1.CheckResponse
-	(*VersionRequest)(nil),          // 3: cloak.agent.v1.VersionRequest
-	(*VersionResponse)(nil),         // 4: cloak.agent.v1.VersionResponse
-	(*GuestStatsRequest)(nil),       // 5: cloak.agent.v1.GuestStatsRequest
-	(*GuestStatsResponse)(nil),      // 6: cloak.agent.v1.GuestStatsResponse
-	(*Interface)(nil),               // 7: cloak.agent.v1.Interface
-	(*Route)(nil),                   // 8: cloak.agent.v1.Route
-	(*CreateSandboxRequest)(nil),    // 9: cloak.agent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),   // 10: cloak.agent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),   // 11: cloak.agent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),  // 12: cloak.agent.v1.DestroySandboxResponse
-	(*RegistryOptions)(nil),         // 13: cloak.agent.v1.RegistryOptions
-	(*PullImageRequest)(nil),        // 14: cloak.agent.v1.PullImageRequest
-	(*PullImageResponse)(nil),       // 15: cloak.agent.v1.PullImageResponse
-	(*CreateContainerRequest)(nil),  // 16: cloak.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 17: cloak.agent.v1.CreateContainerResponse
-	(*StartContainerRequest)(nil),   // 18: cloak.agent.v1.StartContainerRequest
-	(*StartContainerResponse)(nil),  // 19: cloak.agent.v1.StartContainerResponse
-	(*RemoveContainerRequest)(nil),  // 20: cloak.agent.v1.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil), // 21: cloak.agent.v1.RemoveContainerResponse
-	(*UpdateContainerRequest)(nil),  // 22: cloak.agent.v1.UpdateContainerRequest
-	(*UpdateContainerResponse)(nil), // 23: cloak.agent.v1.UpdateContainerResponse
-	(*StatsContainerRequest)(nil),   // 24: cloak.agent.v1.StatsContainerRequest
-	(*StatsContainerResponse)(nil),  // 25: cloak.agent.v1.StatsContainerResponse
-	(*ListProcessesRequest)(nil),    // 26: cloak.agent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),   // 27: cloak.agent.v1.ListProcessesResponse
-	(*ExecProcessRequest)(nil),      // 28: cloak.agent.v1.ExecProcessRequest
-	(*ExecProcessResponse)(nil),     // 29: cloak.agent.v1.ExecProcessResponse
-	(*SignalProcessRequest)(nil),    // 30: cloak.agent.v1.SignalProcessRequest
-	(*SignalProcessResponse)(nil),   // 31: cloak.agent.v1.SignalProcessResponse
-	(*WaitProcessRequest)(nil),      // 32: cloak.agent.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),     // 33: cloak.agent.v1.WaitProcessResponse
-	(*ProcessIORequest)(nil),        // 34: cloak.agent.v1.ProcessIORequest
-	(*ProcessIOResponse)(nil),       // 35: cloak.agent.v1.ProcessIOResponse
-	(*CloseStdinRequest)(nil),       // 36: cloak.agent.v1.CloseStdinRequest
-	(*CloseStdinResponse)(nil),      // 37: cloak.agent.v1.CloseStdinResponse
-	(*ResizePtyRequest)(nil),        // 38: cloak.agent.v1.ResizePtyRequest
-	(*ResizePtyResponse)(nil),       // 39: cloak.agent.v1.ResizePtyResponse
-	(*OOMEventsRequest)(nil),        // 40: cloak.agent.v1.OOMEventsRequest
-	(*OOMEvent)(nil),                // 41: cloak.agent.v1.OOMEvent
-	nil,                             // 42: cloak.agent.v1.RegistryOptions.MirrorsEntry
-	(*ProcessIORequest_Attach)(nil), // 43: cloak.agent.v1.ProcessIORequest.Attach
+	(GuestDir_Kind)(0),              // 0: cloak.agent.v1.GuestDir.Kind
+	(ProcessIOResponse_Stream)(0),   // 1: cloak.agent.v1.ProcessIOResponse.Stream
+	(*CheckRequest)(nil),            // 2: cloak.agent.v1.CheckRequest
+	(*CheckResponse)(nil),           // 3: cloak.agent.v1.CheckResponse
+	(*VersionRequest)(nil),          // 4: cloak.agent.v1.VersionRequest
+	(*VersionResponse)(nil),         // 5: cloak.agent.v1.VersionResponse
+	(*GuestStatsRequest)(nil),       // 6: cloak.agent.v1.GuestStatsRequest
+	(*GuestStatsResponse)(nil),      // 7: cloak.agent.v1.GuestStatsResponse
+	(*Interface)(nil),               // 8: cloak.agent.v1.Interface
+	(*Route)(nil),                   // 9: cloak.agent.v1.Route
+	(*CreateSandboxRequest)(nil),    // 10: cloak.agent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),   // 11: cloak.agent.v1.CreateSandboxResponse
+	(*DestroySandboxRequest)(nil),   // 12: cloak.agent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),  // 13: cloak.agent.v1.DestroySandboxResponse
+	(*RegistryOptions)(nil),         // 14: cloak.agent.v1.RegistryOptions
+	(*PullImageRequest)(nil),        // 15: cloak.agent.v1.PullImageRequest
+	(*PullImageResponse)(nil),       // 16: cloak.agent.v1.PullImageResponse
+	(*CreateContainerRequest)(nil),  // 17: cloak.agent.v1.CreateContainerRequest
+	(*ContainerFile)(nil),           // 18: cloak.agent.v1.ContainerFile
+	(*MountSource)(nil),             // 19: cloak.agent.v1.MountSource
+	(*GuestDir)(nil),                // 20: cloak.agent.v1.GuestDir
+	(*CreateContainerResponse)(nil), // 21: cloak.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 22: cloak.agent.v1.StartContainerRequest
+	(*StartContainerResponse)(nil),  // 23: cloak.agent.v1.StartContainerResponse
+	(*RemoveContainerRequest)(nil),  // 24: cloak.agent.v1.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil), // 25: cloak.agent.v1.RemoveContainerResponse
+	(*UpdateContainerRequest)(nil),  // 26: cloak.agent.v1.UpdateContainerRequest
+	(*UpdateContainerResponse)(nil), // 27: cloak.agent.v1.UpdateContainerResponse
+	(*StatsContainerRequest)(nil),   // 28: cloak.agent.v1.StatsContainerRequest
+	(*StatsContainerResponse)(nil),  // 29: cloak.agent.v1.StatsContainerResponse
+	(*ListProcessesRequest)(nil),    // 30: cloak.agent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),   // 31: cloak.agent.v1.ListProcessesResponse
+	(*ExecProcessRequest)(nil),      // 32: cloak.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 33: cloak.agent.v1.ExecProcessResponse
+	(*SignalProcessRequest)(nil),    // 34: cloak.agent.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil),   // 35: cloak.agent.v1.SignalProcessResponse
+	(*WaitProcessRequest)(nil),      // 36: cloak.agent.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),     // 37: cloak.agent.v1.WaitProcessResponse
+	(*ProcessIORequest)(nil),        // 38: cloak.agent.v1.ProcessIORequest
+	(*ProcessIOResponse)(nil),       // 39: cloak.agent.v1.ProcessIOResponse
+	(*CloseStdinRequest)(nil),       // 40: cloak.agent.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),      // 41: cloak.agent.v1.CloseStdinResponse
+	(*ResizePtyRequest)(nil),        // 42: cloak.agent.v1.ResizePtyRequest
+	(*ResizePtyResponse)(nil),       // 43: cloak.agent.v1.ResizePtyResponse
+	(*OOMEventsRequest)(nil),        // 44: cloak.agent.v1.OOMEventsRequest
+	(*OOMEvent)(nil),                // 45: cloak.agent.v1.OOMEvent
+	nil,                             // 46: cloak.agent.v1.RegistryOptions.MirrorsEntry
+	(*ProcessIORequest_Attach)(nil), // 47: cloak.agent.v1.ProcessIORequest.Attach
 }
 var file_agent_proto_depIdxs = []int32{
-	7,  // 0: cloak.agent.v1.CreateSandboxRequest.interfaces:type_name -> cloak.agent.v1.Interface
-	8,  // 1: cloak.agent.v1.CreateSandboxRequest.routes:type_name -> cloak.agent.v1.Route
-	42, // 2: cloak.agent.v1.RegistryOptions.mirrors:type_name -> cloak.agent.v1.RegistryOptions.MirrorsEntry
-	13, // 3: cloak.agent.v1.PullImageRequest.registry:type_name -> cloak.agent.v1.RegistryOptions
-	43, // 4: cloak.agent.v1.ProcessIORequest.attach:type_name -> cloak.agent.v1.ProcessIORequest.Attach
-	0,  // 5: cloak.agent.v1.ProcessIOResponse.eof:type_name -> cloak.agent.v1.ProcessIOResponse.Stream
-	1,  // 6: cloak.agent.v1.AgentService.Check:input_type -> cloak.agent.v1.CheckRequest
-	3,  // 7: cloak.agent.v1.AgentService.Version:input_type -> cloak.agent.v1.VersionRequest
-	5,  // 8: cloak.agent.v1.AgentService.GuestStats:input_type -> cloak.agent.v1.GuestStatsRequest
-	9,  // 9: cloak.agent.v1.AgentService.CreateSandbox:input_type -> cloak.agent.v1.CreateSandboxRequest
-	11, // 10: cloak.agent.v1.AgentService.DestroySandbox:input_type -> cloak.agent.v1.DestroySandboxRequest
-	14, // 11: cloak.agent.v1.AgentService.PullImage:input_type -> cloak.agent.v1.PullImageRequest
-	16, // 12: cloak.agent.v1.AgentService.CreateContainer:input_type -> cloak.agent.v1.CreateContainerRequest
-	18, // 13: cloak.agent.v1.AgentService.StartContainer:input_type -> cloak.agent.v1.StartContainerRequest
-	20, // 14: cloak.agent.v1.AgentService.RemoveContainer:input_type -> cloak.agent.v1.RemoveContainerRequest
-	22, // 15: cloak.agent.v1.AgentService.UpdateContainer:input_type -> cloak.agent.v1.UpdateContainerRequest
-	24, // 16: cloak.agent.v1.AgentService.StatsContainer:input_type -> cloak.agent.v1.StatsContainerRequest
-	26, // 17: cloak.agent.v1.AgentService.ListProcesses:input_type -> cloak.agent.v1.ListProcessesRequest
-	28, // 18: cloak.agent.v1.AgentService.ExecProcess:input_type -> cloak.agent.v1.ExecProcessRequest
-	30, // 19: cloak.agent.v1.AgentService.SignalProcess:input_type -> cloak.agent.v1.SignalProcessRequest
-	32, // 20: cloak.agent.v1.AgentService.WaitProcess:input_type -> cloak.agent.v1.WaitProcessRequest
-	34, // 21: cloak.agent.v1.AgentService.ProcessIO:input_type -> cloak.agent.v1.ProcessIORequest
-	36, // 22: cloak.agent.v1.AgentService.CloseStdin:input_type -> cloak.agent.v1.CloseStdinRequest
-	38, // 23: cloak.agent.v1.AgentService.ResizePty:input_type -> cloak.agent.v1.ResizePtyRequest
-	40, // 24: cloak.agent.v1.AgentService.OOMEvents:input_type -> cloak.agent.v1.OOMEventsRequest
-	2,  // 25: cloak.agent.v1.AgentService.Check:output_type -> cloak.agent.v1.CheckResponse
-	4,  // 26: cloak.agent.v1.AgentService.Version:output_type -> cloak.agent.v1.VersionResponse
-	6,  // 27: cloak.agent.v1.AgentService.GuestStats:output_type -> cloak.agent.v1.GuestStatsResponse
-	10, // 28: cloak.agent.v1.AgentService.CreateSandbox:output_type -> cloak.agent.v1.CreateSandboxResponse
-	12, // 29: cloak.agent.v1.AgentService.DestroySandbox:output_type -> cloak.agent.v1.DestroySandboxResponse
-	15, // 30: cloak.agent.v1.AgentService.PullImage:output_type -> cloak.agent.v1.PullImageResponse
-	17, // 31: cloak.agent.v1.AgentService.CreateContainer:output_type -> cloak.agent.v1.CreateContainerResponse
-	19, // 32: cloak.agent.v1.AgentService.StartContainer:output_type -> cloak.agent.v1.StartContainerResponse
-	21, // 33: cloak.agent.v1.AgentService.RemoveContainer:output_type -> cloak.agent.v1.RemoveContainerResponse
-	23, // 34: cloak.agent.v1.AgentService.UpdateContainer:output_type -> cloak.agent.v1.UpdateContainerResponse
-	25, // 35: cloak.agent.v1.AgentService.StatsContainer:output_type -> cloak.agent.v1.StatsContainerResponse
-	27, // 36: cloak.agent.v1.AgentService.ListProcesses:output_type -> cloak.agent.v1.ListProcessesResponse
-	29, // 37: cloak.agent.v1.AgentService.ExecProcess:output_type -> cloak.agent.v1.ExecProcessResponse
-	31, // 38: cloak.agent.v1.AgentService.SignalProcess:output_type -> cloak.agent.v1.SignalProcessResponse
-	33, // 39: cloak.agent.v1.AgentService.WaitProcess:output_type -> cloak.agent.v1.WaitProcessResponse
-	35, // 40: cloak.agent.v1.AgentService.ProcessIO:output_type -> cloak.agent.v1.ProcessIOResponse
-	37, // 41: cloak.agent.v1.AgentService.CloseStdin:output_type -> cloak.agent.v1.CloseStdinResponse
-	39, // 42: cloak.agent.v1.AgentService.ResizePty:output_type -> cloak.agent.v1.ResizePtyResponse
-	41, // 43: cloak.agent.v1.AgentService.OOMEvents:output_type -> cloak.agent.v1.OOMEvent
-	25, // [25:44] is the sub-list for method output_type
-	6,  // [6:25] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	8,  // 0: cloak.agent.v1.CreateSandboxRequest.interfaces:type_name -> cloak.agent.v1.Interface
+	9,  // 1: cloak.agent.v1.CreateSandboxRequest.routes:type_name -> cloak.agent.v1.Route
+	46, // 2: cloak.agent.v1.RegistryOptions.mirrors:type_name -> cloak.agent.v1.RegistryOptions.MirrorsEntry
+	14, // 3: cloak.agent.v1.PullImageRequest.registry:type_name -> cloak.agent.v1.RegistryOptions
+	18, // 4: cloak.agent.v1.CreateContainerRequest.files:type_name -> cloak.agent.v1.ContainerFile
+	19, // 5: cloak.agent.v1.CreateContainerRequest.mount_sources:type_name -> cloak.agent.v1.MountSource
+	20, // 6: cloak.agent.v1.MountSource.guest_dir:type_name -> cloak.agent.v1.GuestDir
+	0,  // 7: cloak.agent.v1.GuestDir.kind:type_name -> cloak.agent.v1.GuestDir.Kind
+	47, // 8: cloak.agent.v1.ProcessIORequest.attach:type_name -> cloak.agent.v1.ProcessIORequest.Attach
+	1,  // 9: cloak.agent.v1.ProcessIOResponse.eof:type_name -> cloak.agent.v1.ProcessIOResponse.Stream
+	2,  // 10: cloak.agent.v1.AgentService.Check:input_type -> cloak.agent.v1.CheckRequest
+	4,  // 11: cloak.agent.v1.AgentService.Version:input_type -> cloak.agent.v1.VersionRequest
+	6,  // 12: cloak.agent.v1.AgentService.GuestStats:input_type -> cloak.agent.v1.GuestStatsRequest
+	10, // 13: cloak.agent.v1.AgentService.CreateSandbox:input_type -> cloak.agent.v1.CreateSandboxRequest
+	12, // 14: cloak.agent.v1.AgentService.DestroySandbox:input_type -> cloak.agent.v1.DestroySandboxRequest
+	15, // 15: cloak.agent.v1.AgentService.PullImage:input_type -> cloak.agent.v1.PullImageRequest
+	17, // 16: cloak.agent.v1.AgentService.CreateContainer:input_type -> cloak.agent.v1.CreateContainerRequest
+	22, // 17: cloak.agent.v1.AgentService.StartContainer:input_type -> cloak.agent.v1.StartContainerRequest
+	24, // 18: cloak.agent.v1.AgentService.RemoveContainer:input_type -> cloak.agent.v1.RemoveContainerRequest
+	26, // 19: cloak.agent.v1.AgentService.UpdateContainer:input_type -> cloak.agent.v1.UpdateContainerRequest
+	28, // 20: cloak.agent.v1.AgentService.StatsContainer:input_type -> cloak.agent.v1.StatsContainerRequest
+	30, // 21: cloak.agent.v1.AgentService.ListProcesses:input_type -> cloak.agent.v1.ListProcessesRequest
+	32, // 22: cloak.agent.v1.AgentService.ExecProcess:input_type -> cloak.agent.v1.ExecProcessRequest
+	34, // 23: cloak.agent.v1.AgentService.SignalProcess:input_type -> cloak.agent.v1.SignalProcessRequest
+	36, // 24: cloak.agent.v1.AgentService.WaitProcess:input_type -> cloak.agent.v1.WaitProcessRequest
+	38, // 25: cloak.agent.v1.AgentService.ProcessIO:input_type -> cloak.agent.v1.ProcessIORequest
+	40, // 26: cloak.agent.v1.AgentService.CloseStdin:input_type -> cloak.agent.v1.CloseStdinRequest
+	42, // 27: cloak.agent.v1.AgentService.ResizePty:input_type -> cloak.agent.v1.ResizePtyRequest
+	44, // 28: cloak.agent.v1.AgentService.OOMEvents:input_type -> cloak.agent.v1.OOMEventsRequest
+	3,  // 29: cloak.agent.v1.AgentService.Check:output_type -> cloak.agent.v1.CheckResponse
+	5,  // 30: cloak.agent.v1.AgentService.Version:output_type -> cloak.agent.v1.VersionResponse
+	7,  // 31: cloak.agent.v1.AgentService.GuestStats:output_type -> cloak.agent.v1.GuestStatsResponse
+	11, // 32: cloak.agent.v1.AgentService.CreateSandbox:output_type -> cloak.agent.v1.CreateSandboxResponse
+	13, // 33: cloak.agent.v1.AgentService.DestroySandbox:output_type -> cloak.agent.v1.DestroySandboxResponse
+	16, // 34: cloak.agent.v1.AgentService.PullImage:output_type -> cloak.agent.v1.PullImageResponse
+	21, // 35: cloak.agent.v1.AgentService.CreateContainer:output_type -> cloak.agent.v1.CreateContainerResponse
+	23, // 36: cloak.agent.v1.AgentService.StartContainer:output_type -> cloak.agent.v1.StartContainerResponse
+	25, // 37: cloak.agent.v1.AgentService.RemoveContainer:output_type -> cloak.agent.v1.RemoveContainerResponse
+	27, // 38: cloak.agent.v1.AgentService.UpdateContainer:output_type -> cloak.agent.v1.UpdateContainerResponse
+	29, // 39: cloak.agent.v1.AgentService.StatsContainer:output_type -> cloak.agent.v1.StatsContainerResponse
+	31, // 40: cloak.agent.v1.AgentService.ListProcesses:output_type -> cloak.agent.v1.ListProcessesResponse
+	33, // 41: cloak.agent.v1.AgentService.ExecProcess:output_type -> cloak.agent.v1.ExecProcessResponse
+	35, // 42: cloak.agent.v1.AgentService.SignalProcess:output_type -> cloak.agent.v1.SignalProcessResponse
+	37, // 43: cloak.agent.v1.AgentService.WaitProcess:output_type -> cloak.agent.v1.WaitProcessResponse
+	39, // 44: cloak.agent.v1.AgentService.ProcessIO:output_type -> cloak.agent.v1.ProcessIOResponse
+	41, // 45: cloak.agent.v1.AgentService.CloseStdin:output_type -> cloak.agent.v1.CloseStdinResponse
+	43, // 46: cloak.agent.v1.AgentService.ResizePty:output_type -> cloak.agent.v1.ResizePtyResponse
+	45, // 47: cloak.agent.v1.AgentService.OOMEvents:output_type -> cloak.agent.v1.OOMEvent
+	29, // [29:48] is the sub-list for method output_type
+	10, // [10:29] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2654,12 +3030,17 @@ func file_agent_proto_init() {
 	if File_agent_proto != nil {
 		return
 	}
-	file_agent_proto_msgTypes[33].OneofWrappers = []any{
+	file_agent_proto_msgTypes[17].OneofWrappers = []any{
+		(*MountSource_Files)(nil),
+		(*MountSource_GuestDir)(nil),
+		(*MountSource_Shared)(nil),
+	}
+	file_agent_proto_msgTypes[36].OneofWrappers = []any{
 		(*ProcessIORequest_Attach_)(nil),
 		(*ProcessIORequest_Stdin)(nil),
 		(*ProcessIORequest_CloseStdin)(nil),
 	}
-	file_agent_proto_msgTypes[34].OneofWrappers = []any{
+	file_agent_proto_msgTypes[37].OneofWrappers = []any{
 		(*ProcessIOResponse_Stdout)(nil),
 		(*ProcessIOResponse_Stderr)(nil),
 		(*ProcessIOResponse_Eof)(nil),
@@ -2669,8 +3050,8 @@ func file_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   43,
+			NumEnums:      2,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -74,7 +74,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentapi.CreateContai
 	s.containers[id] = c // reserves the id while runc works; removed on failure
 	s.mu.Unlock()
 
-	resp, err := s.createContainer(ctx, c, img, req.GetOciSpec())
+	resp, err := s.createContainer(ctx, c, img, req)
 	if err != nil {
 		s.cleanupBundle(c)
 		s.mu.Lock()
@@ -85,13 +85,27 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentapi.CreateContai
 	return resp, nil
 }
 
-func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Image, raw []byte) (*agentapi.CreateContainerResponse, error) {
+func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Image, req *agentapi.CreateContainerRequest) (*agentapi.CreateContainerResponse, error) {
 	s.mu.Lock()
 	sandboxID := s.sandbox.GetSandboxId()
 	s.mu.Unlock()
-	spec, err := containerSpec(sandboxID, c.id, raw, img.Config, imageUserLookup(img.Rootfs), s.specRules())
+	if err := checkContainerFiles(req.GetFiles()); err != nil {
+		return nil, err
+	}
+	rules := s.specRules()
+	var err error
+	if rules.sources, err = s.mountSources(c, req); err != nil {
+		return nil, err
+	}
+	spec, err := containerSpec(sandboxID, c.id, req.GetOciSpec(), img.Config, imageUserLookup(img.Rootfs), rules)
 	if err != nil {
 		return nil, err
+	}
+	if err := writeFiles(c.filesDir(), req.GetFiles()); err != nil {
+		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: copy files: %v", c.id, err)
+	}
+	if err := s.makeGuestDirs(req, rules.sources); err != nil {
+		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: guest volumes: %v", c.id, err)
 	}
 	if err := mountRootfs(c, img.Rootfs); err != nil {
 		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: rootfs: %v", c.id, err)

@@ -85,6 +85,7 @@ type Server struct {
 	images     map[string]*pull.Image
 	containers map[string]*container
 	destroyed  bool
+	sharedFS   bool // the host's virtio-fs share is mounted at virtiofsDir
 }
 
 // New returns a Server. It makes the process-wide reaper go-runc's process
@@ -150,6 +151,12 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "create sandbox %q: %v", req.GetSandboxId(), err)
 		}
+	}
+	if tag := req.GetSharedFsTag(); tag != "" && !s.sharedFS {
+		if err := s.mountSharedFS(tag); err != nil {
+			return nil, err
+		}
+		s.sharedFS = true
 	}
 	if err := s.cfg.Net.Apply(ctx, req); err != nil {
 		return nil, invalid("sandbox %q: network configuration: %v", req.GetSandboxId(), err)

@@ -60,6 +60,9 @@ type specRules struct {
 	// bindFiles are single guest files containers may see (the network
 	// configuration the agent wrote: resolv.conf, hosts, hostname).
 	bindFiles []string
+	// sources are the guest sources of the request's mount_sources, by
+	// mount index (see mountSources); each becomes an allowed bind source.
+	sources map[int]string
 }
 
 // allowedMountTypes are the kernel filesystems a container may mount for
@@ -94,6 +97,9 @@ func containerSpec(sandboxID, id string, raw []byte, img ocispec.ImageConfig, lo
 	}
 	if s.Linux == nil {
 		return nil, invalid("container %q: oci_spec has no linux section", id)
+	}
+	if err := applySources(&s, &rules); err != nil {
+		return nil, err
 	}
 	if err := refuseHostControl(id, &s, rules); err != nil {
 		return nil, err
@@ -292,6 +298,9 @@ func checkSandboxRequest(req *agentapi.CreateSandboxRequest) error {
 	}
 	if len(req.GetInitdata()) > maxInitdata {
 		return invalid("initdata is %d bytes, limit %d", len(req.GetInitdata()), maxInitdata)
+	}
+	if err := checkFSTag(req.GetSharedFsTag()); err != nil {
+		return err
 	}
 	lists := []struct {
 		name string

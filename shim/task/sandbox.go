@@ -42,6 +42,7 @@ type sandbox struct {
 	vm     *qemu.VM
 	client *agent.Client
 	pod    *network.Pod // nil on the user-mode network
+	share  *hostShare   // nil: no virtio-fs shared directory
 }
 
 // vmState is what cleanup needs after the shim died.
@@ -137,6 +138,9 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 		sandboxReq.DnsServers, sandboxReq.DnsSearches = pnet.DNSServers, pnet.DNSSearches
 		sandboxReq.Interfaces, sandboxReq.Routes = sb.pod.Interfaces(), sb.pod.Routes()
 	}
+	if sb.share, err = startShare(cfg, &qcfg, sandboxReq); err != nil {
+		return nil, err
+	}
 	if sb.vm, err = qemu.Start(ctx, qcfg, logger); err != nil {
 		return nil, err
 	}
@@ -190,6 +194,7 @@ func (sb *sandbox) stop(ctx context.Context) error {
 	if sb.vm != nil {
 		errs = append(errs, sb.vm.Stop(ctx))
 	}
+	errs = append(errs, sb.share.close())
 	if sb.pod != nil {
 		errs = append(errs, sb.pod.Detach(ctx))
 	}
@@ -216,6 +221,9 @@ func cleanupVM(bundle string) error {
 			return fmt.Errorf("kill qemu %d: %w", st.QEMUPid, err)
 		}
 		waitGone(st.QEMUPid, 10*time.Second)
+	}
+	if err := cleanupShare(shareDir(st.RunDir)); err != nil {
+		return err
 	}
 	if err := os.RemoveAll(st.RunDir); err != nil {
 		return fmt.Errorf("remove vm run dir: %w", err)

@@ -252,7 +252,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	created, err := client.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: r.ID, Image: image, OciSpec: guestRaw})
+	req, err := containerRequest(cfg, s.sandbox, r.ID, image, guestRaw)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	created, err := client.CreateContainer(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s in the guest: %w", r.ID, err)
 	}

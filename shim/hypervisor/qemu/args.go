@@ -20,6 +20,7 @@ const (
 	idAgentPort = "agent-port"
 	idSerial    = "vserial0"
 	idNet       = "net0"
+	idFS        = "fs0"
 )
 
 // snpPolicy is SNP guest policy 0x30000: bit 16 is reserved and must be set,
@@ -55,6 +56,11 @@ func Args(cfg Config) ([]string, error) {
 	mem := strconv.Itoa(cfg.MemoryMiB) + "M"
 	a = append(a, "-smp", strconv.Itoa(cfg.VCPUs), "-m", mem)
 
+	if cfg.SharedFS.Dir != "" {
+		// virtiofsd reads and writes the guest's buffers in its memory
+		// directly: guest RAM must be a shared mapping it can map.
+		a = append(a, "-object", "memory-backend-memfd,id="+idMemory+",size="+mem+",share=on")
+	}
 	switch cfg.TEE.Kind {
 	case TEESNP:
 		// SNP keeps private memory in guest_memfd; the shared part comes
@@ -109,6 +115,11 @@ func Args(cfg Config) ([]string, error) {
 	case AgentVsock:
 		a = append(a, "-device", "vhost-vsock-pci,id=vsock0,guest-cid="+strconv.FormatUint(uint64(cfg.Agent.CID), 10)+virtio)
 	}
+	if cfg.SharedFS.Dir != "" {
+		a = append(a,
+			"-chardev", "socket,id="+idFS+",path="+escape(cfg.VirtiofsdSocket()),
+			"-device", "vhost-user-fs-pci,chardev="+idFS+",tag="+cfg.SharedFS.Tag+",queue-size=1024")
+	}
 	// romfile= skips the iPXE option ROM: the kernel is loaded directly,
 	// so network boot firmware would only cost boot time.
 	switch cfg.Network.Kind {
@@ -134,6 +145,9 @@ func machineOption(cfg Config) string {
 		// PCIe on microvm lets the guest use the same virtio-pci drivers
 		// (built into the kernel) as on q35; virtio-mmio is a module.
 		opts = append(opts, "pcie=on")
+	}
+	if cfg.SharedFS.Dir != "" {
+		opts = append(opts, "memory-backend="+idMemory)
 	}
 	switch cfg.TEE.Kind {
 	case TEESNP:

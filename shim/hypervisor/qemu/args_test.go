@@ -71,6 +71,16 @@ func TestArgsGolden(t *testing.T) {
 		}}
 		checkGolden(t, "none-q35-virtio-serial-tap", cfg)
 	})
+	for _, machine := range []Machine{MachineQ35, MachineMicroVM} {
+		name := "none-" + string(machine) + "-virtio-serial-user-virtiofs"
+		t.Run(name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.Machine, cfg.Accel = machine, AccelTCG
+			cfg.Network = Network{Kind: NetworkUser}
+			cfg.SharedFS = SharedFS{Dir: "/run/cloak/pod1-fs"}
+			checkGolden(t, name, cfg)
+		})
+	}
 	t.Run("none-q35-kvm", func(t *testing.T) {
 		cfg := baseConfig()
 		cfg.Accel = AccelKVM
@@ -170,6 +180,10 @@ func TestConfigErrors(t *testing.T) {
 		{"snp host-data of 48 bytes", teeCfg(TEESNP, tdx[:], nil), "must be 32 bytes, got 48"},
 		{"snp without host-data", teeCfg(TEESNP, nil, nil), "must be 32 bytes, got 0"},
 		{"tdx mrconfigid of 32 bytes", teeCfg(TEETDX, snp[:], nil), "must be 48 bytes, got 32"},
+		{"shared dir with snp", teeCfg(TEESNP, snp[:], func(c *Config) { c.SharedFS.Dir = "/srv/share" }), "confidential guest shares no host directory"},
+		{"relative shared dir", base(func(c *Config) { c.SharedFS.Dir = "share" }), "absolute paths"},
+		{"virtio-fs tag with comma", base(func(c *Config) { c.SharedFS = SharedFS{Dir: "/s", Tag: "a,b"} }), "virtio-fs tag"},
+		{"virtio-fs tag too long", base(func(c *Config) { c.SharedFS = SharedFS{Dir: "/s", Tag: strings.Repeat("t", 37)} }), "up to 36"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -126,6 +126,26 @@ type TEE struct {
 	InitdataDigest []byte
 }
 
+// Defaults of SharedFS.
+const (
+	DefaultSharedFSTag = "cloak-shared"
+	DefaultVirtiofsd   = "/usr/libexec/virtiofsd"
+	// maxTagLen is the size of virtio-fs's tag field.
+	maxTagLen = 36
+)
+
+// SharedFS is a host directory the guest mounts over virtio-fs
+// (vhost-user-fs-pci served by virtiofsd). Only for non-confidential
+// guests: the host sees and changes everything in it.
+type SharedFS struct {
+	// Dir is the shared directory; empty: no virtio-fs device.
+	Dir string
+	// Tag names the share in the guest (mount -t virtiofs TAG).
+	Tag string
+	// Virtiofsd is the daemon Start runs for Dir before QEMU.
+	Virtiofsd string
+}
+
 // Config describes one VM. Zero fields take the defaults above; RunDir is
 // required.
 type Config struct {
@@ -150,9 +170,10 @@ type Config struct {
 	// absent or empty and belong to this VM alone.
 	RunDir string
 
-	Agent   Agent
-	Network Network
-	TEE     TEE
+	Agent    Agent
+	Network  Network
+	TEE      TEE
+	SharedFS SharedFS
 }
 
 // unixPathMax is sizeof(sockaddr_un.sun_path) minus the NUL on Linux.
@@ -163,6 +184,13 @@ func (c Config) QMPSocket() string { return filepath.Join(c.RunDir, "qmp.sock") 
 
 // AgentSocket is the host end of the virtio-serial agent channel.
 func (c Config) AgentSocket() string { return filepath.Join(c.RunDir, "agent.sock") }
+
+// VirtiofsdSocket is the vhost-user socket virtiofsd serves and QEMU
+// connects to.
+func (c Config) VirtiofsdSocket() string { return filepath.Join(c.RunDir, "virtiofsd.sock") }
+
+// VirtiofsdLog receives virtiofsd's stdout and stderr.
+func (c Config) VirtiofsdLog() string { return filepath.Join(c.RunDir, "virtiofsd.log") }
 
 // QEMULog receives QEMU's stdout and stderr.
 func (c Config) QEMULog() string { return filepath.Join(c.RunDir, "qemu.log") }
@@ -202,6 +230,14 @@ func (c Config) withDefaults() Config {
 	if c.TEE.Kind == "" {
 		c.TEE.Kind = TEENone
 	}
+	if c.SharedFS.Dir != "" {
+		if c.SharedFS.Tag == "" {
+			c.SharedFS.Tag = DefaultSharedFSTag
+		}
+		if c.SharedFS.Virtiofsd == "" {
+			c.SharedFS.Virtiofsd = DefaultVirtiofsd
+		}
+	}
 	return c
 }
 
@@ -214,7 +250,7 @@ func (c Config) validate() error {
 	if !filepath.IsAbs(c.RunDir) {
 		return fmt.Errorf("run dir %q is relative: use an absolute path", c.RunDir)
 	}
-	for _, s := range []string{c.QMPSocket(), c.AgentSocket()} {
+	for _, s := range []string{c.QMPSocket(), c.AgentSocket(), c.VirtiofsdSocket()} {
 		if len(s) > unixPathMax {
 			return fmt.Errorf("socket path %q is %d bytes, over the unix socket limit of %d: use a shorter run dir", s, len(s), unixPathMax)
 		}
@@ -259,7 +295,35 @@ func (c Config) validate() error {
 	default:
 		return fmt.Errorf("network %q is not supported: use %q, %q or %q", c.Network.Kind, NetworkNone, NetworkUser, NetworkTAP)
 	}
+	if err := c.validateSharedFS(); err != nil {
+		return err
+	}
 	return c.validateTEE()
+}
+
+func (c Config) validateSharedFS() error {
+	fs := c.SharedFS
+	if fs.Dir == "" {
+		return nil
+	}
+	if c.TEE.Kind != TEENone {
+		return fmt.Errorf("a shared directory (virtio-fs) with tee %q: a confidential guest shares no host directory", c.TEE.Kind)
+	}
+	if !filepath.IsAbs(fs.Dir) || !filepath.IsAbs(fs.Virtiofsd) {
+		return fmt.Errorf("shared dir %q and virtiofsd %q must be absolute paths", fs.Dir, fs.Virtiofsd)
+	}
+	if len(fs.Tag) > maxTagLen || !portNameChars(fs.Tag) {
+		return fmt.Errorf("virtio-fs tag %q: use up to %d letters, digits, '.', '-' and '_'", fs.Tag, maxTagLen)
+	}
+	return nil
+}
+
+// portNameChars reports whether s uses only characters that need no
+// escaping in an option list and that the guest sees as they are.
+func portNameChars(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
+	})
 }
 
 func (c Config) validateAgent() error {
@@ -267,9 +331,7 @@ func (c Config) validateAgent() error {
 	case AgentVirtioSerial:
 		// The name travels inside a -device option list; keep it to
 		// characters that need no escaping and that sysfs shows as-is.
-		if strings.ContainsFunc(c.Agent.PortName, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
-		}) {
+		if !portNameChars(c.Agent.PortName) {
 			return fmt.Errorf("agent port name %q: use only letters, digits, '.', '-' and '_'", c.Agent.PortName)
 		}
 	case AgentVsock:

@@ -39,6 +39,7 @@ type VM struct {
 	cmd     *exec.Cmd
 	log     *slog.Logger
 	qmp     *qmpClient
+	fs      *virtiofsd // nil without SharedFS
 
 	exited  chan struct{} // closed once QEMU is reaped
 	waitErr error         // valid after exited is closed
@@ -90,11 +91,23 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*VM, error) {
 	if err := makeRunDir(cfg.RunDir); err != nil {
 		return nil, err
 	}
+	var fs *virtiofsd
+	if cfg.SharedFS.Dir != "" {
+		// QEMU connects to its socket while it parses the command line.
+		if fs, err = startVirtiofsd(ctx, cfg, logger); err != nil {
+			_ = os.RemoveAll(cfg.RunDir)
+			return nil, err
+		}
+	}
 	vm, err := launch(ctx, cfg, binary, args, logger)
 	if err != nil {
+		if fs != nil {
+			fs.stop()
+		}
 		_ = os.RemoveAll(cfg.RunDir)
 		return nil, err
 	}
+	vm.fs = fs
 	return vm, nil
 }
 
@@ -323,6 +336,9 @@ func (vm *VM) Stop(ctx context.Context) error {
 		}
 	}
 	vm.qmp.close()
+	if vm.fs != nil {
+		vm.fs.stop()
+	}
 	if err := os.RemoveAll(vm.cfg.RunDir); err != nil {
 		vm.stopErr = fmt.Errorf("remove qemu run dir: %w", err)
 		return vm.stopErr
