@@ -119,6 +119,10 @@ mirrors = { %q = "http://%s:%s" }
 				t.Fatalf("a host directory was accepted: stdout %q", r.stdout)
 			}
 			t.Logf("ctr: %s", strings.TrimSpace(r.stderr))
+			// Refused before a VM boots for it: no guest console exists.
+			if logs, _ := filepath.Glob(filepath.Join(consoleDir, fmt.Sprintf("*-refused-%d.log", i))); len(logs) > 0 {
+				t.Errorf("a VM was booted for a container whose mount is refused: %v", logs)
+			}
 			for _, want := range append(tt.want, "mount /data", data) {
 				if !strings.Contains(r.stderr, want) {
 					t.Errorf("ctr stderr lacks %q:\n%s", want, r.stderr)

@@ -146,6 +146,15 @@ func (h *hostShare) bind(src, rel string, readOnly bool) error {
 	return nil
 }
 
+// unbindContainer removes the binds of container id (after the guest
+// removed the container): they must not outlive it while the VM runs on.
+func (h *hostShare) unbindContainer(id string) error {
+	if h == nil || id == "" || filepath.Base(id) != id {
+		return nil
+	}
+	return cleanupShare(filepath.Join(h.dir, id))
+}
+
 // close unmounts and removes the shared directory (after the VM stopped).
 func (h *hostShare) close() error {
 	if h == nil {

@@ -123,6 +123,22 @@ func TestHostShare(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(h.dir, "c1", "m3", "new"), nil, 0o644); !errors.Is(err, unix.EROFS) {
 		t.Errorf("write into a read-only share: %v, want EROFS", err)
 	}
+	// A deleted container's binds go; another container's stay.
+	if err := h.bind(data, "c2/m0", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.unbindContainer("c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(h.dir, "c1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("c1's binds left after unbindContainer: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(h.dir, "c2", "m0", "keep")); err != nil || string(b) != "host" {
+		t.Errorf("c2's share after c1 was unbound: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(data, "keep")); err != nil || string(b) != "host" {
+		t.Errorf("host file after unbindContainer: %q, %v", b, err)
+	}
 	if err := h.close(); err != nil {
 		t.Fatal(err)
 	}

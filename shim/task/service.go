@@ -36,6 +36,7 @@ import (
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/shim/agent"
 	"github.com/cloak-containers/cloak/shim/config"
+	"github.com/cloak-containers/cloak/shim/mounts"
 )
 
 // vmGoneStatus is the exit status of processes whose VM died under them
@@ -196,6 +197,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	vs, err := vmSettingsFor(cfg, spec.Annotations)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	// A mount the guest cannot get is refused before a VM boots for it.
+	if reason := noShareReason(cfg); kind != podSandbox {
+		if _, err := mounts.New(r.ID, spec, mounts.Options{Share: reason == "", NoShareReason: reason}); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
+		}
 	}
 	image := ""
 	if kind != podSandbox {
@@ -649,6 +656,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if _, err := s.sandbox.client.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: r.ID}); err != nil {
 			log.G(ctx).WithError(err).WithField("container", r.ID).Warn("remove container in the guest")
 		}
+	}
+	if err := s.sandbox.share.unbindContainer(r.ID); err != nil {
+		log.G(ctx).WithError(err).WithField("container", r.ID).Warn("remove the container's shared mounts")
 	}
 	// A created-but-never-started task has not exited; it has now.
 	if p.exit(0, time.Now()) {
