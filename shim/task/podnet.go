@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -36,21 +37,24 @@ func podNetNS(spec *specs.Spec) string {
 	return ""
 }
 
-// guestSpec is the spec the guest gets for a task in a pod network
-// namespace: without the network namespace entry, so the container shares
-// the guest's network, which is where the pod's interfaces are. The guest
-// refuses namespace paths (they name the host's namespaces), so the path
-// must not reach it.
+// guestSpec is the spec the guest gets: namespace paths name the host's
+// namespaces (CRI points a pod's containers at the pause process's IPC, UTS
+// and PID namespaces; the guest refuses paths), so they are dropped. The
+// network namespace entry goes entirely: containers share the guest's
+// network, which is where the pod's interfaces are (a network namespace
+// without a path stays: a container of its own). Other namespaces with a
+// path become fresh ones in the guest, so a pod's containers do not share
+// IPC or PIDs.
 func guestSpec(raw []byte, spec *specs.Spec) ([]byte, error) {
-	if podNetNS(spec) == "" {
+	if spec.Linux == nil || !slices.ContainsFunc(spec.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Path != "" }) {
 		return raw, nil
 	}
 	s := *spec
 	l := *spec.Linux
 	l.Namespaces = nil
 	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type != specs.NetworkNamespace {
-			l.Namespaces = append(l.Namespaces, ns)
+		if ns.Type != specs.NetworkNamespace || ns.Path == "" {
+			l.Namespaces = append(l.Namespaces, specs.LinuxNamespace{Type: ns.Type})
 		}
 	}
 	s.Linux = &l

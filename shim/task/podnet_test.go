@@ -34,6 +34,11 @@ func TestPodNetNS(t *testing.T) {
 func TestGuestSpec(t *testing.T) {
 	own := specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace}}}}
 	pod := specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/p"}, {Type: specs.PIDNamespace}}}}
+	cri := specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace, Path: "/proc/42/ns/pid"}, {Type: specs.IPCNamespace, Path: "/proc/42/ns/ipc"},
+		{Type: specs.UTSNamespace, Path: "/proc/42/ns/uts"}, {Type: specs.MountNamespace},
+		{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
+	}}}
 	tests := []struct {
 		name      string
 		spec      specs.Spec
@@ -42,6 +47,8 @@ func TestGuestSpec(t *testing.T) {
 	}{
 		{name: "own netns is kept", spec: own, same: true, wantTypes: []specs.LinuxNamespaceType{specs.MountNamespace, specs.NetworkNamespace}},
 		{name: "pod netns is dropped", spec: pod, wantTypes: []specs.LinuxNamespaceType{specs.MountNamespace, specs.PIDNamespace}},
+		{name: "CRI container: the pause process's namespaces become fresh ones", spec: cri,
+			wantTypes: []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.MountNamespace}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

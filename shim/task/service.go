@@ -225,7 +225,8 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if s.sandbox == nil {
 		hostname := spec.Hostname
 		if hostname == "" {
-			hostname = r.ID
+			// A DNS label has at most 63 bytes; CRI's ids have 64.
+			hostname = r.ID[:min(len(r.ID), 63)]
 		}
 		pnet := sandboxNet{NetNS: podNetNS(spec)}
 		if pnet.NetNS != "" {
