@@ -34,7 +34,7 @@ image: build vm-deps
 test: deps lint unit fuzz-smoke demo
 
 unit: build image
-	CLOAK_BIN=$(BIN) CLOAK_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -race -count=1 -timeout 30m ./...
+	CLOAK_BIN=$(BIN) CLOAK_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -race -count=1 -timeout 45m ./...
 
 # Each fuzz target for a few seconds: finds regressions in the parsers of
 # untrusted input without making CI slow. Run longer with FUZZTIME=5m.

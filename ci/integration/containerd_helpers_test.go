@@ -79,7 +79,17 @@ type containerdEnv struct {
 
 func startContainerd(t testing.TB, bin, shimDir string) *containerdEnv {
 	t.Helper()
-	// Short: containerd's sockets live here.
+	return startContainerdWith(t, bin, shimDir, `
+  "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
+  "io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+`, "")
+}
+
+// startContainerdWith is startContainerd with extra configuration (TOML
+// appended to the daemon's config) and a choice of disabled plugins.
+func startContainerdWith(t testing.TB, bin, shimDir, disabledPlugins, extra string) *containerdEnv {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "ctrd")
 	if err != nil {
 		t.Fatal(err)
@@ -89,16 +99,12 @@ func startContainerd(t testing.TB, bin, shimDir string) *containerdEnv {
 	conf := fmt.Sprintf(`version = 3
 root = %q
 state = %q
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
-  "io.containerd.nri.v1.nri",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-]
+disabled_plugins = [%s]
 [grpc]
   address = %q
 [ttrpc]
   address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, address+".ttrpc")
+%s`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabledPlugins, address, address+".ttrpc", extra)
 	confPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

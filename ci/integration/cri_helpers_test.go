@@ -85,6 +85,10 @@ type criOptions struct {
 	// extraImages pushes more images to the test registry before
 	// containerd starts.
 	extraImages func(t *testing.T, registryHost string)
+	// guestPull runs cloak-snapshotter and makes it the cloak handlers'
+	// snapshotter, for their containers and for image pulls on their
+	// behalf (runtime_platforms): the host never fetches their layers.
+	guestPull bool
 	// registryAliases are registries (e.g. registry.k8s.io) that containerd
 	// and the guests reach as the test registry, by hosts.toml and cloak's
 	// [registry] mirrors: images keep their public names, and no traffic
@@ -207,6 +211,18 @@ mirrors = { %s }
 `, imageDir, tee, e.runDir, e.consoleDir, insecure, strings.Join(mirrors, ", ")))
 		}
 	}
+	var platforms strings.Builder
+	if opts.guestPull && opts.cloak {
+		snap := startSnapshotter(t)
+		opts.extraConfig = guestPullConfig(snap.address) + opts.extraConfig
+		opts.snapshotters = map[string]string{}
+		for _, handler := range []string{handlerCloak, handlerCloakEmulated} {
+			opts.snapshotters[handler] = cloakSnapshotter
+			fmt.Fprintf(&platforms, `  [plugins."io.containerd.cri.v1.images".runtime_platforms.%s]
+    snapshotter = %q
+`, handler, cloakSnapshotter)
+		}
+	}
 	snapshotter := func(handler string) string {
 		if s := opts.snapshotters[handler]; s != "" {
 			return s
@@ -247,7 +263,7 @@ disabled_plugins = [
     sandbox = %q
   [plugins."io.containerd.cri.v1.images".registry]
     config_path = %q
-[plugins."io.containerd.cri.v1.runtime"]
+%s[plugins."io.containerd.cri.v1.runtime"]
   # No CAP_SYS_RESOURCE here: a negative OOM score cannot be set.
   restrict_oom_score_adj = true
   # Pod netns bind mounts in the test's dir, not /var/run/netns.
@@ -259,7 +275,7 @@ disabled_plugins = [
     default_runtime_name = "runc"
 %s
 %s`, filepath.Join(e.dir, "root"), e.state, e.address, e.address+".ttrpc", e.pause,
-		filepath.Join(e.dir, "certs.d"), filepath.Join(e.dir, "cni"), runtimes.String(), opts.extraConfig))
+		filepath.Join(e.dir, "certs.d"), platforms.String(), filepath.Join(e.dir, "cni"), runtimes.String(), opts.extraConfig))
 	write("crictl.yaml", fmt.Sprintf("runtime-endpoint: unix://%[1]s\nimage-endpoint: unix://%[1]s\ntimeout: 180\npull-image-on-create: true\n", e.address))
 
 	e.ns, e.nsHandle = newCRINetNS(t)
@@ -399,7 +415,11 @@ func (e *criEnv) writeJSON(t *testing.T, name string, v any) string {
 }
 
 // podConfig is a CRI PodSandboxConfig as crictl reads it.
-func (e *criEnv) podConfig(t *testing.T, name string) string {
+// podConfig is a CRI PodSandboxConfig for a pod of the runtime handler.
+// The handler is also an annotation: crictl does not send it with image
+// pulls, and containerd reads it there to pick the handler's snapshotter
+// (kubelet sends it with the RuntimeClassInImageCriApi feature gate).
+func (e *criEnv) podConfig(t *testing.T, name, handler string) string {
 	t.Helper()
 	logDir := filepath.Join(e.dir, "logs", name)
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
@@ -410,6 +430,7 @@ func (e *criEnv) podConfig(t *testing.T, name string) string {
 		// kubelet sets the pod name as hostname.
 		"hostname":      name,
 		"log_directory": logDir,
+		"annotations":   map[string]string{"io.containerd.cri.runtime-handler": handler},
 		"linux":         map[string]any{},
 	})
 }

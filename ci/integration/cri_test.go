@@ -3,6 +3,9 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,9 +28,25 @@ func TestCRICloak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
 	}
-	e := startCRI(t, criOptions{cloak: true})
+	e := startCRI(t, criOptions{cloak: true, guestPull: true})
 	for _, handler := range []string{handlerCloak, handlerCloakEmulated} {
 		t.Run(handler, func(t *testing.T) { criPodLifecycle(t, e, handler) })
+	}
+	// Guest pull: CRI pulled busybox for the cloak pods through
+	// cloak-snapshotter, so the host holds its manifest and config only.
+	blobs := registryBlobs(t, e.busybox)
+	out, err := exec.Command(filepath.Join(e.bin, "ctr"), "--address", e.address, "--namespace", "k8s.io", "content", "ls", "--quiet").Output()
+	if err != nil {
+		t.Fatalf("ctr content ls: %v", err)
+	}
+	content := strings.Fields(string(out))
+	if !slices.Contains(content, blobs.manifest) {
+		t.Errorf("content store lacks busybox's manifest %s: the pods' image was not pulled by CRI", blobs.manifest)
+	}
+	for _, l := range blobs.layers {
+		if slices.Contains(content, l) {
+			t.Errorf("content store holds busybox layer %s: the cloak handlers' pull did not skip it", l)
+		}
 	}
 }
 
@@ -42,11 +61,11 @@ func TestCRICloakLeak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
 	}
-	e := startCRI(t, criOptions{cloak: true})
+	e := startCRI(t, criOptions{cloak: true, guestPull: true})
 	begin := time.Now()
 	for i := 0; i < criLeakCycles; i++ {
 		name := fmt.Sprintf("leak-%d", i)
-		pod := e.podConfig(t, name)
+		pod := e.podConfig(t, name, handlerCloak)
 		want := fmt.Sprintf("cycle %d done", i)
 		ctr := e.containerConfig(t, name, "c", "echo", want)
 		start := time.Now()
@@ -76,7 +95,7 @@ func criPodLifecycle(t *testing.T, e *criEnv, handler string) {
 		t.Logf("%s: %s in %.2fs", handler, what, time.Since(start).Seconds())
 	}
 	name := "pod-" + handler
-	pod := e.podConfig(t, name)
+	pod := e.podConfig(t, name, handler)
 	start := time.Now()
 	podID := e.mustCrictl(t, "runp", "--runtime", handler, pod)
 	step("runp", start)
