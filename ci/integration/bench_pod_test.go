@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,27 +26,9 @@ const podBenchMemoryMiB = 512
 //	make bench-pod
 func BenchmarkPod(b *testing.B) {
 	e, imageDir, registryHost, ref := containerdWithBusybox(b)
-	// Short: the VMs' QMP and agent sockets live here.
-	runDir, err := os.MkdirTemp("", "cloakrun")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(runDir) })
-	consoleDir := b.TempDir()
-	_, port, _ := net.SplitHostPort(registryHost)
-	cloakConfig := filepath.Join(b.TempDir(), "cloak.toml")
-	if err := os.WriteFile(cloakConfig, []byte(fmt.Sprintf(`image_dir = %q
-vcpus = 1
-memory_mib = %d
-run_dir = %q
-console_log_dir = %q
-agent_timeout_seconds = 120
-[registry]
-insecure = [%q]
-mirrors = { %q = "http://%s:%s" }
-`, imageDir, podBenchMemoryMiB, runDir, consoleDir, registryHost, registryHost, hostFromGuest, port)), 0o600); err != nil {
-		b.Fatal(err)
-	}
+	vms := newCloakVMs(b, imageDir, registryHost)
+	consoleDir := vms.consoleDir
+	cloakConfig := vms.config(b, fmt.Sprintf("memory_mib = %d", podBenchMemoryMiB))
 	cloakArgs := []string{"--runtime", cloakRuntime, "--runtime-config-path", cloakConfig}
 
 	runtimes := []struct {

@@ -301,3 +301,55 @@ func containerdWithBusybox(t testing.TB) (e *containerdEnv, imageDir, registryHo
 	e.mustCtr(t, "image", "pull", "--plain-http", ref)
 	return e, imageDir, registryHost, ref
 }
+
+// cloakVMs is where one test's cloak VMs keep their sockets and guest
+// consoles; its configurations reach the test registry the way a user-mode
+// network guest does (the host's loopback at hostFromGuest). Consoles are
+// shown when the test fails.
+type cloakVMs struct {
+	runDir, consoleDir     string
+	imageDir, registryHost string
+}
+
+func newCloakVMs(t testing.TB, imageDir, registryHost string) *cloakVMs {
+	t.Helper()
+	// Short: the VMs' QMP and agent sockets live here.
+	runDir, err := os.MkdirTemp("", "cloakrun")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+	v := &cloakVMs{runDir: runDir, consoleDir: t.TempDir(), imageDir: imageDir, registryHost: registryHost}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		logs, _ := filepath.Glob(filepath.Join(v.consoleDir, "*.log"))
+		for _, l := range logs {
+			if b, err := os.ReadFile(l); err == nil {
+				t.Logf("guest console %s (tail):\n%s", filepath.Base(l), tailLines(string(b), 30))
+			}
+		}
+	})
+	return v
+}
+
+// config writes a cloak runtime configuration with the extra top-level
+// TOML keys and returns its path.
+func (v *cloakVMs) config(t testing.TB, extra string) string {
+	t.Helper()
+	_, port, _ := strings.Cut(v.registryHost, ":")
+	path := filepath.Join(t.TempDir(), "cloak.toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf(`image_dir = %q
+run_dir = %q
+console_log_dir = %q
+agent_timeout_seconds = 120
+%s
+[registry]
+insecure = [%q]
+mirrors = { %q = "http://%s:%s" }
+`, v.imageDir, v.runDir, v.consoleDir, extra, v.registryHost, v.registryHost, hostFromGuest, port)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,35 +28,10 @@ func TestContainerdPodSandbox(t *testing.T) {
 		t.Skip("boots VMs")
 	}
 	e, imageDir, registryHost, ref := containerdWithBusybox(t)
-	runDir, err := os.MkdirTemp("", "cloakrun")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(runDir) })
-	consoleDir := t.TempDir()
-	_, port, _ := strings.Cut(registryHost, ":")
-	cloakConfig := filepath.Join(t.TempDir(), "cloak.toml")
-	if err := os.WriteFile(cloakConfig, []byte(fmt.Sprintf(`image_dir = %q
-memory_mib = 512
-run_dir = %q
-console_log_dir = %q
-agent_timeout_seconds = 120
-allowed_annotations = ["vcpus"]
-[registry]
-insecure = [%q]
-mirrors = { %q = "http://%s:%s" }
-`, imageDir, runDir, consoleDir, registryHost, registryHost, hostFromGuest, port)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	vms := newCloakVMs(t, imageDir, registryHost)
+	runDir := vms.runDir
+	cloakConfig := vms.config(t, `allowed_annotations = ["vcpus"]`)
 	t.Cleanup(func() {
-		if t.Failed() {
-			logs, _ := filepath.Glob(filepath.Join(consoleDir, "*.log"))
-			for _, l := range logs {
-				if b, err := os.ReadFile(l); err == nil {
-					t.Logf("guest console %s (tail):\n%s", filepath.Base(l), tailLines(string(b), 30))
-				}
-			}
-		}
 		e.removeAll(t)
 		waitNoPids(t, runDir, 30*time.Second)
 	})

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,38 +28,9 @@ func TestContainerdCtrRun(t *testing.T) {
 	}
 	e, imageDir, registryHost, ref := containerdWithBusybox(t)
 
-	// Short: the VMs' QMP and agent sockets live here.
-	runDir, err := os.MkdirTemp("", "cloakrun")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(runDir) })
-	consoleDir := t.TempDir()
-	_, port, _ := net.SplitHostPort(registryHost)
-	cloakConfig := filepath.Join(t.TempDir(), "cloak.toml")
-	if err := os.WriteFile(cloakConfig, []byte(fmt.Sprintf(`image_dir = %q
-vcpus = 1
-memory_mib = 512
-run_dir = %q
-console_log_dir = %q
-agent_timeout_seconds = 120
-[registry]
-insecure = [%q]
-mirrors = { %q = "http://%s:%s" }
-`, imageDir, runDir, consoleDir, registryHost, registryHost, hostFromGuest, port)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		logs, _ := filepath.Glob(filepath.Join(consoleDir, "*.log"))
-		for _, l := range logs {
-			if b, err := os.ReadFile(l); err == nil {
-				t.Logf("guest console %s (tail):\n%s", filepath.Base(l), tailLines(string(b), 30))
-			}
-		}
-	})
+	vms := newCloakVMs(t, imageDir, registryHost)
+	runDir, consoleDir := vms.runDir, vms.consoleDir
+	cloakConfig := vms.config(t, "")
 	runtimeArgs := map[string][]string{
 		runcRuntime:  {"--runtime", runcRuntime},
 		cloakRuntime: {"--runtime", cloakRuntime, "--runtime-config-path", cloakConfig},

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,39 +21,9 @@ func TestContainerdMounts(t *testing.T) {
 		t.Skip("boots VMs")
 	}
 	e, imageDir, registryHost, ref := containerdWithBusybox(t)
-	runDir, err := os.MkdirTemp("", "cloakrun")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(runDir) })
-	consoleDir := t.TempDir()
-	_, port, _ := net.SplitHostPort(registryHost)
-	config := func(name, extra string) string {
-		path := filepath.Join(t.TempDir(), name+".toml")
-		if err := os.WriteFile(path, []byte(fmt.Sprintf(`image_dir = %q
-memory_mib = 512
-run_dir = %q
-console_log_dir = %q
-agent_timeout_seconds = 120
-%s
-[registry]
-insecure = [%q]
-mirrors = { %q = "http://%s:%s" }
-`, imageDir, runDir, consoleDir, extra, registryHost, registryHost, hostFromGuest, port)), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			logs, _ := filepath.Glob(filepath.Join(consoleDir, "*.log"))
-			for _, l := range logs {
-				if b, err := os.ReadFile(l); err == nil {
-					t.Logf("guest console %s (tail):\n%s", filepath.Base(l), tailLines(string(b), 30))
-				}
-			}
-		}
-	})
+	vms := newCloakVMs(t, imageDir, registryHost)
+	runDir, consoleDir := vms.runDir, vms.consoleDir
+	config := func(_, extra string) string { return vms.config(t, extra) }
 
 	// Host paths as kubelet lays them out for a pod.
 	host := t.TempDir()
