@@ -547,7 +547,11 @@ type CreateSandboxRequest struct {
 	// shared_fs_tag is the virtio-fs tag of the host's per-VM shared
 	// directory (non-confidential handlers with shared_fs = "virtio-fs"); the
 	// agent mounts it once. Empty = no shared directory.
-	SharedFsTag   string `protobuf:"bytes,8,opt,name=shared_fs_tag,json=sharedFsTag,proto3" json:"shared_fs_tag,omitempty"`
+	SharedFsTag string `protobuf:"bytes,8,opt,name=shared_fs_tag,json=sharedFsTag,proto3" json:"shared_fs_tag,omitempty"`
+	// sysctls are the pod's network sysctls (net.*), from the CRI sandbox's
+	// spec: the guest's network is the pod's, so the agent sets them there.
+	// Namespaced IPC sysctls travel in each container's spec instead.
+	Sysctls       map[string]string `protobuf:"bytes,9,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -636,6 +640,13 @@ func (x *CreateSandboxRequest) GetSharedFsTag() string {
 		return x.SharedFsTag
 	}
 	return ""
+}
+
+func (x *CreateSandboxRequest) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
 }
 
 type CreateSandboxResponse struct {
@@ -2660,7 +2671,7 @@ type ProcessIORequest_Attach struct {
 
 func (x *ProcessIORequest_Attach) Reset() {
 	*x = ProcessIORequest_Attach{}
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2672,7 +2683,7 @@ func (x *ProcessIORequest_Attach) String() string {
 func (*ProcessIORequest_Attach) ProtoMessage() {}
 
 func (x *ProcessIORequest_Attach) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2741,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x05Route\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
-	"\x06device\x18\x03 \x01(\tR\x06device\"\xbf\x02\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\"\xc8\x03\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -2743,7 +2754,11 @@ const file_agent_proto_rawDesc = "" +
 	"interfaces\x12-\n" +
 	"\x06routes\x18\x06 \x03(\v2\x15.cloak.agent.v1.RouteR\x06routes\x12\x1a\n" +
 	"\binitdata\x18\a \x01(\fR\binitdata\x12\"\n" +
-	"\rshared_fs_tag\x18\b \x01(\tR\vsharedFsTag\"\x17\n" +
+	"\rshared_fs_tag\x18\b \x01(\tR\vsharedFsTag\x12K\n" +
+	"\asysctls\x18\t \x03(\v21.cloak.agent.v1.CreateSandboxRequest.SysctlsEntryR\asysctls\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x17\n" +
 	"\x15CreateSandboxResponse\"\x17\n" +
 	"\x15DestroySandboxRequest\"\x18\n" +
 	"\x16DestroySandboxResponse\"\xc6\x01\n" +
@@ -2918,7 +2933,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_agent_proto_goTypes = []any{
 	(GuestDir_Kind)(0),              // 0: cloak.agent.v1.GuestDir.Kind
 	(ProcessIOResponse_Stream)(0),   // 1: cloak.agent.v1.ProcessIOResponse.Stream
@@ -2966,63 +2981,65 @@ var file_agent_proto_goTypes = []any{
 	(*ResizePtyResponse)(nil),       // 43: cloak.agent.v1.ResizePtyResponse
 	(*OOMEventsRequest)(nil),        // 44: cloak.agent.v1.OOMEventsRequest
 	(*OOMEvent)(nil),                // 45: cloak.agent.v1.OOMEvent
-	nil,                             // 46: cloak.agent.v1.RegistryOptions.MirrorsEntry
-	(*ProcessIORequest_Attach)(nil), // 47: cloak.agent.v1.ProcessIORequest.Attach
+	nil,                             // 46: cloak.agent.v1.CreateSandboxRequest.SysctlsEntry
+	nil,                             // 47: cloak.agent.v1.RegistryOptions.MirrorsEntry
+	(*ProcessIORequest_Attach)(nil), // 48: cloak.agent.v1.ProcessIORequest.Attach
 }
 var file_agent_proto_depIdxs = []int32{
 	8,  // 0: cloak.agent.v1.CreateSandboxRequest.interfaces:type_name -> cloak.agent.v1.Interface
 	9,  // 1: cloak.agent.v1.CreateSandboxRequest.routes:type_name -> cloak.agent.v1.Route
-	46, // 2: cloak.agent.v1.RegistryOptions.mirrors:type_name -> cloak.agent.v1.RegistryOptions.MirrorsEntry
-	14, // 3: cloak.agent.v1.PullImageRequest.registry:type_name -> cloak.agent.v1.RegistryOptions
-	18, // 4: cloak.agent.v1.CreateContainerRequest.files:type_name -> cloak.agent.v1.ContainerFile
-	19, // 5: cloak.agent.v1.CreateContainerRequest.mount_sources:type_name -> cloak.agent.v1.MountSource
-	20, // 6: cloak.agent.v1.MountSource.guest_dir:type_name -> cloak.agent.v1.GuestDir
-	0,  // 7: cloak.agent.v1.GuestDir.kind:type_name -> cloak.agent.v1.GuestDir.Kind
-	47, // 8: cloak.agent.v1.ProcessIORequest.attach:type_name -> cloak.agent.v1.ProcessIORequest.Attach
-	1,  // 9: cloak.agent.v1.ProcessIOResponse.eof:type_name -> cloak.agent.v1.ProcessIOResponse.Stream
-	2,  // 10: cloak.agent.v1.AgentService.Check:input_type -> cloak.agent.v1.CheckRequest
-	4,  // 11: cloak.agent.v1.AgentService.Version:input_type -> cloak.agent.v1.VersionRequest
-	6,  // 12: cloak.agent.v1.AgentService.GuestStats:input_type -> cloak.agent.v1.GuestStatsRequest
-	10, // 13: cloak.agent.v1.AgentService.CreateSandbox:input_type -> cloak.agent.v1.CreateSandboxRequest
-	12, // 14: cloak.agent.v1.AgentService.DestroySandbox:input_type -> cloak.agent.v1.DestroySandboxRequest
-	15, // 15: cloak.agent.v1.AgentService.PullImage:input_type -> cloak.agent.v1.PullImageRequest
-	17, // 16: cloak.agent.v1.AgentService.CreateContainer:input_type -> cloak.agent.v1.CreateContainerRequest
-	22, // 17: cloak.agent.v1.AgentService.StartContainer:input_type -> cloak.agent.v1.StartContainerRequest
-	24, // 18: cloak.agent.v1.AgentService.RemoveContainer:input_type -> cloak.agent.v1.RemoveContainerRequest
-	26, // 19: cloak.agent.v1.AgentService.UpdateContainer:input_type -> cloak.agent.v1.UpdateContainerRequest
-	28, // 20: cloak.agent.v1.AgentService.StatsContainer:input_type -> cloak.agent.v1.StatsContainerRequest
-	30, // 21: cloak.agent.v1.AgentService.ListProcesses:input_type -> cloak.agent.v1.ListProcessesRequest
-	32, // 22: cloak.agent.v1.AgentService.ExecProcess:input_type -> cloak.agent.v1.ExecProcessRequest
-	34, // 23: cloak.agent.v1.AgentService.SignalProcess:input_type -> cloak.agent.v1.SignalProcessRequest
-	36, // 24: cloak.agent.v1.AgentService.WaitProcess:input_type -> cloak.agent.v1.WaitProcessRequest
-	38, // 25: cloak.agent.v1.AgentService.ProcessIO:input_type -> cloak.agent.v1.ProcessIORequest
-	40, // 26: cloak.agent.v1.AgentService.CloseStdin:input_type -> cloak.agent.v1.CloseStdinRequest
-	42, // 27: cloak.agent.v1.AgentService.ResizePty:input_type -> cloak.agent.v1.ResizePtyRequest
-	44, // 28: cloak.agent.v1.AgentService.OOMEvents:input_type -> cloak.agent.v1.OOMEventsRequest
-	3,  // 29: cloak.agent.v1.AgentService.Check:output_type -> cloak.agent.v1.CheckResponse
-	5,  // 30: cloak.agent.v1.AgentService.Version:output_type -> cloak.agent.v1.VersionResponse
-	7,  // 31: cloak.agent.v1.AgentService.GuestStats:output_type -> cloak.agent.v1.GuestStatsResponse
-	11, // 32: cloak.agent.v1.AgentService.CreateSandbox:output_type -> cloak.agent.v1.CreateSandboxResponse
-	13, // 33: cloak.agent.v1.AgentService.DestroySandbox:output_type -> cloak.agent.v1.DestroySandboxResponse
-	16, // 34: cloak.agent.v1.AgentService.PullImage:output_type -> cloak.agent.v1.PullImageResponse
-	21, // 35: cloak.agent.v1.AgentService.CreateContainer:output_type -> cloak.agent.v1.CreateContainerResponse
-	23, // 36: cloak.agent.v1.AgentService.StartContainer:output_type -> cloak.agent.v1.StartContainerResponse
-	25, // 37: cloak.agent.v1.AgentService.RemoveContainer:output_type -> cloak.agent.v1.RemoveContainerResponse
-	27, // 38: cloak.agent.v1.AgentService.UpdateContainer:output_type -> cloak.agent.v1.UpdateContainerResponse
-	29, // 39: cloak.agent.v1.AgentService.StatsContainer:output_type -> cloak.agent.v1.StatsContainerResponse
-	31, // 40: cloak.agent.v1.AgentService.ListProcesses:output_type -> cloak.agent.v1.ListProcessesResponse
-	33, // 41: cloak.agent.v1.AgentService.ExecProcess:output_type -> cloak.agent.v1.ExecProcessResponse
-	35, // 42: cloak.agent.v1.AgentService.SignalProcess:output_type -> cloak.agent.v1.SignalProcessResponse
-	37, // 43: cloak.agent.v1.AgentService.WaitProcess:output_type -> cloak.agent.v1.WaitProcessResponse
-	39, // 44: cloak.agent.v1.AgentService.ProcessIO:output_type -> cloak.agent.v1.ProcessIOResponse
-	41, // 45: cloak.agent.v1.AgentService.CloseStdin:output_type -> cloak.agent.v1.CloseStdinResponse
-	43, // 46: cloak.agent.v1.AgentService.ResizePty:output_type -> cloak.agent.v1.ResizePtyResponse
-	45, // 47: cloak.agent.v1.AgentService.OOMEvents:output_type -> cloak.agent.v1.OOMEvent
-	29, // [29:48] is the sub-list for method output_type
-	10, // [10:29] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	46, // 2: cloak.agent.v1.CreateSandboxRequest.sysctls:type_name -> cloak.agent.v1.CreateSandboxRequest.SysctlsEntry
+	47, // 3: cloak.agent.v1.RegistryOptions.mirrors:type_name -> cloak.agent.v1.RegistryOptions.MirrorsEntry
+	14, // 4: cloak.agent.v1.PullImageRequest.registry:type_name -> cloak.agent.v1.RegistryOptions
+	18, // 5: cloak.agent.v1.CreateContainerRequest.files:type_name -> cloak.agent.v1.ContainerFile
+	19, // 6: cloak.agent.v1.CreateContainerRequest.mount_sources:type_name -> cloak.agent.v1.MountSource
+	20, // 7: cloak.agent.v1.MountSource.guest_dir:type_name -> cloak.agent.v1.GuestDir
+	0,  // 8: cloak.agent.v1.GuestDir.kind:type_name -> cloak.agent.v1.GuestDir.Kind
+	48, // 9: cloak.agent.v1.ProcessIORequest.attach:type_name -> cloak.agent.v1.ProcessIORequest.Attach
+	1,  // 10: cloak.agent.v1.ProcessIOResponse.eof:type_name -> cloak.agent.v1.ProcessIOResponse.Stream
+	2,  // 11: cloak.agent.v1.AgentService.Check:input_type -> cloak.agent.v1.CheckRequest
+	4,  // 12: cloak.agent.v1.AgentService.Version:input_type -> cloak.agent.v1.VersionRequest
+	6,  // 13: cloak.agent.v1.AgentService.GuestStats:input_type -> cloak.agent.v1.GuestStatsRequest
+	10, // 14: cloak.agent.v1.AgentService.CreateSandbox:input_type -> cloak.agent.v1.CreateSandboxRequest
+	12, // 15: cloak.agent.v1.AgentService.DestroySandbox:input_type -> cloak.agent.v1.DestroySandboxRequest
+	15, // 16: cloak.agent.v1.AgentService.PullImage:input_type -> cloak.agent.v1.PullImageRequest
+	17, // 17: cloak.agent.v1.AgentService.CreateContainer:input_type -> cloak.agent.v1.CreateContainerRequest
+	22, // 18: cloak.agent.v1.AgentService.StartContainer:input_type -> cloak.agent.v1.StartContainerRequest
+	24, // 19: cloak.agent.v1.AgentService.RemoveContainer:input_type -> cloak.agent.v1.RemoveContainerRequest
+	26, // 20: cloak.agent.v1.AgentService.UpdateContainer:input_type -> cloak.agent.v1.UpdateContainerRequest
+	28, // 21: cloak.agent.v1.AgentService.StatsContainer:input_type -> cloak.agent.v1.StatsContainerRequest
+	30, // 22: cloak.agent.v1.AgentService.ListProcesses:input_type -> cloak.agent.v1.ListProcessesRequest
+	32, // 23: cloak.agent.v1.AgentService.ExecProcess:input_type -> cloak.agent.v1.ExecProcessRequest
+	34, // 24: cloak.agent.v1.AgentService.SignalProcess:input_type -> cloak.agent.v1.SignalProcessRequest
+	36, // 25: cloak.agent.v1.AgentService.WaitProcess:input_type -> cloak.agent.v1.WaitProcessRequest
+	38, // 26: cloak.agent.v1.AgentService.ProcessIO:input_type -> cloak.agent.v1.ProcessIORequest
+	40, // 27: cloak.agent.v1.AgentService.CloseStdin:input_type -> cloak.agent.v1.CloseStdinRequest
+	42, // 28: cloak.agent.v1.AgentService.ResizePty:input_type -> cloak.agent.v1.ResizePtyRequest
+	44, // 29: cloak.agent.v1.AgentService.OOMEvents:input_type -> cloak.agent.v1.OOMEventsRequest
+	3,  // 30: cloak.agent.v1.AgentService.Check:output_type -> cloak.agent.v1.CheckResponse
+	5,  // 31: cloak.agent.v1.AgentService.Version:output_type -> cloak.agent.v1.VersionResponse
+	7,  // 32: cloak.agent.v1.AgentService.GuestStats:output_type -> cloak.agent.v1.GuestStatsResponse
+	11, // 33: cloak.agent.v1.AgentService.CreateSandbox:output_type -> cloak.agent.v1.CreateSandboxResponse
+	13, // 34: cloak.agent.v1.AgentService.DestroySandbox:output_type -> cloak.agent.v1.DestroySandboxResponse
+	16, // 35: cloak.agent.v1.AgentService.PullImage:output_type -> cloak.agent.v1.PullImageResponse
+	21, // 36: cloak.agent.v1.AgentService.CreateContainer:output_type -> cloak.agent.v1.CreateContainerResponse
+	23, // 37: cloak.agent.v1.AgentService.StartContainer:output_type -> cloak.agent.v1.StartContainerResponse
+	25, // 38: cloak.agent.v1.AgentService.RemoveContainer:output_type -> cloak.agent.v1.RemoveContainerResponse
+	27, // 39: cloak.agent.v1.AgentService.UpdateContainer:output_type -> cloak.agent.v1.UpdateContainerResponse
+	29, // 40: cloak.agent.v1.AgentService.StatsContainer:output_type -> cloak.agent.v1.StatsContainerResponse
+	31, // 41: cloak.agent.v1.AgentService.ListProcesses:output_type -> cloak.agent.v1.ListProcessesResponse
+	33, // 42: cloak.agent.v1.AgentService.ExecProcess:output_type -> cloak.agent.v1.ExecProcessResponse
+	35, // 43: cloak.agent.v1.AgentService.SignalProcess:output_type -> cloak.agent.v1.SignalProcessResponse
+	37, // 44: cloak.agent.v1.AgentService.WaitProcess:output_type -> cloak.agent.v1.WaitProcessResponse
+	39, // 45: cloak.agent.v1.AgentService.ProcessIO:output_type -> cloak.agent.v1.ProcessIOResponse
+	41, // 46: cloak.agent.v1.AgentService.CloseStdin:output_type -> cloak.agent.v1.CloseStdinResponse
+	43, // 47: cloak.agent.v1.AgentService.ResizePty:output_type -> cloak.agent.v1.ResizePtyResponse
+	45, // 48: cloak.agent.v1.AgentService.OOMEvents:output_type -> cloak.agent.v1.OOMEvent
+	30, // [30:49] is the sub-list for method output_type
+	11, // [11:30] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -3051,7 +3068,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -431,7 +431,9 @@ func (e *criEnv) podConfig(t *testing.T, name, handler string) string {
 		"hostname":      name,
 		"log_directory": logDir,
 		"annotations":   map[string]string{"io.containerd.cri.runtime-handler": handler},
-		"linux":         map[string]any{},
+		// A network and an IPC sysctl, as kubelet passes a pod's
+		// securityContext.sysctls.
+		"linux": map[string]any{"sysctls": map[string]string{"net.core.somaxconn": "1234", "kernel.shm_rmid_forced": "1"}},
 	})
 }
 

@@ -171,6 +171,14 @@ func criPodLifecycle(t *testing.T, e *criEnv, handler string) {
 		if r.code != 1 || !strings.Contains(r.stderr, "exited with 7: err") {
 			t.Errorf("exec with exit 7: crictl exit %d stderr %q, want 1 and \"exited with 7: err\"", r.code, r.stderr)
 		}
+		// The pod's sysctls (podConfig): the network one for the pod's
+		// network, the IPC one in every container.
+		for _, id := range []string{ids["one"], ids["two"]} {
+			r, err = e.crictl(t, "exec", "-s", id, "cat", "/proc/sys/net/core/somaxconn", "/proc/sys/kernel/shm_rmid_forced")
+			if err != nil || r.stdout != "1234\n1\n\n\n" {
+				t.Errorf("pod sysctls in a container: %q (%v), want somaxconn 1234 and shm_rmid_forced 1", r.stdout, err)
+			}
+		}
 		r, err = e.crictl(t, "exec", "-s", ids["one"], "/bin/nonexistent")
 		if err == nil {
 			t.Errorf("exec of a missing binary succeeded: %q", r.stdout)

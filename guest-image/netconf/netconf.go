@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -29,14 +30,22 @@ const (
 	maxDNSSearches  = 6
 	maxSearchLength = 253
 	minMTU, maxMTU  = 68, 65535
+	maxSysctls      = 64
+	maxSysctlValue  = 256
 )
 
 // etcDir is where hostname and resolv.conf go; tests point it elsewhere.
 var etcDir = "/etc"
 
+// procSysDir is where sysctls are written; tests point it elsewhere.
+var procSysDir = "/proc/sys"
+
 var (
 	hostnameLabel = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
 	ifaceName     = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$`)
+	// A network sysctl: net. then dot-separated names (interface names may
+	// hold - and _); never a path.
+	netSysctl = regexp.MustCompile(`^net(\.[a-zA-Z0-9_-]{1,64}){1,8}$`)
 )
 
 // Apply validates req's network fields, then sets the hostname, writes
@@ -72,6 +81,21 @@ func Apply(ctx context.Context, req *agentapi.CreateSandboxRequest) error {
 			return fmt.Errorf("route %d (%s): %w", i+1, req.Routes[i].Destination, err)
 		}
 	}
+	// After the interfaces: per-interface sysctls name them.
+	for _, sc := range cfg.sysctls {
+		path := filepath.Join(procSysDir, strings.ReplaceAll(sc.key, ".", "/"))
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			return fmt.Errorf("sysctl %s: %w (not a sysctl of this guest kernel?)", sc.key, err)
+		}
+		_, err = f.WriteString(sc.value)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("sysctl %s=%q: %w", sc.key, sc.value, err)
+		}
+	}
 	return nil
 }
 
@@ -92,10 +116,26 @@ type config struct {
 	hostname   string
 	interfaces []iface
 	routes     []route
+	sysctls    []sysctl // sorted by key
 }
+
+type sysctl struct{ key, value string }
 
 func validate(req *agentapi.CreateSandboxRequest) (*config, error) {
 	cfg := &config{hostname: req.Hostname}
+	if len(req.Sysctls) > maxSysctls {
+		return nil, fmt.Errorf("%d sysctls, limit is %d", len(req.Sysctls), maxSysctls)
+	}
+	for k, v := range req.Sysctls {
+		if !netSysctl.MatchString(k) {
+			return nil, fmt.Errorf("sysctl %q: only network sysctls (net.*) are set for the pod", truncated(k))
+		}
+		if len(v) > maxSysctlValue || strings.ContainsAny(v, "\n\x00") {
+			return nil, fmt.Errorf("sysctl %s: value of %d bytes: want one line of at most %d", k, len(v), maxSysctlValue)
+		}
+		cfg.sysctls = append(cfg.sysctls, sysctl{k, v})
+	}
+	slices.SortFunc(cfg.sysctls, func(a, b sysctl) int { return strings.Compare(a.key, b.key) })
 	if h := req.Hostname; h != "" {
 		if len(h) > 64 {
 			return nil, fmt.Errorf("hostname is %d bytes, limit is 64", len(h))
@@ -291,4 +331,12 @@ func addRoute(r route) error {
 		return err
 	}
 	return nil
+}
+
+// truncated bounds an untrusted string quoted in an error.
+func truncated(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }

@@ -29,6 +29,16 @@ func TestValidate(t *testing.T) {
 		wantErr string
 	}{
 		{"valid", func(*agentapi.CreateSandboxRequest) {}, ""},
+		{"net sysctls", func(r *agentapi.CreateSandboxRequest) {
+			r.Sysctls = map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.conf.eth0.rp_filter": "1"}
+		}, ""},
+		{"non-net sysctl", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"kernel.shm_rmid_forced": "1"} }, "only network sysctls"},
+		{"sysctl path", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"net/../../kernel/x": "1"} }, "only network sysctls"},
+		{"sysctl dotdot", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"net...x": "1"} }, "only network sysctls"},
+		{"sysctl value newline", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"net.core.somaxconn": "1\n2"} }, "one line"},
+		{"sysctl value long", func(r *agentapi.CreateSandboxRequest) {
+			r.Sysctls = map[string]string{"net.core.somaxconn": strings.Repeat("1", 257)}
+		}, "one line"},
 		{"hostname chars", func(r *agentapi.CreateSandboxRequest) { r.Hostname = "a b" }, "hostname"},
 		{"hostname long", func(r *agentapi.CreateSandboxRequest) { r.Hostname = strings.Repeat("a", 65) }, "limit is 64"},
 		{"dns server", func(r *agentapi.CreateSandboxRequest) { r.DnsServers = []string{"dns.example"} }, "want an IP address"},
@@ -104,6 +114,8 @@ func TestApply(t *testing.T) {
 				{Destination: "default", Gateway: "10.0.2.2"},
 				{Destination: "192.168.5.0/24", Device: "eth0"},
 			},
+			// Per network namespace: the test's own.
+			Sysctls: map[string]string{"net.ipv4.ip_unprivileged_port_start": "80"},
 		}
 		if err := Apply(context.Background(), req); err != nil {
 			t.Errorf("Apply: %v", err)
@@ -129,6 +141,9 @@ func TestApply(t *testing.T) {
 		all := strings.Join(got, "; ")
 		if !strings.Contains(all, "Dst: 0.0.0.0/0") || !strings.Contains(all, "Gw: 10.0.2.2") || !strings.Contains(all, "Dst: 192.168.5.0/24") {
 			t.Errorf("routes = %s, want default via 10.0.2.2 and 192.168.5.0/24", all)
+		}
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); err != nil || strings.TrimSpace(string(b)) != "80" {
+			t.Errorf("net.ipv4.ip_unprivileged_port_start = %q, %v; want 80", b, err)
 		}
 		var uts unix.Utsname
 		unix.Uname(&uts)

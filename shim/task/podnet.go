@@ -40,13 +40,15 @@ func podNetNS(spec *specs.Spec) string {
 // guestSpec is the spec the guest gets: namespace paths name the host's
 // namespaces (CRI points a pod's containers at the pause process's IPC, UTS
 // and PID namespaces; the guest refuses paths), so they are dropped. The
-// network namespace entry goes entirely: containers share the guest's
-// network, which is where the pod's interfaces are (a network namespace
-// without a path stays: a container of its own). Other namespaces with a
-// path become fresh ones in the guest, so a pod's containers do not share
-// IPC or PIDs.
-func guestSpec(raw []byte, spec *specs.Spec) ([]byte, error) {
-	if spec.Linux == nil || !slices.ContainsFunc(spec.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Path != "" }) {
+// network namespace entry with a path goes entirely, with the spec's net.*
+// sysctls: containers share the guest's network, which is where the pod's
+// interfaces are and where CreateSandbox set those sysctls (a network
+// namespace without a path stays: a container of its own). Other
+// namespaces with a path become fresh ones in the guest, so a pod's
+// containers do not share IPC or PIDs; the pod's IPC sysctls (podSysctls,
+// from the sandbox's spec) are set in each container's instead.
+func guestSpec(raw []byte, spec *specs.Spec, podSysctls map[string]string) ([]byte, error) {
+	if spec.Linux == nil || (len(podSysctls) == 0 && !slices.ContainsFunc(spec.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Path != "" })) {
 		return raw, nil
 	}
 	s := *spec
@@ -57,12 +59,46 @@ func guestSpec(raw []byte, spec *specs.Spec) ([]byte, error) {
 			l.Namespaces = append(l.Namespaces, specs.LinuxNamespace{Type: ns.Type})
 		}
 	}
+	sysctls := map[string]string{}
+	for k, v := range podSysctls {
+		sysctls[k] = v
+	}
+	for k, v := range spec.Linux.Sysctl {
+		if podNetNS(spec) == "" || !isNetSysctl(k) {
+			sysctls[k] = v // the container's own value wins
+		}
+	}
+	l.Sysctl = nil
+	if len(sysctls) > 0 {
+		l.Sysctl = sysctls
+	}
 	s.Linux = &l
 	out, err := json.Marshal(&s)
 	if err != nil {
 		return nil, fmt.Errorf("guest spec: %w", err)
 	}
 	return out, nil
+}
+
+func isNetSysctl(k string) bool { return strings.HasPrefix(k, "net.") }
+
+// splitSysctls separates a pod spec's network sysctls, which the guest sets
+// for the pod's network, from the IPC ones, which go into each container.
+func splitSysctls(spec *specs.Spec) (network, other map[string]string) {
+	if spec.Linux == nil {
+		return nil, nil
+	}
+	for k, v := range spec.Linux.Sysctl {
+		m := &other
+		if isNetSysctl(k) {
+			m = &network
+		}
+		if *m == nil {
+			*m = map[string]string{}
+		}
+		(*m)[k] = v
+	}
+	return network, other
 }
 
 // podDNS reads the name servers and search domains from the resolv.conf the

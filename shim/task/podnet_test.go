@@ -31,6 +31,48 @@ func TestPodNetNS(t *testing.T) {
 	}
 }
 
+// A pod's sysctls: net.* were set in the guest for the pod network (and
+// leave container specs that drop the netns path), the sandbox's IPC ones
+// go into every container, whose own values win.
+func TestGuestSpecSysctls(t *testing.T) {
+	sandbox := specs.Spec{Linux: &specs.Linux{Sysctl: map[string]string{"net.core.somaxconn": "100", "kernel.shm_rmid_forced": "1"}}}
+	netSysctls, other := splitSysctls(&sandbox)
+	if !reflect.DeepEqual(netSysctls, map[string]string{"net.core.somaxconn": "100"}) || !reflect.DeepEqual(other, map[string]string{"kernel.shm_rmid_forced": "1"}) {
+		t.Fatalf("splitSysctls = %v, %v", netSysctls, other)
+	}
+	ctr := specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Linux: &specs.Linux{
+		Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/var/run/netns/p"}, {Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"}},
+		Sysctl:     map[string]string{"kernel.msgmax": "10000", "kernel.shm_rmid_forced": "0", "net.ipv4.ip_forward": "1"},
+	}}
+	raw, err := json.Marshal(&ctr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := guestSpec(raw, &ctr, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got specs.Spec
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"kernel.msgmax": "10000", "kernel.shm_rmid_forced": "0"}
+	if !reflect.DeepEqual(got.Linux.Sysctl, want) {
+		t.Errorf("container sysctls %v, want %v", got.Linux.Sysctl, want)
+	}
+	// Without namespace paths, only the pod's sysctls force a rewrite.
+	own := specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace}}}}
+	raw, _ = json.Marshal(&own)
+	out, err = guestSpec(raw, &own, map[string]string{"kernel.sem": "250 32000 32 128"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = specs.Spec{}
+	if err := json.Unmarshal(out, &got); err != nil || got.Linux.Sysctl["kernel.sem"] != "250 32000 32 128" {
+		t.Errorf("pod IPC sysctl not in a container without namespace paths: %v (%v)", got.Linux.Sysctl, err)
+	}
+}
+
 func TestGuestSpec(t *testing.T) {
 	own := specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace}}}}
 	pod := specs.Spec{Process: &specs.Process{Args: []string{"sh"}}, Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/p"}, {Type: specs.PIDNamespace}}}}
@@ -57,7 +99,7 @@ func TestGuestSpec(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := len(tt.spec.Linux.Namespaces)
-			out, err := guestSpec(raw, &tt.spec)
+			out, err := guestSpec(raw, &tt.spec, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

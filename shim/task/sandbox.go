@@ -58,6 +58,8 @@ type sandboxNet struct {
 	NetNS       string
 	DNSServers  []string
 	DNSSearches []string
+	// Sysctls are the pod's net.* sysctls, set in the guest.
+	Sysctls map[string]string
 }
 
 // vmRunDir is a short per-task directory under cfg.RunDir: socket paths must
@@ -136,6 +138,7 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 			qcfg.Network.TAPs = append(qcfg.Network.TAPs, qemu.TAPDevice{File: t.File, MAC: t.MAC})
 		}
 		sandboxReq.DnsServers, sandboxReq.DnsSearches = pnet.DNSServers, pnet.DNSSearches
+		sandboxReq.Sysctls = pnet.Sysctls
 		sandboxReq.Interfaces, sandboxReq.Routes = sb.pod.Interfaces(), sb.pod.Routes()
 	}
 	if sb.share, err = startShare(cfg, &qcfg, sandboxReq); err != nil {

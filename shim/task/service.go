@@ -60,7 +60,9 @@ type service struct {
 	mu      sync.Mutex
 	sandbox *sandbox
 	// podID names the VM: the CRI sandbox id, or the standalone task's id.
-	podID      string
+	podID string
+	// podSysctls are the CRI sandbox's IPC sysctls, set in each container.
+	podSysctls map[string]string
 	containers map[string]*container
 }
 
@@ -229,7 +231,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			hostname = r.ID[:min(len(r.ID), 63)]
 		}
 		pnet := sandboxNet{NetNS: podNetNS(spec)}
+		netSysctls, otherSysctls := splitSysctls(spec)
+		if kind == podSandbox {
+			s.podSysctls = otherSysctls
+		}
 		if pnet.NetNS != "" {
+			pnet.Sysctls = netSysctls
 			if pnet.DNSServers, pnet.DNSSearches, err = podDNS(spec); err != nil {
 				return nil, errgrpc.ToGRPC(err)
 			}
@@ -256,7 +263,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if _, err := client.PullImage(pullCtx, &agentapi.PullImageRequest{Image: image, Registry: registryOptions(cfg)}); err != nil {
 		return nil, fmt.Errorf("pull %s in the guest: %w", image, err)
 	}
-	guestRaw, err := guestSpec(raw, spec)
+	guestRaw, err := guestSpec(raw, spec, s.podSysctls)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
