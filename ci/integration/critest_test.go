@@ -244,7 +244,8 @@ func pushCritestImages(t *testing.T, registryHost string) {
 	pushVariant(e2e+"nginx:1.14-2", "var/www/index.html", "", web("80")...)
 	pushVariant(e2e+"httpd:2.4.39-4", "var/www/index.html", "", web("80")...)
 	pushVariant(staging+"hostnet-nginx-amd64:latest", "var/www/index.html", "", web("12003")...)
-	pushVariant("pause:3.9", "", "")
+	// Distinct from the busybox stand-in: critest counts the tags of one image.
+	pushVariant("pause:3.9", "pause", "")
 	for _, name := range []string{"test-image-1", "test-image-2", "test-image-3", "test-image-latest"} {
 		pushVariant(staging+name+":latest", name, "")
 	}
