@@ -158,7 +158,7 @@ func TestDefaultAttestationPolicy(t *testing.T) {
 		},
 		{
 			name: "unknown TEE stays contraindicated",
-			in: AppraisalInput{Tee: "snp", Claims: map[string]any{"snp": map[string]any{"measurement": "aa"}, "init_data": ""},
+			in: AppraisalInput{Tee: "cca", Claims: map[string]any{"cca": map[string]any{"measurement": "aa"}, "init_data": ""},
 				Reference: map[string][]string{"sample_svn": {"1"}}},
 			vector:    map[string]int{"hardware": 97, "configuration": 2},
 			status:    "contraindicated",

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,8 @@ import (
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/kbs/server"
 	"github.com/cloak-containers/cloak/kbs/tlscert"
+	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
+	"github.com/cloak-containers/cloak/kbs/verifier/snp"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -29,6 +32,9 @@ type options struct {
 	listen, dataDir, tlsCert, tlsKey, maxBody, logLevel string
 	adminKeys, tlsSANs                                  []string
 	insecureHTTP                                        bool
+	collateralDir, collateralCache, snpCRL              string
+	collateralOffline                                   bool
+	snpExtraRoots                                       []string
 	sessionTTL, tokenTTL                                time.Duration
 }
 
@@ -75,6 +81,11 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.tokenTTL, "token-ttl", 5*time.Minute, "lifetime of an attestation token")
 	f.StringVar(&o.maxBody, "max-body", "2MiB", "largest request body (bytes, or with KiB/MiB suffix)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.collateralDir, "collateral-dir", "", "offline attestation collateral (AMD KDS/Intel PCS files by URL path), consulted before the network")
+	f.StringVar(&o.collateralCache, "collateral-cache-dir", "", "on-disk cache of fetched collateral (default DATA_DIR/collateral-cache)")
+	f.BoolVar(&o.collateralOffline, "collateral-offline", false, "never fetch collateral from the network (air-gapped sites; needs --collateral-dir)")
+	f.StringVar(&o.snpCRL, "snp-crl", "require", "AMD CRL check: require, if-available or skip")
+	f.StringArrayVar(&o.snpExtraRoots, "snp-extra-root", nil, "PEM ASK+ARK of an extra (emulated-snp) root to trust; its evidence is marked emulated (repeatable)")
 	cmd.MarkFlagRequired("data-dir")
 	cmd.MarkFlagsRequiredTogether("tls-cert", "tls-key")
 	cmd.MarkFlagsMutuallyExclusive("insecure-http", "tls-cert")
@@ -120,9 +131,26 @@ func run(ctx context.Context, o options) error {
 	if len(keys) == 0 {
 		log.Warn("no --admin-public-key given: the admin API is disabled")
 	}
+	crlMode, err := snp.ParseCRLMode(o.snpCRL)
+	if err != nil {
+		return fmt.Errorf("--snp-crl: %w", err)
+	}
+	extraRoots, err := snp.LoadRoots(o.snpExtraRoots)
+	if err != nil {
+		return fmt.Errorf("--snp-extra-root: %w", err)
+	}
+	if len(extraRoots) > 0 {
+		log.Warn("trusting extra SNP roots: evidence chained to them is emulated and carries no hardware protection", "files", o.snpExtraRoots)
+	}
+	cacheDir := o.collateralCache
+	if cacheDir == "" {
+		cacheDir = filepath.Join(o.dataDir, "collateral-cache")
+	}
+	fetcher := collateral.New(collateral.Options{Dir: o.collateralDir, CacheDir: cacheDir, Offline: o.collateralOffline})
 	srv, err := server.New(server.Config{
 		DataDir: o.dataDir, AdminKeys: keys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
+		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
 	})
 	if err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 	"github.com/cloak-containers/cloak/kbs/token"
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	"github.com/cloak-containers/cloak/kbs/verifier/sample"
+	"github.com/cloak-containers/cloak/kbs/verifier/snp"
 	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/policy"
 )
@@ -40,6 +41,7 @@ type Config struct {
 	MaxSessions  int                 // default session.DefaultMaxSessions
 	Logger       *slog.Logger        // default: discard
 	Now          func() time.Time    // nil: time.Now
+	SNP          snp.Options         // SEV-SNP verifier: collateral fetcher, extra roots, CRL mode
 }
 
 // Server is a KBS.
@@ -108,6 +110,12 @@ func New(cfg Config) (*Server, error) {
 		metrics:   newMetrics(),
 	}
 	s.verifiers.Register(kbstypes.TeeSample, sample.Verifier{})
+	snpVerifier, err := snp.New(cfg.SNP)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("snp verifier: %w", err)
+	}
+	s.verifiers.Register(kbstypes.TeeSNP, snpVerifier)
 	if err := s.loadPolicies(); err != nil {
 		st.Close()
 		return nil, err
