@@ -78,7 +78,8 @@ func TestErrors(t *testing.T) {
 	}{
 		{"missing --kbs", []string{"get-token"}, `required flag(s) "kbs" not set`},
 		{"bad resource", []string{"get-resource", "--kbs", denied.URL, "kbs:///a/b"}, "want exactly three segments"},
-		{"unknown tee", []string{"evidence", "--tee", "snp"}, `unknown TEE "snp": this agent supports sample`},
+		{"unknown tee", []string{"evidence", "--tee", "cca"}, `unknown TEE "cca": this agent supports `},
+		{"no snp here", []string{"evidence", "--tee", "snp"}, "no SEV-SNP report source in this guest"},
 		{"bad output", []string{"evidence", "-o", "yaml"}, `--output "yaml": want text or json`},
 		{"untrusted cert", []string{"get-token", "--kbs", denied.URL}, "pass the KBS certificate with --kbs-cert"},
 		{"refused", []string{"get-token", "--kbs", closed.URL}, "cannot reach KBS at " + closed.URL},

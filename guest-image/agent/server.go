@@ -6,6 +6,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
+	"github.com/cloak-containers/cloak/guest-image/attester"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 )
 
@@ -165,6 +167,10 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		// The attestation agent lives as long as the sandbox, not this call.
 		aa, err := s.cfg.Attester.Start(context.WithoutCancel(ctx), req.GetInitdata(), s.log)
 		if err != nil {
+			var mismatch *attester.InitdataMismatchError
+			if errors.As(err, &mismatch) {
+				return nil, agentErr(codes.PermissionDenied, reasonInitdataMismatch, "sandbox %q: %v", req.GetSandboxId(), err)
+			}
 			return nil, agentErr(codes.FailedPrecondition, agentapi.ReasonAttestationAgent, "sandbox %q: start the attestation agent: %v", req.GetSandboxId(), err)
 		}
 		s.aa = aa

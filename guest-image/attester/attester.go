@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
 )
 
 const (
@@ -44,6 +46,7 @@ type Agent struct {
 type config struct {
 	binary, runDir string
 	spawn          Spawner
+	snp            snp.Paths // where to look for an SEV-SNP report source
 }
 
 // Spawner starts a command and returns how to wait for it. In the guest,
@@ -71,6 +74,12 @@ func start(ctx context.Context, initdata []byte, log *slog.Logger, cfg config) (
 	if err != nil {
 		return nil, err
 	}
+	// Nothing in initdata is used before the TEE says the host launched
+	// the guest with exactly this document.
+	tee, err := checkBinding(ctx, initdata, cfg.snp)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("attestation agent run directory: %w", err)
 	}
@@ -81,6 +90,9 @@ func start(ctx context.Context, initdata []byte, log *slog.Logger, cfg config) (
 		return nil, fmt.Errorf("write initdata: %w", err)
 	}
 	args := []string{"serve", "--kbs", doc.KBS.URL, "--initdata", initdataFile, "--socket", socket}
+	if tee != "" {
+		args = append(args, "--tee", tee)
+	}
 	if doc.KBS.Cert != "" {
 		certFile := filepath.Join(cfg.runDir, "kbs-cert.pem")
 		if err := os.WriteFile(certFile, []byte(doc.KBS.Cert), 0o600); err != nil {

@@ -141,7 +141,7 @@ func fakeConfig(t *testing.T, mode string) config {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return config{binary: exe, runDir: filepath.Join(dir, "run")}
+	return config{binary: exe, runDir: filepath.Join(dir, "run"), snp: noSNP(t)}
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -43,6 +43,7 @@ type sandbox struct {
 	client *agent.Client
 	pod    *network.Pod // nil on the user-mode network
 	share  *hostShare   // nil: no virtio-fs shared directory
+	sp     *emulatedSP  // nil unless tee = "emulated"
 }
 
 // vmState is what cleanup needs after the shim died.
@@ -111,6 +112,8 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 		Agent:   qemu.Agent{Kind: qemu.AgentVirtioSerial},
 		Network: qemu.Network{Kind: qemu.NetworkUser},
 		TEE:     vs.tee,
+		// tee = "emulated": the guest asks the emulated SNP SP on cloak.sp.
+		EmulatedSP: cfg.TEE == config.TEEEmulated,
 	}
 	sandboxReq := &agentapi.CreateSandboxRequest{
 		SandboxId: id, Hostname: hostname, Initdata: vs.initdata,
@@ -149,6 +152,11 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 	}
 	if err := writeVMState(bundle, vmState{QEMUPid: sb.vm.Pid(), RunDir: qcfg.RunDir, NetNS: pnet.NetNS}); err != nil {
 		return nil, err
+	}
+	if qcfg.EmulatedSP {
+		if sb.sp, err = startEmulatedSP(qcfg, vs.initdata, logger); err != nil {
+			return nil, err
+		}
 	}
 	vm := sb.vm
 
@@ -197,6 +205,7 @@ func (sb *sandbox) stop(ctx context.Context) error {
 	if sb.vm != nil {
 		errs = append(errs, sb.vm.Stop(ctx))
 	}
+	sb.sp.stop()
 	errs = append(errs, sb.share.close())
 	if sb.pod != nil {
 		errs = append(errs, sb.pod.Detach(ctx))

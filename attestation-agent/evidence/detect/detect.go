@@ -11,6 +11,8 @@ import (
 
 	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/tpm"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -22,6 +24,16 @@ type Options struct {
 
 var constructors = map[string]func(Options) (evidence.Provider, error){
 	kbstypes.TeeSample: func(o Options) (evidence.Provider, error) { return sample.New(o.SampleSVN), nil },
+	// snp: configfs-tsm, else /dev/sev-guest, else the emulated SP port.
+	kbstypes.TeeSNP: func(Options) (evidence.Provider, error) {
+		src, err := snp.Detect(snp.Paths{})
+		if err != nil {
+			return nil, err
+		}
+		return snp.New(src), nil
+	},
+	// tpm: /dev/tpmrm0, the kernel's TPM resource manager.
+	kbstypes.TeeTPM: func(Options) (evidence.Provider, error) { return tpm.New("") },
 }
 
 // Names lists the TEE names New accepts, sorted.

@@ -13,7 +13,9 @@ func TestNew(t *testing.T) {
 		wantErr string
 	}{
 		{kbstypes.TeeSample, ""},
-		{"snp", `unknown TEE "snp": this agent supports sample`},
+		{"tdx-typo", `unknown TEE "tdx-typo": this agent supports`},
+		// This machine is no SNP guest: the error says what was looked for.
+		{kbstypes.TeeSNP, "no SEV-SNP report source"},
 		{"", `unknown TEE ""`},
 	}
 	for _, tc := range tests {

@@ -115,6 +115,8 @@ func Args(cfg Config) ([]string, error) {
 	case AgentVsock:
 		a = append(a, "-device", "vhost-vsock-pci,id=vsock0,guest-cid="+strconv.FormatUint(uint64(cfg.Agent.CID), 10)+virtio)
 	}
+	a = append(a, spArgs(cfg)...)
+	a = append(a, tpmArgs(cfg)...)
 	if cfg.SharedFS.Dir != "" {
 		a = append(a,
 			"-chardev", "socket,id="+idFS+",path="+escape(cfg.VirtiofsdSocket()),

@@ -174,6 +174,12 @@ type Config struct {
 	Network  Network
 	TEE      TEE
 	SharedFS SharedFS
+	// EmulatedSP adds the virtio-serial port SPPortName bound to SPSocket,
+	// where the shim's emulated SEV-SNP secure processor answers report
+	// requests (tee "emulated"; never with a real TEE).
+	EmulatedSP bool
+	// TPM attaches a swtpm vTPM (StateDir empty: none).
+	TPM VTPM
 }
 
 // unixPathMax is sizeof(sockaddr_un.sun_path) minus the NUL on Linux.
@@ -250,7 +256,7 @@ func (c Config) validate() error {
 	if !filepath.IsAbs(c.RunDir) {
 		return fmt.Errorf("run dir %q is relative: use an absolute path", c.RunDir)
 	}
-	for _, s := range []string{c.QMPSocket(), c.AgentSocket(), c.VirtiofsdSocket()} {
+	for _, s := range []string{c.QMPSocket(), c.AgentSocket(), c.VirtiofsdSocket(), c.SPSocket(), c.SwtpmSocket()} {
 		if len(s) > unixPathMax {
 			return fmt.Errorf("socket path %q is %d bytes, over the unix socket limit of %d: use a shorter run dir", s, len(s), unixPathMax)
 		}
@@ -296,6 +302,12 @@ func (c Config) validate() error {
 		return fmt.Errorf("network %q is not supported: use %q, %q or %q", c.Network.Kind, NetworkNone, NetworkUser, NetworkTAP)
 	}
 	if err := c.validateSharedFS(); err != nil {
+		return err
+	}
+	if err := c.validateSP(); err != nil {
+		return err
+	}
+	if err := c.validateTPM(); err != nil {
 		return err
 	}
 	return c.validateTEE()

@@ -40,6 +40,7 @@ type VM struct {
 	log     *slog.Logger
 	qmp     *qmpClient
 	fs      *virtiofsd // nil without SharedFS
+	tpm     *swtpmProc // nil without a vTPM
 
 	exited  chan struct{} // closed once QEMU is reaped
 	waitErr error         // valid after exited is closed
@@ -99,15 +100,30 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*VM, error) {
 			return nil, err
 		}
 	}
+	var tpm *swtpmProc
+	if cfg.TPM.StateDir != "" {
+		// QEMU connects to swtpm's control socket while it starts.
+		if tpm, err = startSwtpm(ctx, cfg, logger); err != nil {
+			if fs != nil {
+				fs.stop()
+			}
+			_ = os.RemoveAll(cfg.RunDir)
+			return nil, err
+		}
+	}
 	vm, err := launch(ctx, cfg, binary, args, logger)
 	if err != nil {
 		if fs != nil {
 			fs.stop()
 		}
+		if tpm != nil {
+			tpm.stop()
+		}
 		_ = os.RemoveAll(cfg.RunDir)
 		return nil, err
 	}
 	vm.fs = fs
+	vm.tpm = tpm
 	return vm, nil
 }
 
@@ -338,6 +354,9 @@ func (vm *VM) Stop(ctx context.Context) error {
 	vm.qmp.close()
 	if vm.fs != nil {
 		vm.fs.stop()
+	}
+	if vm.tpm != nil {
+		vm.tpm.stop()
 	}
 	if err := os.RemoveAll(vm.cfg.RunDir); err != nil {
 		vm.stopErr = fmt.Errorf("remove qemu run dir: %w", err)

@@ -1,0 +1,206 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/verify"
+	"github.com/google/go-sev-guest/verify/trust"
+
+	"github.com/cloak-containers/cloak/measurements"
+	"github.com/cloak-containers/cloak/shim/emulatedsnp"
+	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
+)
+
+// emulatedInitdata names a KBS the guest never reaches in these tests
+// (cloak-aa serve contacts it only for keys).
+func emulatedInitdata(comment string) []byte {
+	return []byte(`# ` + comment + `
+version = "0.1.0"
+algorithm = "sha256"
+
+[data]
+"aa.toml" = '''
+[token_configs.kbs]
+url = "http://` + hostFromGuest + `:9"
+'''
+`)
+}
+
+// recorder keeps what the SP wrote to the guest.
+type recorder struct {
+	net.Conn
+	mu  sync.Mutex
+	out bytes.Buffer
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	r.out.Write(p)
+	r.mu.Unlock()
+	return r.Conn.Write(p)
+}
+
+func (r *recorder) answers() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Split(strings.TrimSpace(r.out.String()), "\n")
+}
+
+// bootEmulatedSNP boots the guest image with the cloak.sp port and serves an
+// emulated SP for it (HOST_DATA = sha256(launchInitdata)), recording the
+// SP's answers.
+func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte) (*qemu.VM, *recorder, []byte) {
+	t.Helper()
+	dir := guestImage(t)
+	kernel, initrd, cmdline := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir)
+	kb, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib, err := os.ReadFile(initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	measurement := measurements.EmulatedLaunchDigest(kb, ib, cmdline)
+	launch := emulatedsnp.Launch{HostData: emulatedsnp.HostDataFor(launchInitdata)}
+	copy(launch.Measurement[:], measurement)
+	sp, err := emulatedsnp.New(root, launch)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	run := filepath.Join(t.TempDir(), "vm")
+	console := filepath.Join(t.TempDir(), "console.log")
+	cfg := qemu.Config{
+		Machine: qemu.MachineQ35, Accel: qemu.AccelAuto, VCPUs: 2, MemoryMiB: 1024,
+		Kernel: kernel, Initrd: initrd, Cmdline: cmdline,
+		ConsoleLog: console, RunDir: run,
+		Agent:      qemu.Agent{Kind: qemu.AgentVirtioSerial},
+		Network:    qemu.Network{Kind: qemu.NetworkUser},
+		EmulatedSP: true,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vm, err := qemu.Start(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := vm.Pid()
+	conn, err := net.Dial("unix", cfg.SPSocket())
+	if err != nil {
+		vm.Stop(ctx)
+		t.Fatalf("connect to the SP port: %v", err)
+	}
+	rec := &recorder{Conn: conn}
+	served := make(chan error, 1)
+	go func() { served <- sp.Serve(rec) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := vm.Stop(ctx); err != nil {
+			t.Errorf("stop VM: %v", err)
+		}
+		conn.Close()
+		<-served
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("QEMU pid %d still exists after Stop", pid)
+		}
+		if t.Failed() {
+			if b, err := os.ReadFile(console); err == nil {
+				t.Logf("guest console:\n%s", tailLines(string(b), 60))
+			}
+		}
+	})
+	return vm, rec, measurement
+}
+
+// TestEmulatedSNP boots the guest with the emulated SP: CreateSandbox's
+// initdata check makes the guest request a report over cloak.sp, the report
+// it got verifies with go-sev-guest against the emulated root (and not
+// against AMD's), and binds the launch measurement, sha256(initdata) and the
+// guest's fresh report data. Initdata changed after launch is refused.
+func TestEmulatedSNP(t *testing.T) {
+	root, err := emulatedsnp.LoadOrCreate(filepath.Join(t.TempDir(), "emulated-snp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	amd := &trust.AMDRootCerts{ProductLine: emulatedsnp.ProductLine}
+	if err := amd.FromKDSCertBytes(root.RootPEM()); err != nil {
+		t.Fatal(err)
+	}
+	amd.ProductLine = emulatedsnp.ProductLine
+	trusted := &verify.Options{DisableCertFetching: true, Now: time.Now(),
+		TrustedRoots: map[string][]*trust.AMDRootCerts{emulatedsnp.ProductLine: {amd}}}
+
+	t.Run("matching initdata", func(t *testing.T) {
+		initdata := emulatedInitdata("launched")
+		vm, rec, measurement := bootEmulatedSNP(t, root, initdata)
+		c := connectAgent(t, vm)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if _, err := c.CreateSandbox(ctx, sandboxRequest(initdata)); err != nil {
+			t.Fatalf("CreateSandbox with the launch initdata: %v", err)
+		}
+		answers := rec.answers()
+		if len(answers) == 0 || !strings.HasPrefix(answers[0], "OK ") {
+			t.Fatalf("the guest asked the SP nothing (answers %q)", answers)
+		}
+		f := strings.Split(answers[0], " ")
+		if len(f) != 4 {
+			t.Fatalf("SP answer has %d fields", len(f))
+		}
+		report, err1 := base64.StdEncoding.DecodeString(f[2])
+		certs, err2 := base64.StdEncoding.DecodeString(f[3])
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		att, err := abi.ReportCertsToProto(append(report, certs...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := verify.SnpAttestation(att, trusted); err != nil {
+			t.Fatalf("the guest's report does not verify against the emulated root: %v", err)
+		}
+		if err := verify.SnpAttestation(att, &verify.Options{DisableCertFetching: true, Now: time.Now()}); err == nil {
+			t.Error("emulated report verified against AMD's roots")
+		}
+		r := att.GetReport()
+		hd := sha256.Sum256(initdata)
+		if !bytes.Equal(r.GetHostData(), hd[:]) || !bytes.Equal(r.GetMeasurement(), measurement) {
+			t.Errorf("host_data %x measurement %x, want %x %x", r.GetHostData(), r.GetMeasurement(), hd, measurement)
+		}
+		if bytes.Equal(r.GetReportData(), make([]byte, 64)) {
+			t.Error("the guest asked with all-zero report data; its check needs a fresh nonce")
+		}
+	})
+
+	t.Run("initdata changed after launch", func(t *testing.T) {
+		vm, rec, _ := bootEmulatedSNP(t, root, emulatedInitdata("launched"))
+		c := connectAgent(t, vm)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		_, err := c.CreateSandbox(ctx, sandboxRequest(emulatedInitdata("swapped by the host")))
+		if err == nil {
+			t.Fatal("the agent accepted initdata whose digest is not HOST_DATA")
+		}
+		if reasonOf(err) != "INITDATA_MISMATCH" || !strings.Contains(err.Error(), "HOST_DATA") {
+			t.Errorf("CreateSandbox = %v (reason %q), want INITDATA_MISMATCH naming HOST_DATA", err, reasonOf(err))
+		}
+		if a := rec.answers(); len(a) == 0 || !strings.HasPrefix(a[0], "OK ") {
+			t.Errorf("the refusal did not come from a report (SP answers %q)", a)
+		}
+	})
+}
