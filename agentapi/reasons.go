@@ -16,6 +16,7 @@ const (
 	ReasonRuntime          = "RUNTIME_FAILED"    // runc failed
 	ReasonPolicy           = "POLICY_DENIED"     // the agent policy refused the call
 	ReasonAttestationAgent = "ATTESTATION_AGENT" // cloak-aa could not be started or reached
+	ReasonInitdataMismatch = "INITDATA_MISMATCH" // the TEE report does not bind the initdata the host sent
 )
 
 // MaxMessageSize bounds any single message either side sends (OCI specs,

@@ -25,6 +25,8 @@ import (
 	"github.com/cloak-containers/cloak/kbs/tlscert"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
+	"github.com/cloak-containers/cloak/kbs/verifier/tdx"
+	"github.com/cloak-containers/cloak/kbs/verifier/tpm"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -35,6 +37,9 @@ type options struct {
 	collateralDir, collateralCache, snpCRL              string
 	collateralOffline                                   bool
 	snpExtraRoots                                       []string
+	tdxPCCSURL                                          string
+	tdxExtraRoots                                       []string
+	tpmTrustedAKs, tpmEKRoots, tpmEKIntermediates       string
 	sessionTTL, tokenTTL                                time.Duration
 }
 
@@ -86,6 +91,11 @@ func newCommand() *cobra.Command {
 	f.BoolVar(&o.collateralOffline, "collateral-offline", false, "never fetch collateral from the network (air-gapped sites; needs --collateral-dir)")
 	f.StringVar(&o.snpCRL, "snp-crl", "require", "AMD CRL check: require, if-available or skip")
 	f.StringArrayVar(&o.snpExtraRoots, "snp-extra-root", nil, "PEM ASK+ARK of an extra (emulated-snp) root to trust; its evidence is marked emulated (repeatable)")
+	f.StringVar(&o.tdxPCCSURL, "tdx-pccs-url", "", "fetch TDX collateral from this PCCS instead of Intel PCS (https://HOST:PORT)")
+	f.StringArrayVar(&o.tdxExtraRoots, "tdx-extra-root", nil, "PEM root of an extra (emulated-tdx) PCK chain to trust; its evidence is marked emulated (repeatable)")
+	f.StringVar(&o.tpmTrustedAKs, "tpm-trusted-aks", "", "directory of enrolled TPM attestation keys (*.pub, PEM); enables the tpm verifier")
+	f.StringVar(&o.tpmEKRoots, "tpm-ek-roots", "", "PEM roots the TPM's EK certificate must chain to (with --tpm-trusted-aks)")
+	f.StringVar(&o.tpmEKIntermediates, "tpm-ek-intermediates", "", "PEM intermediates of EK certificate chains")
 	cmd.MarkFlagRequired("data-dir")
 	cmd.MarkFlagsRequiredTogether("tls-cert", "tls-key")
 	cmd.MarkFlagsMutuallyExclusive("insecure-http", "tls-cert")
@@ -147,10 +157,26 @@ func run(ctx context.Context, o options) error {
 		cacheDir = filepath.Join(o.dataDir, "collateral-cache")
 	}
 	fetcher := collateral.New(collateral.Options{Dir: o.collateralDir, CacheDir: cacheDir, Offline: o.collateralOffline})
+	tdxOpts := tdx.Options{Collateral: fetcher, PCSBaseURL: o.tdxPCCSURL}
+	for _, path := range o.tdxExtraRoots {
+		roots, err := tdx.LoadRoots(path)
+		if err != nil {
+			return fmt.Errorf("--tdx-extra-root: %w", err)
+		}
+		tdxOpts.ExtraRoots = append(tdxOpts.ExtraRoots, roots...)
+	}
+	if len(tdxOpts.ExtraRoots) > 0 {
+		log.Warn("trusting extra TDX roots: evidence chained to them is emulated and carries no hardware protection", "files", o.tdxExtraRoots)
+	}
+	tpmCfg, err := tpmConfig(&o)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(server.Config{
 		DataDir: o.dataDir, AdminKeys: keys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
 		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
+		TDX: tdxOpts, TPM: tpmCfg,
 	})
 	if err != nil {
 		return err
@@ -218,4 +244,31 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// tpmConfig is the tpm verifier's configuration from the flags; nil (no
+// tpm verifier) without --tpm-trusted-aks.
+func tpmConfig(o *options) (*tpm.Config, error) {
+	if o.tpmTrustedAKs == "" {
+		if o.tpmEKRoots != "" || o.tpmEKIntermediates != "" {
+			return nil, errors.New("--tpm-ek-roots and --tpm-ek-intermediates need --tpm-trusted-aks (the enrolled attestation keys)")
+		}
+		return nil, nil
+	}
+	aks, err := tpm.LoadTrustedAKs(o.tpmTrustedAKs)
+	if err != nil {
+		return nil, fmt.Errorf("--tpm-trusted-aks: %w", err)
+	}
+	cfg := &tpm.Config{TrustedAKs: aks}
+	if o.tpmEKRoots != "" {
+		if cfg.EKRoots, err = tpm.LoadCertPool(o.tpmEKRoots); err != nil {
+			return nil, fmt.Errorf("--tpm-ek-roots: %w", err)
+		}
+	}
+	if o.tpmEKIntermediates != "" {
+		if cfg.EKIntermediates, err = tpm.LoadCertPool(o.tpmEKIntermediates); err != nil {
+			return nil, fmt.Errorf("--tpm-ek-intermediates: %w", err)
+		}
+	}
+	return cfg, nil
 }

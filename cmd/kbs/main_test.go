@@ -81,3 +81,36 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifierFlags: the TDX and TPM verifier settings refuse unusable
+// input with the flag's name, before anything listens.
+func TestVerifierFlags(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	emptyAKs := t.TempDir()
+	tests := []struct {
+		name string
+		o    options
+		want string
+	}{
+		{"ek roots without aks", options{tpmEKRoots: notPEM}, "need --tpm-trusted-aks"},
+		{"no enrolled ak", options{tpmTrustedAKs: emptyAKs}, "--tpm-trusted-aks: trusted AK directory"},
+		{"tdx root not pem", options{tdxExtraRoots: []string{notPEM}}, "--tdx-extra-root: " + notPEM + " holds no PEM certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := tt.o
+			o.dataDir, o.listen, o.snpCRL, o.maxBody, o.logLevel = t.TempDir(), "127.0.0.1:0", "require", "1MiB", "error"
+			err := run(t.Context(), o)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("run: %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+	if c, err := tpmConfig(&options{}); c != nil || err != nil {
+		t.Errorf("no tpm flags: %v, %v; want no tpm verifier", c, err)
+	}
+}

@@ -78,18 +78,10 @@ func verifyTPMEvidence(ctx context.Context, in evidenceInput) (map[string]any, e
 
 // loadPool reads PEM certificates; a missing file gives a nil pool.
 func loadPool(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	return pool, nil
+	return tpm.LoadCertPool(path)
 }
 
 func dirExists(path string) bool {

@@ -12,11 +12,6 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/pull"
 )
 
-// reasonInitdataMismatch: the TEE report's HOST_DATA is not the digest of
-// the initdata in CreateSandbox. It belongs in agentapi's reasons (as
-// agentapi.ReasonInitdataMismatch) so the shim can branch on it.
-const reasonInitdataMismatch = "INITDATA_MISMATCH"
-
 // agentErr builds the agent's gRPC error: a status code for generic
 // clients, and an ErrorInfo with one of agentapi's reasons for the shim,
 // which branches on the reason and shows the message to users.

@@ -169,7 +169,7 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		if err != nil {
 			var mismatch *attester.InitdataMismatchError
 			if errors.As(err, &mismatch) {
-				return nil, agentErr(codes.PermissionDenied, reasonInitdataMismatch, "sandbox %q: %v", req.GetSandboxId(), err)
+				return nil, agentErr(codes.PermissionDenied, agentapi.ReasonInitdataMismatch, "sandbox %q: %v", req.GetSandboxId(), err)
 			}
 			return nil, agentErr(codes.FailedPrecondition, agentapi.ReasonAttestationAgent, "sandbox %q: start the attestation agent: %v", req.GetSandboxId(), err)
 		}

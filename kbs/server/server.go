@@ -24,6 +24,8 @@ import (
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	"github.com/cloak-containers/cloak/kbs/verifier/sample"
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
+	"github.com/cloak-containers/cloak/kbs/verifier/tdx"
+	"github.com/cloak-containers/cloak/kbs/verifier/tpm"
 	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/policy"
 )
@@ -42,6 +44,8 @@ type Config struct {
 	Logger       *slog.Logger        // default: discard
 	Now          func() time.Time    // nil: time.Now
 	SNP          snp.Options         // SEV-SNP verifier: collateral fetcher, extra roots, CRL mode
+	TDX          tdx.Options         // TDX verifier; registered only with a collateral fetcher
+	TPM          *tpm.Config         // vTPM verifier; registered only when set (it needs enrolled AKs)
 }
 
 // Server is a KBS.
@@ -116,6 +120,22 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("snp verifier: %w", err)
 	}
 	s.verifiers.Register(kbstypes.TeeSNP, snpVerifier)
+	if cfg.TDX.Collateral != nil {
+		tdxVerifier, err := tdx.New(cfg.TDX)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("tdx verifier: %w", err)
+		}
+		s.verifiers.Register(kbstypes.TeeTDX, tdxVerifier)
+	}
+	if cfg.TPM != nil {
+		tpmVerifier, err := tpm.New(*cfg.TPM)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("tpm verifier: %w", err)
+		}
+		s.verifiers.Register(kbstypes.TeeTPM, tpmVerifier)
+	}
 	if err := s.loadPolicies(); err != nil {
 		st.Close()
 		return nil, err

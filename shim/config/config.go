@@ -61,6 +61,19 @@ type Config struct {
 	SharedFS string `toml:"shared_fs"`
 	// Virtiofsd is the virtio-fs daemon for SharedFS = "virtio-fs".
 	Virtiofsd string `toml:"virtiofsd"`
+	// EmulatedSNPDir holds the machine's test-only emulated SEV-SNP chain
+	// (ARK, ASK, VCEK and its key) for tee = "emulated"; created on first
+	// use. Its cert_chain.pem is what a KBS is told to trust
+	// (kbs --snp-extra-root).
+	EmulatedSNPDir string `toml:"emulated_snp_dir"`
+	// VTPM attaches a software TPM (swtpm on the host) to every VM: for CI
+	// and guests without a TEE; it proves nothing against the host.
+	VTPM bool `toml:"vtpm"`
+	// VTPMStateDir holds one TPM state per VM (removed with the VM).
+	VTPMStateDir string `toml:"vtpm_state_dir"`
+	// VTPMSetupConfig is swtpm_setup's --config (the local CA that signs
+	// EK certificates); empty: the system's /etc/swtpm_setup.conf.
+	VTPMSetupConfig string `toml:"vtpm_setup_config"`
 	// AllowedAnnotations lists the pod annotations (short names: initdata,
 	// vcpus, memory) a pod may use to change its VM; any other io.cloak.*
 	// annotation is refused.
@@ -86,6 +99,12 @@ const (
 
 // DefaultVirtiofsd is where distributions install virtiofsd.
 const DefaultVirtiofsd = "/usr/libexec/virtiofsd"
+
+// Default directories of the emulated SNP chain and the vTPM states.
+const (
+	DefaultEmulatedSNPDir = "/var/lib/cloak/emulated-snp"
+	DefaultVTPMStateDir   = "/var/lib/cloak/vtpm"
+)
 
 // Annotation short names of allowed_annotations.
 const (
@@ -198,6 +217,12 @@ func (c Config) WithDefaults() Config {
 	if c.Virtiofsd == "" {
 		c.Virtiofsd = DefaultVirtiofsd
 	}
+	if c.EmulatedSNPDir == "" {
+		c.EmulatedSNPDir = DefaultEmulatedSNPDir
+	}
+	if c.VTPMStateDir == "" {
+		c.VTPMStateDir = DefaultVTPMStateDir
+	}
 	return c
 }
 
@@ -245,6 +270,9 @@ func (c Config) validate() error {
 	default:
 		return fmt.Errorf("shared_fs %q: want none or virtio-fs", c.SharedFS)
 	}
+	if c.VTPM && (c.TEE == TEESNP || c.TEE == TEETDX) {
+		return fmt.Errorf("vtpm with tee %q: a host-run TPM adds nothing to hardware evidence; set vtpm = false", c.TEE)
+	}
 	for _, a := range c.AllowedAnnotations {
 		switch a {
 		case AnnotationInitdata, AnnotationVCPUs, AnnotationMemory:
@@ -268,6 +296,7 @@ func (c Config) validate() error {
 		{"image_dir", c.ImageDir}, {"run_dir", c.RunDir}, {"console_log_dir", c.ConsoleLogDir},
 		{"kernel", c.Kernel}, {"initrd", c.Initrd}, {"firmware", c.Firmware}, {"virtiofsd", c.Virtiofsd},
 		{"[kbs] ca_file", c.KBS.CAFile}, {"[kbs] initdata_file", c.KBS.InitdataFile},
+		{"emulated_snp_dir", c.EmulatedSNPDir}, {"vtpm_state_dir", c.VTPMStateDir}, {"vtpm_setup_config", c.VTPMSetupConfig},
 	} {
 		if d.dir != "" && !filepath.IsAbs(d.dir) {
 			return fmt.Errorf("%s %q: want an absolute path", d.key, d.dir)

@@ -18,7 +18,7 @@ func TestParse(t *testing.T) {
 			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
 			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
 			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
-			SharedFS: "none", Virtiofsd: DefaultVirtiofsd,
+			SharedFS: "none", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
 		}},
 		{name: "every key", doc: `
 image_dir = "/img"
@@ -42,7 +42,7 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 `, want: Config{
 			ImageDir: "/img", Accel: "tcg", VCPUs: 2, MemoryMiB: 1024, RunDir: "/r", ConsoleLogDir: "/logs",
 			AgentTimeoutSeconds: 30, TEE: "emulated", Kernel: "/k", Initrd: "/i", Firmware: "/usr/share/ovmf/OVMF.fd",
-			SharedFS: "none", Virtiofsd: DefaultVirtiofsd,
+			SharedFS: "none", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
 			AllowedAnnotations: []string{"initdata", "vcpus", "memory"},
 			KBS:                KBS{URL: "https://10.88.0.1:8080", CAFile: "/etc/cloak/kbs-ca.pem"},
 			Registry: Registry{
@@ -61,9 +61,11 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
 			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
 			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
-			SharedFS: "virtio-fs", Virtiofsd: DefaultVirtiofsd,
+			SharedFS: "virtio-fs", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
 		}},
 		{name: "bad shared fs", doc: `shared_fs = "9p"`, wantErr: "shared_fs"},
+		{name: "vtpm with hardware tee", doc: "tee = \"snp\"\nvtpm = true", wantErr: "vtpm"},
+		{name: "relative vtpm dir", doc: "vtpm = true\nvtpm_state_dir = \"v\"", wantErr: "vtpm_state_dir"},
 		{name: "unknown annotation", doc: `allowed_annotations = ["kernel"]`, wantErr: "allowed_annotations"},
 		{name: "initdata file and url", doc: "[kbs]\nurl = \"https://k\"\ninitdata_file = \"/i\"", wantErr: "initdata_file"},
 		{name: "ca without url", doc: "[kbs]\nca_file = \"/ca.pem\"", wantErr: "without url"},

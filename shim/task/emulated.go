@@ -13,10 +13,6 @@ import (
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
 
-// emulatedSNPDir holds this machine's test-only SP chain (tee "emulated").
-// A variable so that unit tests can point it elsewhere.
-var emulatedSNPDir = emulatedsnp.DefaultDir
-
 // emulatedSP is the emulated SEV-SNP secure processor of one VM, serving
 // the guest's report requests on the VM's cloak.sp port.
 type emulatedSP struct {
@@ -30,8 +26,9 @@ type emulatedSP struct {
 // hashed from the files QEMU is given; one swapped between hashing and
 // QEMU's read would go unnoticed, which is one reason the evidence is only
 // ever "emulated".
-func startEmulatedSP(qcfg qemu.Config, initdata []byte, logger *slog.Logger) (*emulatedSP, error) {
-	root, err := emulatedsnp.LoadOrCreate(emulatedSNPDir)
+// chainDir holds the machine's test-only chain (config emulated_snp_dir).
+func startEmulatedSP(qcfg qemu.Config, chainDir string, initdata []byte, logger *slog.Logger) (*emulatedSP, error) {
+	root, err := emulatedsnp.LoadOrCreate(chainDir)
 	if err != nil {
 		return nil, fmt.Errorf("emulated SNP: %w", err)
 	}
@@ -55,7 +52,7 @@ func startEmulatedSP(qcfg qemu.Config, initdata []byte, logger *slog.Logger) (*e
 		defer close(e.done)
 		sp.Run(ctx, qcfg.SPSocket(), func(format string, args ...any) { logger.Warn(fmt.Sprintf(format, args...)) })
 	}()
-	logger.Info("emulated SNP secure processor serving", "socket", qcfg.SPSocket(), "measurement", fmt.Sprintf("%x", launch.Measurement), "chain", emulatedSNPDir)
+	logger.Info("emulated SNP secure processor serving", "socket", qcfg.SPSocket(), "measurement", fmt.Sprintf("%x", launch.Measurement), "chain", chainDir)
 	return e, nil
 }
 

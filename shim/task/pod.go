@@ -252,8 +252,9 @@ func readBounded(path string, limit int64) ([]byte, error) {
 }
 
 // teeFor maps the handler's tee to QEMU's. emulated runs an ordinary VM
-// whose guest attests with the sample TEE (an emulated SEV-SNP comes with
-// real evidence support). SNP and TDX bind the initdata digest into the
+// with the emulated SEV-SNP secure processor on its cloak.sp port
+// (sandbox.go, emulated.go): the guest attests as snp, with HOST_DATA the
+// sha256 of the initdata. SNP and TDX bind the initdata digest into the
 // launch: HOST_DATA is sha256, MRCONFIGID sha384 of the document.
 func teeFor(cfg config.Config, initdata []byte) (qemu.TEE, error) {
 	switch cfg.TEE {

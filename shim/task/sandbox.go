@@ -43,14 +43,17 @@ type sandbox struct {
 	client *agent.Client
 	pod    *network.Pod // nil on the user-mode network
 	share  *hostShare   // nil: no virtio-fs shared directory
-	sp     *emulatedSP  // nil unless tee = "emulated"
+	// vtpmDir is the VM's swtpm state, removed with the VM ("" = no vTPM).
+	vtpmDir string
+	sp      *emulatedSP // nil unless tee = "emulated"
 }
 
 // vmState is what cleanup needs after the shim died.
 type vmState struct {
 	QEMUPid int    `json:"qemu_pid"`
 	RunDir  string `json:"run_dir"`
-	NetNS   string `json:"netns,omitempty"` // the pod netns holding our TAPs
+	NetNS   string `json:"netns,omitempty"`    // the pod netns holding our TAPs
+	VTPMDir string `json:"vtpm_dir,omitempty"` // the VM's swtpm state
 }
 
 // sandboxNet is the network the VM joins: the pod network namespace (and
@@ -114,6 +117,7 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 		TEE:     vs.tee,
 		// tee = "emulated": the guest asks the emulated SNP SP on cloak.sp.
 		EmulatedSP: cfg.TEE == config.TEEEmulated,
+		TPM:        vtpmFor(cfg, ns, id),
 	}
 	sandboxReq := &agentapi.CreateSandboxRequest{
 		SandboxId: id, Hostname: hostname, Initdata: vs.initdata,
@@ -130,7 +134,7 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 	if pnet.NetNS != "" {
 		// Recorded before the TAPs exist: a shim killed from here on
 		// leaves them to `containerd-shim-cloak-v2 delete`.
-		if err := writeVMState(bundle, vmState{RunDir: qcfg.RunDir, NetNS: pnet.NetNS}); err != nil {
+		if err := writeVMState(bundle, vmState{RunDir: qcfg.RunDir, NetNS: pnet.NetNS, VTPMDir: qcfg.TPM.StateDir}); err != nil {
 			return nil, err
 		}
 		if sb.pod, err = network.Attach(ctx, pnet.NetNS, logger); err != nil {
@@ -147,14 +151,15 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 	if sb.share, err = startShare(cfg, &qcfg, sandboxReq); err != nil {
 		return nil, err
 	}
+	sb.vtpmDir = qcfg.TPM.StateDir
 	if sb.vm, err = qemu.Start(ctx, qcfg, logger); err != nil {
 		return nil, err
 	}
-	if err := writeVMState(bundle, vmState{QEMUPid: sb.vm.Pid(), RunDir: qcfg.RunDir, NetNS: pnet.NetNS}); err != nil {
+	if err := writeVMState(bundle, vmState{QEMUPid: sb.vm.Pid(), RunDir: qcfg.RunDir, NetNS: pnet.NetNS, VTPMDir: qcfg.TPM.StateDir}); err != nil {
 		return nil, err
 	}
 	if qcfg.EmulatedSP {
-		if sb.sp, err = startEmulatedSP(qcfg, vs.initdata, logger); err != nil {
+		if sb.sp, err = startEmulatedSP(qcfg, cfg.EmulatedSNPDir, vs.initdata, logger); err != nil {
 			return nil, err
 		}
 	}
@@ -174,6 +179,16 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 		return nil, fmt.Errorf("create sandbox in guest: %w", err)
 	}
 	return sb, nil
+}
+
+// vtpmFor is the VM's software TPM when the handler has vtpm = true: a
+// state of its own under vtpm_state_dir, made by swtpm_setup at start (an
+// EK certified by the configured local CA) and removed with the VM.
+func vtpmFor(cfg config.Config, ns, id string) qemu.VTPM {
+	if !cfg.VTPM {
+		return qemu.VTPM{}
+	}
+	return qemu.VTPM{StateDir: filepath.Join(cfg.VTPMStateDir, filepath.Base(vmRunDir(cfg, ns, id))), SetupConfig: cfg.VTPMSetupConfig}
 }
 
 // registryOptions turns the config's registry section into the agent's.
@@ -207,6 +222,10 @@ func (sb *sandbox) stop(ctx context.Context) error {
 	}
 	sb.sp.stop()
 	errs = append(errs, sb.share.close())
+	if sb.vtpmDir != "" {
+		// The launcher stopped swtpm with QEMU; the state is this VM's.
+		errs = append(errs, os.RemoveAll(sb.vtpmDir))
+	}
 	if sb.pod != nil {
 		errs = append(errs, sb.pod.Detach(ctx))
 	}
@@ -239,6 +258,12 @@ func cleanupVM(bundle string) error {
 	}
 	if err := os.RemoveAll(st.RunDir); err != nil {
 		return fmt.Errorf("remove vm run dir: %w", err)
+	}
+	// swtpm ends (--terminate) when the QEMU it served is gone.
+	if st.VTPMDir != "" && filepath.IsAbs(st.VTPMDir) {
+		if err := os.RemoveAll(st.VTPMDir); err != nil {
+			return fmt.Errorf("remove vm vTPM state: %w", err)
+		}
 	}
 	// A netns that is gone (CNI DEL already removed it) took the TAPs along.
 	if st.NetNS != "" {

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/google/go-tdx-guest/abi"
@@ -347,3 +348,28 @@ func quoteClaims(q *pb.QuoteV4) map[string]any {
 }
 
 func malformed(err error) error { return verifier.MalformedEvidence(kbstypes.TeeTDX, err) }
+
+// LoadRoots reads the PEM certificates in path (extra roots of emulated-tdx
+// platforms, Options.ExtraRoots).
+func LoadRoots(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for rest := b; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return out, nil
+}

@@ -425,3 +425,17 @@ func EvidenceAK(evidence []byte) (crypto.PublicKey, error) {
 	}
 	return p.akPub, nil
 }
+
+// LoadCertPool reads the PEM certificates in path (EK roots or
+// intermediates, Config.EKRoots and EKIntermediates).
+func LoadCertPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
+}
