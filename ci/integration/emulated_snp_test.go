@@ -75,7 +75,11 @@ func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte
 		t.Fatal(err)
 	}
 	measurement := measurements.EmulatedLaunchDigest(kb, ib, cmdline)
-	launch := emulatedsnp.Launch{HostData: emulatedsnp.HostDataFor(launchInitdata)}
+	hostData, err := emulatedsnp.HostDataFor(launchInitdata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	launch := emulatedsnp.Launch{HostData: hostData}
 	copy(launch.Measurement[:], measurement)
 	sp, err := emulatedsnp.New(root, launch)
 	if err != nil {

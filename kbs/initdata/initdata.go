@@ -5,10 +5,7 @@
 package initdata
 
 import (
-	"crypto/sha256"
-	"crypto/sha512"
 	"fmt"
-	"hash"
 
 	"github.com/pelletier/go-toml/v2"
 
@@ -16,10 +13,10 @@ import (
 )
 
 // MaxBodySize bounds the init-data document.
-const MaxBodySize = 256 << 10
+const MaxBodySize = kbstypes.MaxInitdataSize
 
 // DefaultAlgorithm is used when the document names none.
-const DefaultAlgorithm = "sha384"
+const DefaultAlgorithm = kbstypes.DefaultInitdataAlgorithm
 
 // Doc is a parsed init-data document.
 type Doc struct {
@@ -47,20 +44,9 @@ func Parse(in *kbstypes.InitData) (*Doc, error) {
 	if err := toml.Unmarshal([]byte(in.Body), &d); err != nil {
 		return nil, fmt.Errorf("init-data body is not valid TOML: %w", err)
 	}
-	if d.Algorithm == "" {
-		d.Algorithm = DefaultAlgorithm
+	alg, digest, err := kbstypes.InitdataDigest([]byte(in.Body))
+	if err != nil {
+		return nil, fmt.Errorf("init-data: %w", err)
 	}
-	var h hash.Hash
-	switch d.Algorithm {
-	case "sha256":
-		h = sha256.New()
-	case "sha384":
-		h = sha512.New384()
-	case "sha512":
-		h = sha512.New()
-	default:
-		return nil, fmt.Errorf("init-data algorithm %q not supported (use sha256, sha384 or sha512)", d.Algorithm)
-	}
-	h.Write([]byte(in.Body))
-	return &Doc{Version: d.Version, Algorithm: d.Algorithm, Data: d.Data, Digest: h.Sum(nil)}, nil
+	return &Doc{Version: d.Version, Algorithm: alg, Data: d.Data, Digest: digest}, nil
 }

@@ -3,7 +3,7 @@ package emulatedsnp
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -71,7 +71,11 @@ func testLaunch() Launch {
 	for i := range l.Measurement {
 		l.Measurement[i] = byte(i)
 	}
-	l.HostData = HostDataFor([]byte("version = \"0.1.0\"\n"))
+	hd, err := HostDataFor([]byte("version = \"0.1.0\"\n"))
+	if err != nil {
+		panic(err)
+	}
+	l.HostData = hd
 	return l
 }
 
@@ -111,9 +115,11 @@ func TestReportVerifiesAgainstGeneratedRoot(t *testing.T) {
 			t.Errorf("%s = %x, want %x", c.name, c.got, c.want)
 		}
 	}
-	sum := sha256.Sum256([]byte("version = \"0.1.0\"\n"))
-	if !bytes.Equal(r.GetHostData(), sum[:]) {
-		t.Errorf("host_data is not sha256(initdata)")
+	// A document without an algorithm is sha384 (CoCo's default), whose
+	// first 32 bytes are HOST_DATA.
+	sum := sha512.Sum384([]byte("version = \"0.1.0\"\n"))
+	if !bytes.Equal(r.GetHostData(), sum[:32]) {
+		t.Errorf("host_data is not the initdata's sha384 fitted to 32 bytes")
 	}
 	if r.GetVersion() != ReportVersion || r.GetPolicy() != GuestPolicy || r.GetVmpl() != 0 || r.GetPlatformInfo() != PlatformInfo {
 		t.Errorf("fixed fields: version %d policy %#x vmpl %d platform %#x", r.GetVersion(), r.GetPolicy(), r.GetVmpl(), r.GetPlatformInfo())

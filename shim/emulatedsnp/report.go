@@ -3,11 +3,12 @@ package emulatedsnp
 import (
 	"crypto/ecdsa"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/sha512"
 	"fmt"
 
 	"github.com/google/go-sev-guest/abi"
+
+	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	"github.com/google/uuid"
@@ -43,17 +44,25 @@ type Launch struct {
 	// Measurement is the launch digest of the boot artifacts actually
 	// started (measurements.EmulatedLaunchDigest).
 	Measurement [abi.MeasurementSize]byte
-	// HostData is sha256 of the initdata document (zero without one).
+	// HostData binds the initdata document (zero without one).
 	HostData [abi.HostDataSize]byte
 }
 
-// HostDataFor returns HOST_DATA for an initdata document: its sha256, or
-// zeros when there is none (as QEMU leaves host-data unset).
-func HostDataFor(initdata []byte) [abi.HostDataSize]byte {
+// HostDataFor returns HOST_DATA for an initdata document: its digest under
+// its own algorithm, fitted to 32 bytes as CoCo's initdata specification
+// says (kbstypes.InitdataDigest, FitDigest), or zeros when there is none
+// (as QEMU leaves host-data unset).
+func HostDataFor(initdata []byte) ([abi.HostDataSize]byte, error) {
+	var hd [abi.HostDataSize]byte
 	if len(initdata) == 0 {
-		return [abi.HostDataSize]byte{}
+		return hd, nil
 	}
-	return sha256.Sum256(initdata)
+	_, digest, err := kbstypes.InitdataDigest(initdata)
+	if err != nil {
+		return hd, err
+	}
+	copy(hd[:], kbstypes.FitDigest(digest, abi.HostDataSize))
+	return hd, nil
 }
 
 // SP is the emulated secure processor of one VM.

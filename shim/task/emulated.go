@@ -40,7 +40,11 @@ func startEmulatedSP(qcfg qemu.Config, chainDir string, initdata []byte, logger 
 	if err != nil {
 		return nil, fmt.Errorf("emulated SNP launch measurement: %w", err)
 	}
-	launch := emulatedsnp.Launch{HostData: emulatedsnp.HostDataFor(initdata)}
+	hostData, err := emulatedsnp.HostDataFor(initdata)
+	if err != nil {
+		return nil, fmt.Errorf("emulated SNP HOST_DATA: %w", err)
+	}
+	launch := emulatedsnp.Launch{HostData: hostData}
 	copy(launch.Measurement[:], measurements.EmulatedLaunchDigestFromHashes(kernel, initrd, sha512.Sum384([]byte(qcfg.Cmdline))))
 	sp, err := emulatedsnp.New(root, launch)
 	if err != nil {

@@ -3,8 +3,6 @@ package task
 import (
 	"bytes"
 	"compress/gzip"
-	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/shim/config"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
@@ -161,6 +160,13 @@ func vmSettingsFor(cfg config.Config, annotations map[string]string) (vmSettings
 			return vs, err
 		}
 	}
+	if vs.initdata != nil {
+		// The guest, the KBS and the TEE launch all digest it: refuse
+		// one they cannot read now, with the reason.
+		if _, _, err := kbstypes.InitdataDigest(vs.initdata); err != nil {
+			return vs, fmt.Errorf("pod initdata: %w: %w", err, errdefs.ErrInvalidArgument)
+		}
+	}
 	var err error
 	vs.tee, err = teeFor(cfg, vs.initdata)
 	return vs, err
@@ -255,19 +261,23 @@ func readBounded(path string, limit int64) ([]byte, error) {
 // with the emulated SEV-SNP secure processor on its cloak.sp port
 // (sandbox.go, emulated.go): the guest attests as snp, with HOST_DATA the
 // sha256 of the initdata. SNP and TDX bind the initdata digest into the
-// launch: HOST_DATA is sha256, MRCONFIGID sha384 of the document.
+// launch: the document's digest under its own algorithm
+// (kbstypes.InitdataDigest), fitted to HOST_DATA's 32 or MRCONFIGID's 48
+// bytes.
 func teeFor(cfg config.Config, initdata []byte) (qemu.TEE, error) {
 	switch cfg.TEE {
 	case config.TEESNP, config.TEETDX:
 		if initdata == nil {
 			return qemu.TEE{}, fmt.Errorf("tee %q needs initdata to bind into the launch measurement: set [kbs] url or initdata_file in the handler's configuration", cfg.TEE)
 		}
-		if cfg.TEE == config.TEESNP {
-			d := sha256.Sum256(initdata)
-			return qemu.TEE{Kind: qemu.TEESNP, InitdataDigest: d[:]}, nil
+		_, digest, err := kbstypes.InitdataDigest(initdata)
+		if err != nil {
+			return qemu.TEE{}, err
 		}
-		d := sha512.Sum384(initdata)
-		return qemu.TEE{Kind: qemu.TEETDX, InitdataDigest: d[:]}, nil
+		if cfg.TEE == config.TEESNP {
+			return qemu.TEE{Kind: qemu.TEESNP, InitdataDigest: kbstypes.FitDigest(digest, 32)}, nil
+		}
+		return qemu.TEE{Kind: qemu.TEETDX, InitdataDigest: kbstypes.FitDigest(digest, 48)}, nil
 	}
 	return qemu.TEE{Kind: qemu.TEENone}, nil
 }

@@ -3,7 +3,6 @@ package task
 import (
 	"bytes"
 	"compress/gzip"
-	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
 	"errors"
@@ -169,10 +168,11 @@ func TestDefaultInitdataFromKBS(t *testing.T) {
 	if doc.Version != "0.1.0" || aa.TokenConfigs.KBS.URL != cfg.KBS.URL || aa.TokenConfigs.KBS.Cert != pem {
 		t.Errorf("initdata %+v, aa.toml %+v", doc, aa)
 	}
-	// SNP binds sha256 of the document into HOST_DATA.
-	want := sha256.Sum256(vs.initdata)
-	if vs.tee.Kind != qemu.TEESNP || !bytes.Equal(vs.tee.InitdataDigest, want[:]) {
-		t.Errorf("tee %+v, want snp with sha256 of the initdata", vs.tee)
+	// SNP binds the document's digest (sha384, its algorithm) fitted to
+	// HOST_DATA's 32 bytes.
+	want := sha512.Sum384(vs.initdata)
+	if vs.tee.Kind != qemu.TEESNP || !bytes.Equal(vs.tee.InitdataDigest, want[:32]) {
+		t.Errorf("tee %+v, want snp with the initdata's sha384 fitted to 32 bytes", vs.tee)
 	}
 
 	cfg.TEE = config.TEETDX
@@ -192,6 +192,11 @@ func TestDefaultInitdataFromKBS(t *testing.T) {
 		t.Errorf("pod initdata: %q, %v", vs.initdata, err)
 	}
 
+	// An initdata the KBS and the guest could not digest is refused now.
+	cfg.AllowedAnnotations = []string{"initdata"}
+	if _, err := vmSettingsFor(cfg, map[string]string{AnnotationInitdata: b64("algorithm = \"md5\"\n")}); err == nil || !strings.Contains(err.Error(), "not supported") {
+		t.Errorf("initdata with an unknown algorithm: %v", err)
+	}
 	if _, err := vmSettingsFor(config.Config{KBS: config.KBS{URL: "https://k", CAFile: filepath.Join(dir, "missing.pem")}}, nil); err == nil || !strings.Contains(err.Error(), "ca_file") {
 		t.Errorf("missing CA file: %v", err)
 	}
