@@ -6,8 +6,9 @@
 #   - qemu-system-x86 from bookworm-backports
 #   - kmod (depmod indexes the guest kernel's modules), gcc + libseccomp-dev
 #     (runc is linked statically with libseccomp and glibc), busybox-static
-#     (test images), ca-certificates (the guest's CA bundle); apt-get and dpkg
-#     (kernel download and unpacking) come with Debian
+#     (test images), ca-certificates (the guest's CA bundle), swtpm +
+#     swtpm-tools (the vTPM: swtpm, swtpm_setup and its local EK CA); apt-get
+#     and dpkg (kernel download and unpacking) come with Debian
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -65,7 +66,7 @@ if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q 'bpo12'
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
 	installed+=("qemu-system-x86 (bookworm-backports)")
 fi
-install_missing kmod gcc libc6-dev libseccomp-dev busybox-static ca-certificates
+install_missing kmod gcc libc6-dev libseccomp-dev busybox-static ca-certificates swtpm swtpm-tools
 
 if [ ${#installed[@]} -gt 0 ]; then
 	echo "vm-deps: installed ${installed[*]}"

@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,13 +18,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
+	snpevidence "github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/attestation-agent/teekey"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbs/jwe"
+	"github.com/cloak-containers/cloak/kbs/server"
 	"github.com/cloak-containers/cloak/kbs/token"
+	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
+	"github.com/cloak-containers/cloak/kbs/verifier/snp"
 	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
 // benchConcurrency is the number of guests attesting at once.
@@ -39,14 +47,22 @@ const benchConcurrency = 8
 //	binary:    the real kbs binary in its own process, keepalive; also
 //	           reports the KBS process's CPU time per handshake, which is the
 //	           number to hold against the crypto floor
+//	emulated-snp: keepalive with SEV-SNP evidence from an in-process
+//	           emulated secure processor: the KBS verifies the full chain
+//	           (VCEK from the evidence's cert table -> ASK -> ARK), the
+//	           report signature and the SNP policy rules
 func BenchmarkHandshake(b *testing.B) {
-	for _, mode := range []string{"keepalive", "newconn", "binary"} {
+	for _, mode := range []string{"keepalive", "newconn", "binary", "emulated-snp"} {
 		b.Run(mode, func(b *testing.B) {
 			var k *kbsEnv
 			var pid int
-			if mode == "binary" {
+			var provider evidence.Provider = sample.New("1")
+			switch mode {
+			case "binary":
 				k, pid = startKBSBinaryEnv(b)
-			} else {
+			case "emulated-snp":
+				k, provider = startKBSEmulatedSNP(b)
+			default:
 				k = startKBS(b)
 			}
 			ctx := ctxT(b)
@@ -70,7 +86,7 @@ func BenchmarkHandshake(b *testing.B) {
 					tr = shared.Clone()
 					defer tr.CloseIdleConnections()
 				}
-				c, err := rcar.New(rcar.Config{URL: k.url, Provider: sample.New("1"), Retries: -1,
+				c, err := rcar.New(rcar.Config{URL: k.url, Provider: provider, Retries: -1,
 					HTTPClient: &http.Client{Transport: tr, Timeout: 30 * time.Second}})
 				if err != nil {
 					return err
@@ -209,4 +225,47 @@ func processCPU(b *testing.B, pid int) time.Duration {
 		b.Fatalf("parse /proc/%d/stat: %v %v", pid, err1, err2)
 	}
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// startKBSEmulatedSNP is an in-process KBS that trusts a fresh emulated SNP
+// root (no CRL: it publishes none; collateral offline), with the launch
+// measurement of the emulated SP it returns a provider for as reference
+// value.
+func startKBSEmulatedSNP(b *testing.B) (*kbsEnv, evidence.Provider) {
+	root, err := emulatedsnp.LoadOrCreate(filepath.Join(b.TempDir(), "emulated-snp"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rootFile := filepath.Join(b.TempDir(), "cert_chain.pem")
+	if err := os.WriteFile(rootFile, root.RootPEM(), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	roots, err := snp.LoadRoots([]string{rootFile})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var launch emulatedsnp.Launch
+	copy(launch.Measurement[:], strings.Repeat("m", len(launch.Measurement)))
+	sp, err := emulatedsnp.New(root, launch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	k := startKBSWith(b, func(c *server.Config) {
+		c.SNP = snp.Options{ExtraRoots: roots, CRL: snp.CRLSkip,
+			Fetcher: collateral.New(collateral.Options{Offline: true, Dir: b.TempDir()})}
+	})
+	if err := k.admin.SetReferenceValue(ctxT(b), "snp_launch_measurement", []string{hex.EncodeToString(launch.Measurement[:])}); err != nil {
+		b.Fatal(err)
+	}
+	return k, snpevidence.New(inProcessSP{sp})
+}
+
+// inProcessSP serves reports from an emulated SP without a VM in between.
+type inProcessSP struct{ sp *emulatedsnp.SP }
+
+func (s inProcessSP) Name() string { return "in-process emulated SP" }
+
+func (s inProcessSP) Report(_ context.Context, reportData [64]byte) ([]byte, []byte, error) {
+	r, err := s.sp.Report(reportData, 0)
+	return r, s.sp.CertTable(), err
 }

@@ -39,13 +39,20 @@ type kbsEnv struct {
 	ts    *httptest.Server
 }
 
-func startKBS(t testing.TB) *kbsEnv {
+func startKBS(t testing.TB) *kbsEnv { return startKBSWith(t, nil) }
+
+// startKBSWith is startKBS with configure applied to the server's Config.
+func startKBSWith(t testing.TB, configure func(*server.Config)) *kbsEnv {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{DataDir: t.TempDir(), AdminKeys: []ed25519.PublicKey{pub}})
+	cfg := server.Config{DataDir: t.TempDir(), AdminKeys: []ed25519.PublicKey{pub}}
+	if configure != nil {
+		configure(&cfg)
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
