@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,10 +14,12 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cloak-containers/cloak/guest-image/build"
+	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
 // Exit codes: 1 for a failed command, 2 when `measure` finds a mismatch.
@@ -53,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), trivialCmd(stderr))
+	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), trivialCmd(stderr), emulatedRootCmd(&output, stdout))
 
 	err := root.ExecuteContext(ctx)
 	switch {
@@ -160,6 +163,42 @@ manifest does not describe these files.`,
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "image directory holding vmlinuz, initrd.img and manifest.json")
+	return cmd
+}
+
+func emulatedRootCmd(output *string, stdout io.Writer) *cobra.Command {
+	dir := emulatedsnp.DefaultDir
+	cmd := &cobra.Command{
+		Use:   "emulated-root [--dir DIR]",
+		Short: "Print the emulated SEV-SNP root (ASK then ARK, PEM) a KBS trusts with --snp-extra-root",
+		Long: `Emulated-root prints the test-only certificate chain of this machine's emulated SEV-SNP
+platform (the shim's tee = "emulated"), creating it in DIR first if there is none (the shim
+creates the same chain on first use; see shim/README.md). Give the output to a KBS as
+--snp-extra-root: evidence chained to it is verified like AMD's and marked emulated.
+It is a test root: never give it to a KBS that guards production secrets.`,
+		Example: `  cloak-image emulated-root > emulated-snp.pem
+  kbs --data-dir /var/lib/kbs --snp-extra-root emulated-snp.pem --snp-crl if-available
+  cloak-image emulated-root --dir /var/lib/cloak/emulated-snp --output json | jq -r .chip_id`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			root, err := emulatedsnp.LoadOrCreate(dir)
+			if err != nil {
+				return err
+			}
+			if *output == "json" {
+				chip := root.ChipID()
+				return writeJSON(stdout, struct {
+					Dir       string `json:"dir"`
+					ChainPEM  string `json:"cert_chain_pem"`
+					ChipID    string `json:"chip_id"`
+					ARKExpiry string `json:"ark_not_after"`
+				}{dir, string(root.RootPEM()), hex.EncodeToString(chip[:]), root.ARK.NotAfter.UTC().Format(time.RFC3339)})
+			}
+			_, err = stdout.Write(root.RootPEM())
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", dir, "directory of the emulated chain (the shim's emulated_snp_dir)")
 	return cmd
 }
 

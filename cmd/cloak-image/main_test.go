@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,5 +137,37 @@ func TestBuildTrivial(t *testing.T) {
 		if !strings.Contains(stderr.String(), "dynamically linked") {
 			t.Fatalf("exit %d: %s", code, stderr.String())
 		}
+	}
+}
+
+// TestEmulatedRoot: the chain is created once and printed as the PEM a KBS
+// takes with --snp-extra-root (ASK then ARK); a second call prints the same.
+func TestEmulatedRoot(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "emulated-snp")
+	var first, second, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"emulated-root", "--dir", dir}, &first, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var names []string
+	for rest := first.Bytes(); ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, c.Subject.CommonName)
+	}
+	if len(names) != 2 || names[0] != "SEV-Milan" || names[1] != "ARK-Milan" {
+		t.Errorf("chain %v, want the ASK (SEV-Milan) then the ARK (ARK-Milan)", names)
+	}
+	if code := run(context.Background(), []string{"emulated-root", "--dir", dir}, &second, &stderr); code != 0 || !bytes.Equal(first.Bytes(), second.Bytes()) {
+		t.Errorf("second call: exit %d, same chain %v", code, bytes.Equal(first.Bytes(), second.Bytes()))
+	}
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"emulated-root", "--dir", dir, "--output", "json"}, &out, &stderr); code != 0 || !strings.Contains(out.String(), `"chip_id"`) {
+		t.Errorf("json: exit %d %s", code, out.String())
 	}
 }
