@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/detect"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/attestation-agent/service"
@@ -156,11 +157,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	evidenceCmd := &cobra.Command{
 		Use:   "evidence [--tee NAME]",
 		Short: "Print the evidence this guest produces (over all-zero report data)",
+		Long: `Evidence prints the evidence this guest produces, as the KBS would receive it. Without
+--tee it detects the TEE (order: ` + strings.Join(detect.AutoOrder, ", ") + `) and says on stderr why each
+one before the chosen one is not available here.`,
 		Example: `  cloak-aa evidence
+  cloak-aa evidence --tee snp -o json | jq .evidence.attestation_report.measurement
   cloak-aa evidence --tee sample -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			provider, err := detect.New(o.tee, detect.Options{SampleSVN: o.sampleSVN})
+			tee := o.tee
+			if !c.Flags().Changed("tee") {
+				tee = detect.Auto
+			}
+			var provider evidence.Provider
+			var err error
+			if tee == detect.Auto {
+				var skipped []string
+				provider, skipped, err = detect.Detect(detect.Options{SampleSVN: o.sampleSVN})
+				for _, s := range skipped {
+					fmt.Fprintf(stderr, "cloak-aa: not %s\n", s)
+				}
+			} else {
+				provider, err = detect.New(tee, detect.Options{SampleSVN: o.sampleSVN})
+			}
 			if err != nil {
 				return err
 			}

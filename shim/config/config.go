@@ -66,6 +66,13 @@ type Config struct {
 	// use. Its cert_chain.pem is what a KBS is told to trust
 	// (kbs --snp-extra-root).
 	EmulatedSNPDir string `toml:"emulated_snp_dir"`
+	// EmulatedPlatform is what tee = "emulated" emulates: snp (default) or
+	// tdx.
+	EmulatedPlatform string `toml:"emulated_platform"`
+	// EmulatedTDXDir holds the machine's test-only emulated TDX chain (root
+	// CA, PCK chain, QE key) and the collateral a KBS verifies it with
+	// (collateral/ for --collateral-dir, root_ca.pem for --tdx-extra-root).
+	EmulatedTDXDir string `toml:"emulated_tdx_dir"`
 	// VTPM attaches a software TPM (swtpm on the host) to every VM: for CI
 	// and guests without a TEE; it proves nothing against the host.
 	VTPM bool `toml:"vtpm"`
@@ -103,6 +110,7 @@ const DefaultVirtiofsd = "/usr/libexec/virtiofsd"
 // Default directories of the emulated SNP chain and the vTPM states.
 const (
 	DefaultEmulatedSNPDir = "/var/lib/cloak/emulated-snp"
+	DefaultEmulatedTDXDir = "/var/lib/cloak/emulated-tdx"
 	DefaultVTPMStateDir   = "/var/lib/cloak/vtpm"
 )
 
@@ -220,6 +228,12 @@ func (c Config) WithDefaults() Config {
 	if c.EmulatedSNPDir == "" {
 		c.EmulatedSNPDir = DefaultEmulatedSNPDir
 	}
+	if c.EmulatedPlatform == "" {
+		c.EmulatedPlatform = TEESNP
+	}
+	if c.EmulatedTDXDir == "" {
+		c.EmulatedTDXDir = DefaultEmulatedTDXDir
+	}
 	if c.VTPMStateDir == "" {
 		c.VTPMStateDir = DefaultVTPMStateDir
 	}
@@ -270,6 +284,9 @@ func (c Config) validate() error {
 	default:
 		return fmt.Errorf("shared_fs %q: want none or virtio-fs", c.SharedFS)
 	}
+	if c.EmulatedPlatform != TEESNP && c.EmulatedPlatform != TEETDX {
+		return fmt.Errorf("emulated_platform %q: want snp or tdx", c.EmulatedPlatform)
+	}
 	if c.VTPM && (c.TEE == TEESNP || c.TEE == TEETDX) {
 		return fmt.Errorf("vtpm with tee %q: a host-run TPM adds nothing to hardware evidence; set vtpm = false", c.TEE)
 	}
@@ -296,7 +313,7 @@ func (c Config) validate() error {
 		{"image_dir", c.ImageDir}, {"run_dir", c.RunDir}, {"console_log_dir", c.ConsoleLogDir},
 		{"kernel", c.Kernel}, {"initrd", c.Initrd}, {"firmware", c.Firmware}, {"virtiofsd", c.Virtiofsd},
 		{"[kbs] ca_file", c.KBS.CAFile}, {"[kbs] initdata_file", c.KBS.InitdataFile},
-		{"emulated_snp_dir", c.EmulatedSNPDir}, {"vtpm_state_dir", c.VTPMStateDir}, {"vtpm_setup_config", c.VTPMSetupConfig},
+		{"emulated_snp_dir", c.EmulatedSNPDir}, {"emulated_tdx_dir", c.EmulatedTDXDir}, {"vtpm_state_dir", c.VTPMStateDir}, {"vtpm_setup_config", c.VTPMSetupConfig},
 	} {
 		if d.dir != "" && !filepath.IsAbs(d.dir) {
 			return fmt.Errorf("%s %q: want an absolute path", d.key, d.dir)

@@ -19,6 +19,7 @@ func TestParse(t *testing.T) {
 			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
 			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
 			SharedFS: "none", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
+			EmulatedPlatform: "snp", EmulatedTDXDir: DefaultEmulatedTDXDir,
 		}},
 		{name: "every key", doc: `
 image_dir = "/img"
@@ -43,6 +44,7 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 			ImageDir: "/img", Accel: "tcg", VCPUs: 2, MemoryMiB: 1024, RunDir: "/r", ConsoleLogDir: "/logs",
 			AgentTimeoutSeconds: 30, TEE: "emulated", Kernel: "/k", Initrd: "/i", Firmware: "/usr/share/ovmf/OVMF.fd",
 			SharedFS: "none", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
+			EmulatedPlatform: "snp", EmulatedTDXDir: DefaultEmulatedTDXDir,
 			AllowedAnnotations: []string{"initdata", "vcpus", "memory"},
 			KBS:                KBS{URL: "https://10.88.0.1:8080", CAFile: "/etc/cloak/kbs-ca.pem"},
 			Registry: Registry{
@@ -62,8 +64,10 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
 			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
 			SharedFS: "virtio-fs", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
+			EmulatedPlatform: "snp", EmulatedTDXDir: DefaultEmulatedTDXDir,
 		}},
 		{name: "bad shared fs", doc: `shared_fs = "9p"`, wantErr: "shared_fs"},
+		{name: "bad emulated platform", doc: `emulated_platform = "sev"`, wantErr: "emulated_platform"},
 		{name: "vtpm with hardware tee", doc: "tee = \"snp\"\nvtpm = true", wantErr: "vtpm"},
 		{name: "relative vtpm dir", doc: "vtpm = true\nvtpm_state_dir = \"v\"", wantErr: "vtpm_state_dir"},
 		{name: "unknown annotation", doc: `allowed_annotations = ["kernel"]`, wantErr: "allowed_annotations"},

@@ -9,54 +9,82 @@ import (
 	"os"
 
 	"github.com/cloak-containers/cloak/measurements"
+	"github.com/cloak-containers/cloak/shim/config"
 	"github.com/cloak-containers/cloak/shim/emulatedsnp"
+	"github.com/cloak-containers/cloak/shim/emulatedtdx"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
 
-// emulatedSP is the emulated SEV-SNP secure processor of one VM, serving
-// the guest's report requests on the VM's cloak.sp port.
+// emulatedSP is the emulated TEE firmware of one VM (tee = "emulated"): the
+// SEV-SNP secure processor or the TDX quoting service, serving the guest's
+// report requests on the VM's cloak.sp port.
 type emulatedSP struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
+// spServer is what both emulated platforms do on the port.
+type spServer interface {
+	Run(ctx context.Context, socket string, logf func(format string, args ...any))
+}
+
 // startEmulatedSP measures the boot artifacts qcfg starts (kernel, initrd,
-// command line: measurements.EmulatedLaunchDigest), binds sha256(initdata)
-// as HOST_DATA and serves the VM's SP socket until stop. The artifacts are
-// hashed from the files QEMU is given; one swapped between hashing and
+// command line: measurements.EmulatedLaunchDigest), binds the initdata
+// digest (SNP HOST_DATA, TDX MRCONFIGID) and serves the VM's SP socket
+// until stop, for the platform cfg.EmulatedPlatform names. The artifacts
+// are hashed from the files QEMU is given; one swapped between hashing and
 // QEMU's read would go unnoticed, which is one reason the evidence is only
 // ever "emulated".
-// chainDir holds the machine's test-only chain (config emulated_snp_dir).
-func startEmulatedSP(qcfg qemu.Config, chainDir string, initdata []byte, logger *slog.Logger) (*emulatedSP, error) {
-	root, err := emulatedsnp.LoadOrCreate(chainDir)
-	if err != nil {
-		return nil, fmt.Errorf("emulated SNP: %w", err)
-	}
+func startEmulatedSP(cfg config.Config, qcfg qemu.Config, initdata []byte, logger *slog.Logger) (*emulatedSP, error) {
 	kernel, err := fileSHA384(qcfg.Kernel)
 	if err != nil {
-		return nil, fmt.Errorf("emulated SNP launch measurement: %w", err)
+		return nil, fmt.Errorf("emulated %s launch measurement: %w", cfg.EmulatedPlatform, err)
 	}
 	initrd, err := fileSHA384(qcfg.Initrd)
 	if err != nil {
-		return nil, fmt.Errorf("emulated SNP launch measurement: %w", err)
+		return nil, fmt.Errorf("emulated %s launch measurement: %w", cfg.EmulatedPlatform, err)
 	}
-	hostData, err := emulatedsnp.HostDataFor(initdata)
-	if err != nil {
-		return nil, fmt.Errorf("emulated SNP HOST_DATA: %w", err)
-	}
-	launch := emulatedsnp.Launch{HostData: hostData}
-	copy(launch.Measurement[:], measurements.EmulatedLaunchDigestFromHashes(kernel, initrd, sha512.Sum384([]byte(qcfg.Cmdline))))
-	sp, err := emulatedsnp.New(root, launch)
-	if err != nil {
-		return nil, err
+	measurement := measurements.EmulatedLaunchDigestFromHashes(kernel, initrd, sha512.Sum384([]byte(qcfg.Cmdline)))
+	var srv spServer
+	chainDir := cfg.EmulatedSNPDir
+	switch cfg.EmulatedPlatform {
+	case config.TEETDX:
+		chainDir = cfg.EmulatedTDXDir
+		root, err := emulatedtdx.LoadOrCreate(chainDir)
+		if err != nil {
+			return nil, fmt.Errorf("emulated TDX: %w", err)
+		}
+		var launch emulatedtdx.Launch
+		copy(launch.MRTD[:], measurement)
+		if launch.MRCONFIGID, err = emulatedtdx.MRConfigIDFor(initdata); err != nil {
+			return nil, fmt.Errorf("emulated TDX MRCONFIGID: %w", err)
+		}
+		srv = emulatedtdx.New(root, launch)
+	default:
+		root, err := emulatedsnp.LoadOrCreate(chainDir)
+		if err != nil {
+			return nil, fmt.Errorf("emulated SNP: %w", err)
+		}
+		hostData, err := emulatedsnp.HostDataFor(initdata)
+		if err != nil {
+			return nil, fmt.Errorf("emulated SNP HOST_DATA: %w", err)
+		}
+		launch := emulatedsnp.Launch{HostData: hostData}
+		copy(launch.Measurement[:], measurement)
+		sp, err := emulatedsnp.New(root, launch)
+		if err != nil {
+			return nil, err
+		}
+		srv = sp
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &emulatedSP{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(e.done)
-		sp.Run(ctx, qcfg.SPSocket(), func(format string, args ...any) { logger.Warn(fmt.Sprintf(format, args...)) })
+		srv.Run(ctx, qcfg.SPSocket(), func(format string, args ...any) { logger.Warn(fmt.Sprintf(format, args...)) })
 	}()
-	logger.Info("emulated SNP secure processor serving", "socket", qcfg.SPSocket(), "measurement", fmt.Sprintf("%x", launch.Measurement), "chain", chainDir)
+	logger.Info("emulated TEE firmware serving", "platform", cfg.EmulatedPlatform, "socket", qcfg.SPSocket(),
+		"measurement", fmt.Sprintf("%x", measurement), "chain", chainDir)
 	return e, nil
 }
 

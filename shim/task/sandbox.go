@@ -159,7 +159,7 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 		return nil, err
 	}
 	if qcfg.EmulatedSP {
-		if sb.sp, err = startEmulatedSP(qcfg, cfg.EmulatedSNPDir, vs.initdata, logger); err != nil {
+		if sb.sp, err = startEmulatedSP(cfg, qcfg, vs.initdata, logger); err != nil {
 			return nil, err
 		}
 	}

@@ -1,10 +1,10 @@
 // Package detect chooses the evidence provider for the TEE the agent runs
-// in. Today only the unsigned "sample" TEE exists; hardware providers (snp,
-// tdx, tpm) and the emulated platform register here as they are added, with
-// auto-detection from the guest's devices.
+// in: by name (sample, snp, tdx, tpm), or "auto", which probes the guest's
+// devices in the order of AutoOrder.
 package detect
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +12,7 @@ import (
 	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/tdx"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/tpm"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
@@ -32,22 +33,59 @@ var constructors = map[string]func(Options) (evidence.Provider, error){
 		}
 		return snp.New(src), nil
 	},
+	// tdx: configfs-tsm, else /dev/tdx_guest, else the emulated port when
+	// it serves the emulated TDX platform.
+	kbstypes.TeeTDX: func(Options) (evidence.Provider, error) {
+		src, err := tdx.Detect(context.Background(), tdx.Paths{})
+		if err != nil {
+			return nil, err
+		}
+		return tdx.New(src, tdx.Paths{}), nil
+	},
 	// tpm: /dev/tpmrm0, the kernel's TPM resource manager.
 	kbstypes.TeeTPM: func(Options) (evidence.Provider, error) { return tpm.New("") },
 }
 
-// Names lists the TEE names New accepts, sorted.
+// Auto names the TEE that New detects.
+const Auto = "auto"
+
+// AutoOrder is the order "auto" probes: a confidential VM's own hardware
+// first (SEV-SNP, then TDX: each through configfs-tsm, its device, or the
+// emulated platform's port), then a TPM (a vTPM beside no TEE), and the
+// unsigned sample TEE when there is none of them, which the KBS's default
+// policies refuse.
+var AutoOrder = []string{kbstypes.TeeSNP, kbstypes.TeeTDX, kbstypes.TeeTPM, kbstypes.TeeSample}
+
+// Names lists the TEE names New accepts, sorted, then "auto".
 func Names() []string {
-	names := make([]string, 0, len(constructors))
+	names := make([]string, 0, len(constructors)+1)
 	for n := range constructors {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	return names
+	return append(names, Auto)
 }
 
-// New returns the provider for the TEE named tee.
+// Detect returns the first provider of AutoOrder that this guest can open,
+// and why each one before it could not.
+func Detect(opts Options) (evidence.Provider, []string, error) {
+	var skipped []string
+	for _, tee := range AutoOrder {
+		p, err := constructors[tee](opts)
+		if err == nil {
+			return p, skipped, nil
+		}
+		skipped = append(skipped, fmt.Sprintf("%s: %v", tee, err))
+	}
+	return nil, skipped, fmt.Errorf("no evidence provider can be opened here: %s", strings.Join(skipped, "; "))
+}
+
+// New returns the provider for the TEE named tee ("auto": Detect).
 func New(tee string, opts Options) (evidence.Provider, error) {
+	if tee == Auto {
+		p, _, err := Detect(opts)
+		return p, err
+	}
 	c, ok := constructors[tee]
 	if !ok {
 		return nil, fmt.Errorf("unknown TEE %q: this agent supports %s", tee, strings.Join(Names(), ", "))

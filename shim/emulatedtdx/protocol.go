@@ -1,0 +1,195 @@
+package emulatedtdx
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/google/go-tdx-guest/abi"
+)
+
+// The quoting service speaks the line protocol of the emulated SEV-SNP SP
+// (shim/emulatedsnp/protocol.go) on the same cloak.sp port, with its own
+// commands: one line per request and per response, so that a garbled or
+// partial line costs one error answer and nothing more.
+//
+//	guest: PLATFORM <id>\n
+//	SP:    OK <id> tdx\n
+//	guest: QUOTE <id> <report data: 128 hex digits>\n
+//	SP:    OK <id> <quote: base64>\n
+//	SP:    ERR <id or -> <message>\n
+//
+// <id> is 1-32 letters or digits chosen by the guest. PLATFORM lets a guest
+// tell which emulated platform serves the port: the emulated SNP SP answers
+// it with ERR. The guest's copy of this format is
+// attestation-agent/evidence/tdx (guest code cannot import host code).
+const (
+	// MaxRequestLine bounds a request line, newline included.
+	MaxRequestLine = 256
+	maxIDLen       = 32
+	// PlatformName is the PLATFORM answer.
+	PlatformName = "tdx"
+)
+
+// Request commands.
+const (
+	CmdQuote    = "QUOTE"
+	CmdPlatform = "PLATFORM"
+)
+
+// Request is a parsed request line.
+type Request struct {
+	Cmd        string
+	ID         string
+	ReportData [abi.ReportDataSize]byte // QUOTE only
+}
+
+// ParseRequest parses one request line (without its newline). The guest is
+// untrusted: every field is checked and nothing is allocated beyond the
+// line's size.
+func ParseRequest(line []byte) (Request, error) {
+	var req Request
+	if len(line) >= MaxRequestLine {
+		return req, fmt.Errorf("request is %d bytes, limit %d", len(line), MaxRequestLine-1)
+	}
+	f := bytes.Split(line, []byte{' '})
+	if len(f) < 2 {
+		return req, errors.New(`want "QUOTE <id> <128 hex digits>" or "PLATFORM <id>"`)
+	}
+	if !validID(f[1]) {
+		return req, fmt.Errorf("request id: want 1 to %d letters or digits", maxIDLen)
+	}
+	req.Cmd, req.ID = string(f[0]), string(f[1])
+	switch req.Cmd {
+	case CmdPlatform:
+		if len(f) != 2 {
+			return req, errors.New(`want "PLATFORM <id>"`)
+		}
+	case CmdQuote:
+		if len(f) != 3 {
+			return req, errors.New(`want "QUOTE <id> <128 hex digits>"`)
+		}
+		if len(f[2]) != 2*abi.ReportDataSize {
+			return req, fmt.Errorf("report data: want %d hex digits, got %d", 2*abi.ReportDataSize, len(f[2]))
+		}
+		if _, err := hex.Decode(req.ReportData[:], f[2]); err != nil {
+			return req, fmt.Errorf("report data: %v", err)
+		}
+	case "REPORT":
+		return req, errors.New("this emulated platform is TDX, not SEV-SNP: ask for a QUOTE (start the pod with emulated_platform = \"snp\" for SNP reports)")
+	default:
+		return req, fmt.Errorf("unknown command %q: want QUOTE or PLATFORM", truncate(f[0]))
+	}
+	return req, nil
+}
+
+func truncate(b []byte) []byte {
+	if len(b) > 16 {
+		return b[:16]
+	}
+	return b
+}
+
+func validID(b []byte) bool {
+	if len(b) == 0 || len(b) > maxIDLen {
+		return false
+	}
+	for _, c := range b {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// answer handles one line and returns the response line.
+func (s *QuotingService) answer(line []byte) []byte {
+	req, err := ParseRequest(line)
+	if err != nil {
+		id := "-"
+		if f := bytes.SplitN(line, []byte{' '}, 3); len(f) > 1 && validID(f[1]) {
+			id = string(f[1])
+		}
+		return fmt.Appendf(nil, "ERR %s %s\n", id, err)
+	}
+	if req.Cmd == CmdPlatform {
+		return fmt.Appendf(nil, "OK %s %s\n", req.ID, PlatformName)
+	}
+	quote, err := s.Quote(req.ReportData)
+	if err != nil {
+		return fmt.Appendf(nil, "ERR %s %s\n", req.ID, err)
+	}
+	return fmt.Appendf(nil, "OK %s %s\n", req.ID, base64.StdEncoding.EncodeToString(quote))
+}
+
+// Serve answers requests on rw until it reads EOF or fails. An over-long
+// line is skipped up to its newline and answered with an error.
+func (s *QuotingService) Serve(rw io.ReadWriter) error {
+	br := bufio.NewReaderSize(rw, MaxRequestLine)
+	for {
+		line, err := br.ReadSlice('\n')
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
+			if err != nil {
+				return eofOK(err)
+			}
+			if _, err := fmt.Fprintf(rw, "ERR - request longer than %d bytes\n", MaxRequestLine-1); err != nil {
+				return err
+			}
+			continue
+		case err != nil:
+			return eofOK(err)
+		}
+		if _, err := rw.Write(s.answer(bytes.TrimSuffix(line[:len(line)-1], []byte{'\r'}))); err != nil {
+			return err
+		}
+	}
+}
+
+func eofOK(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// redialInterval is how often Run retries QEMU's socket.
+const redialInterval = 50 * time.Millisecond
+
+// Run connects to the host end of the VM's SP port (QEMU's chardev unix
+// socket, QEMU being the server) and serves it until ctx ends, reconnecting
+// whenever the connection drops. logf receives connection errors.
+func (s *QuotingService) Run(ctx context.Context, socket string, logf func(format string, args ...any)) {
+	var d net.Dialer
+	for ctx.Err() == nil {
+		conn, err := d.DialContext(ctx, "unix", socket)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(redialInterval):
+			}
+			continue
+		}
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		if err := s.Serve(conn); err != nil && ctx.Err() == nil {
+			logf("emulated TDX quoting service on %s: %v", socket, err)
+		}
+		stop()
+		conn.Close()
+		select {
+		case <-ctx.Done():
+		case <-time.After(redialInterval):
+		}
+	}
+}
