@@ -168,7 +168,9 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		aa, err := s.cfg.Attester.Start(context.WithoutCancel(ctx), req.GetInitdata(), s.log)
 		if err != nil {
 			var mismatch *attester.InitdataMismatchError
-			if errors.As(err, &mismatch) {
+			var pcrBound *attester.InitdataPCRError
+			var tdxMismatch *attester.MRConfigIDMismatchError
+			if errors.As(err, &mismatch) || errors.As(err, &pcrBound) || errors.As(err, &tdxMismatch) {
 				return nil, agentErr(codes.PermissionDenied, agentapi.ReasonInitdataMismatch, "sandbox %q: %v", req.GetSandboxId(), err)
 			}
 			return nil, agentErr(codes.FailedPrecondition, agentapi.ReasonAttestationAgent, "sandbox %q: start the attestation agent: %v", req.GetSandboxId(), err)

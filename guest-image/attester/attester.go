@@ -1,7 +1,11 @@
 // Package attester starts the guest's attestation agent (cloak-aa) from the
 // pod's initdata: it reads the KBS address and certificate from the
 // initdata's aa.toml, runs `cloak-aa serve`, and hands out the socket where
-// cloak-aa serves the ocicrypt keyprovider that image pulls use.
+// cloak-aa serves the ocicrypt keyprovider that image pulls use. Before
+// that, the guest's TEE must bind the initdata: an SEV-SNP report's
+// HOST_DATA is checked here; on a guest with a vTPM and no SNP/TDX, PCR 8 is
+// extended with the initdata digest once per boot (the KBS checks it) and
+// cloak-aa attests with --tee tpm.
 package attester
 
 import (
@@ -47,6 +51,11 @@ type config struct {
 	binary, runDir string
 	spawn          Spawner
 	snp            snp.Paths // where to look for an SEV-SNP report source
+	// tpmDevice and tdxDevice: where to look for a TPM and a TDX guest
+	// ("": /dev/tpmrm0, /dev/tdx_guest); openTPM opens the TPM (nil: the
+	// attestation agent's TPM provider).
+	tpmDevice, tdxDevice string
+	openTPM              func(dev string) (tpmExtender, error)
 }
 
 // Spawner starts a command and returns how to wait for it. In the guest,
@@ -75,8 +84,9 @@ func start(ctx context.Context, initdata []byte, log *slog.Logger, cfg config) (
 		return nil, err
 	}
 	// Nothing in initdata is used before the TEE says the host launched
-	// the guest with exactly this document.
-	tee, err := checkBinding(ctx, initdata, cfg.snp)
+	// the guest with exactly this document (SNP), or before the TPM binds
+	// its digest into every quote the KBS will check (vTPM).
+	tee, err := checkBinding(ctx, initdata, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -141,7 +141,9 @@ func fakeConfig(t *testing.T, mode string) config {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return config{binary: exe, runDir: filepath.Join(dir, "run"), snp: noSNP(t)}
+	cfg := noTEE(t)
+	cfg.binary, cfg.runDir = exe, filepath.Join(dir, "run")
+	return cfg
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

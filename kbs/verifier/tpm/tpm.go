@@ -143,7 +143,7 @@ func (v *Verifier) Verify(_ context.Context, evidence json.RawMessage, expectedR
 		if errors.As(err, &ce) {
 			return nil, err
 		}
-		return nil, &verifier.CheckError{Check: verifier.CheckEvidence, Detail: "tpm evidence refused", Err: err}
+		return nil, &verifier.CheckError{Check: verifier.CheckEvidence, Detail: "tpm quote verification failed", Err: err}
 	}
 	return claims, nil
 }
