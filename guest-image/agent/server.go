@@ -90,6 +90,8 @@ type Server struct {
 	sharedFS   bool // the host's virtio-fs share is mounted at virtiofsDir
 }
 
+var setMonitor sync.Once
+
 // New returns a Server. It makes the process-wide reaper go-runc's process
 // monitor: go-runc's monitor is a package variable, and an agent process
 // serves exactly one Server.
@@ -104,7 +106,9 @@ func New(cfg Config) *Server {
 		cfg.RuncBinary = "/usr/bin/runc"
 	}
 	r := reaper.Default()
-	runc.Monitor = r
+	// go-runc's Monitor is a package global its goroutines read: set it
+	// once (tests make several Servers in one process).
+	setMonitor.Do(func() { runc.Monitor = r })
 	return &Server{
 		cfg:    cfg,
 		log:    cfg.Log,
