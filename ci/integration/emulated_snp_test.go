@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -59,13 +60,12 @@ func (r *recorder) answers() []string {
 	return strings.Split(strings.TrimSpace(r.out.String()), "\n")
 }
 
-// bootEmulatedSNP boots the guest image with the cloak.sp port and serves an
-// emulated SP for it (HOST_DATA = sha256(launchInitdata)), recording the
-// SP's answers.
-func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte) (*qemu.VM, *recorder, []byte) {
+// emulatedLaunch is the guest image's kernel, initrd and command line, and
+// their emulated launch digest (the SNP measurement, the TDX MRTD).
+func emulatedLaunch(t *testing.T) (kernel, initrd, cmdline string, digest []byte) {
 	t.Helper()
 	dir := guestImage(t)
-	kernel, initrd, cmdline := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir)
+	kernel, initrd, cmdline = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir)
 	kb, err := os.ReadFile(kernel)
 	if err != nil {
 		t.Fatal(err)
@@ -74,18 +74,14 @@ func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte
 	if err != nil {
 		t.Fatal(err)
 	}
-	measurement := measurements.EmulatedLaunchDigest(kb, ib, cmdline)
-	hostData, err := emulatedsnp.HostDataFor(launchInitdata)
-	if err != nil {
-		t.Fatal(err)
-	}
-	launch := emulatedsnp.Launch{HostData: hostData}
-	copy(launch.Measurement[:], measurement)
-	sp, err := emulatedsnp.New(root, launch)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return kernel, initrd, cmdline, measurements.EmulatedLaunchDigest(kb, ib, cmdline)
+}
 
+// bootWithSPPort boots kernel and initrd with the cloak.sp port and serves
+// the port's host end with serve, recording its answers. Cleanup stops the
+// VM and checks its QEMU is gone.
+func bootWithSPPort(t *testing.T, kernel, initrd, cmdline string, serve func(io.ReadWriter) error) (*qemu.VM, *recorder) {
+	t.Helper()
 	run := filepath.Join(t.TempDir(), "vm")
 	console := filepath.Join(t.TempDir(), "console.log")
 	cfg := qemu.Config{
@@ -110,7 +106,7 @@ func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte
 	}
 	rec := &recorder{Conn: conn}
 	served := make(chan error, 1)
-	go func() { served <- sp.Serve(rec) }()
+	go func() { served <- serve(rec) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -128,6 +124,26 @@ func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte
 			}
 		}
 	})
+	return vm, rec
+}
+
+// bootEmulatedSNP boots the guest image with the cloak.sp port and serves an
+// emulated SP for it (HOST_DATA = sha256(launchInitdata)), recording the
+// SP's answers.
+func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte) (*qemu.VM, *recorder, []byte) {
+	t.Helper()
+	kernel, initrd, cmdline, measurement := emulatedLaunch(t)
+	hostData, err := emulatedsnp.HostDataFor(launchInitdata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	launch := emulatedsnp.Launch{HostData: hostData}
+	copy(launch.Measurement[:], measurement)
+	sp, err := emulatedsnp.New(root, launch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, rec := bootWithSPPort(t, kernel, initrd, cmdline, sp.Serve)
 	return vm, rec, measurement
 }
 
@@ -159,10 +175,13 @@ func TestEmulatedSNP(t *testing.T) {
 			t.Fatalf("CreateSandbox with the launch initdata: %v", err)
 		}
 		answers := rec.answers()
-		if len(answers) == 0 || !strings.HasPrefix(answers[0], "OK ") {
+		// The guest probes for a TDX platform first (PLATFORM, refused by
+		// the SNP SP), then asks for its report.
+		ok, found := firstOK(answers)
+		if !found {
 			t.Fatalf("the guest asked the SP nothing (answers %q)", answers)
 		}
-		f := strings.Split(answers[0], " ")
+		f := strings.Split(ok, " ")
 		if len(f) != 4 {
 			t.Fatalf("SP answer has %d fields", len(f))
 		}
@@ -203,8 +222,20 @@ func TestEmulatedSNP(t *testing.T) {
 		if reasonOf(err) != "INITDATA_MISMATCH" || !strings.Contains(err.Error(), "HOST_DATA") {
 			t.Errorf("CreateSandbox = %v (reason %q), want INITDATA_MISMATCH naming HOST_DATA", err, reasonOf(err))
 		}
-		if a := rec.answers(); len(a) == 0 || !strings.HasPrefix(a[0], "OK ") {
+		if a := rec.answers(); !hasOK(a) {
 			t.Errorf("the refusal did not come from a report (SP answers %q)", a)
 		}
 	})
 }
+
+// firstOK is the first answer the SP accepted.
+func firstOK(answers []string) (string, bool) {
+	for _, a := range answers {
+		if strings.HasPrefix(a, "OK ") {
+			return a, true
+		}
+	}
+	return "", false
+}
+
+func hasOK(answers []string) bool { _, ok := firstOK(answers); return ok }

@@ -5,18 +5,13 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
-	"net"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	tdxverifier "github.com/cloak-containers/cloak/kbs/verifier/tdx"
-	"github.com/cloak-containers/cloak/measurements"
 	"github.com/cloak-containers/cloak/shim/emulatedtdx"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
@@ -26,66 +21,14 @@ import (
 // the launch initdata's digest), recording its answers.
 func bootEmulatedTDX(t *testing.T, root *emulatedtdx.Root, launchInitdata []byte) (*qemu.VM, *recorder, []byte) {
 	t.Helper()
-	dir := guestImage(t)
-	kernel, initrd, cmdline := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir)
-	kb, err := os.ReadFile(kernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ib, err := os.ReadFile(initrd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mrtd := measurements.EmulatedLaunchDigest(kb, ib, cmdline)
+	kernel, initrd, cmdline, mrtd := emulatedLaunch(t)
 	var launch emulatedtdx.Launch
 	copy(launch.MRTD[:], mrtd)
+	var err error
 	if launch.MRCONFIGID, err = emulatedtdx.MRConfigIDFor(launchInitdata); err != nil {
 		t.Fatal(err)
 	}
-	qs := emulatedtdx.New(root, launch)
-
-	run := filepath.Join(t.TempDir(), "vm")
-	console := filepath.Join(t.TempDir(), "console.log")
-	cfg := qemu.Config{
-		Machine: qemu.MachineQ35, Accel: qemu.AccelAuto, VCPUs: 2, MemoryMiB: 1024,
-		Kernel: kernel, Initrd: initrd, Cmdline: cmdline,
-		ConsoleLog: console, RunDir: run,
-		Agent:      qemu.Agent{Kind: qemu.AgentVirtioSerial},
-		Network:    qemu.Network{Kind: qemu.NetworkUser},
-		EmulatedSP: true,
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	vm, err := qemu.Start(ctx, cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := vm.Pid()
-	conn, err := net.Dial("unix", cfg.SPSocket())
-	if err != nil {
-		vm.Stop(ctx)
-		t.Fatalf("connect to the SP port: %v", err)
-	}
-	rec := &recorder{Conn: conn}
-	served := make(chan error, 1)
-	go func() { served <- qs.Serve(rec) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := vm.Stop(ctx); err != nil {
-			t.Errorf("stop VM: %v", err)
-		}
-		conn.Close()
-		<-served
-		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("QEMU pid %d still exists after Stop", pid)
-		}
-		if t.Failed() {
-			if b, err := os.ReadFile(console); err == nil {
-				t.Logf("guest console:\n%s", tailLines(string(b), 60))
-			}
-		}
-	})
+	vm, rec := bootWithSPPort(t, kernel, initrd, cmdline, emulatedtdx.New(root, launch).Serve)
 	return vm, rec, mrtd
 }
 

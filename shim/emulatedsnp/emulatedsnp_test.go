@@ -18,6 +18,9 @@ import (
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
+
+	"github.com/cloak-containers/cloak/shim/emulatedport"
+	"github.com/cloak-containers/cloak/shim/emulatedroot"
 )
 
 // testDir holds the one chain the tests share: RSA-4096 key generation
@@ -209,7 +212,7 @@ func TestLoadRefusesDamagedChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A VCEK certificate that does not match the stored key.
-	if err := os.WriteFile(filepath.Join(dir, VCEKFile), pemCert(other.VCEK), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, VCEKFile), emulatedroot.PEMCert(other.VCEK), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := LoadOrCreate(dir); err == nil || !strings.Contains(err.Error(), "delete the directory") {
@@ -304,7 +307,7 @@ func FuzzParseRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if req.VMPL > maxVMPL || !validID([]byte(req.ID)) {
+		if req.VMPL > maxVMPL || !emulatedport.ValidID([]byte(req.ID)) {
 			t.Fatalf("accepted %+v", req)
 		}
 		// What was accepted re-encodes to the same line.

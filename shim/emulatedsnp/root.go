@@ -18,17 +18,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
-	"golang.org/x/sys/unix"
+
+	"github.com/cloak-containers/cloak/shim/emulatedroot"
 )
 
 // DefaultDir holds the chain of this machine's emulated SP.
@@ -44,7 +41,6 @@ const (
 	VCEKFile = "vcek.pem"
 	// KeysFile holds the three private keys (PKCS #8 PEM, mode 0600).
 	KeysFile = "keys.pem"
-	lockFile = ".lock"
 )
 
 // ProductLine is the AMD product the emulated chain claims to be. Milan is
@@ -77,70 +73,36 @@ func (r *Root) ChipID() [abi.ChipIDSize]byte {
 
 // RootPEM is the KDS-style cert_chain (ASK then ARK) a KBS trusts.
 func (r *Root) RootPEM() []byte {
-	return append(pemCert(r.ASK), pemCert(r.ARK)...)
+	return append(emulatedroot.PEMCert(r.ASK), emulatedroot.PEMCert(r.ARK)...)
 }
 
 // LoadOrCreate reads the chain in dir, creating dir (0700) and a new chain
 // the first time. Concurrent callers (several shims starting pods) share one
 // chain: creation happens under a lock file.
 func LoadOrCreate(dir string) (*Root, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("emulated SNP chain directory: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("emulated SNP chain lock: %w", err)
-	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("emulated SNP chain lock: %w", err)
-	}
-	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN) //nolint:errcheck // released on close anyway
-
-	r, err := Load(dir)
-	if err == nil || !errors.Is(err, os.ErrNotExist) {
-		return r, err
-	}
-	return generateAndSave(dir, time.Now())
+	return emulatedroot.LoadOrCreate(dir, "emulated SNP chain",
+		func() (*Root, error) { return Load(dir) },
+		func() (*Root, error) { return generateAndSave(dir, time.Now()) })
 }
 
 // Load reads a chain LoadOrCreate wrote. A missing file is os.ErrNotExist.
 func Load(dir string) (*Root, error) {
-	read := func(name string) ([]byte, error) {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return nil, fmt.Errorf("emulated SNP chain: %w", err)
-		}
-		return b, nil
-	}
-	rootPEM, err := read(RootFile)
+	files, err := emulatedroot.ReadFiles(dir, "emulated SNP chain", RootFile, VCEKFile, KeysFile)
 	if err != nil {
 		return nil, err
 	}
-	vcekPEM, err := read(VCEKFile)
-	if err != nil {
-		return nil, err
-	}
-	keysPEM, err := read(KeysFile)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := parseCerts(append(rootPEM, vcekPEM...))
+	rootPEM, vcekPEM, keysPEM := files[0], files[1], files[2]
+	certs, err := emulatedroot.ParseCerts(append(rootPEM, vcekPEM...))
 	if err != nil || len(certs) != 3 {
 		return nil, fmt.Errorf("emulated SNP chain in %s is damaged (%v): delete the directory to generate a new one", dir, err)
 	}
 	r := &Root{ASK: certs[0], ARK: certs[1], VCEK: certs[2]}
+	parsed, err := emulatedroot.ParseKeys(keysPEM)
+	if err != nil {
+		return nil, fmt.Errorf("emulated SNP keys in %s: %w", dir, err)
+	}
 	var keys []crypto.Signer
-	for rest := keysPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("emulated SNP keys in %s: %w", dir, err)
-		}
+	for _, k := range parsed {
 		s, ok := k.(crypto.Signer)
 		if !ok {
 			return nil, fmt.Errorf("emulated SNP keys in %s: unexpected key type %T", dir, k)
@@ -188,11 +150,11 @@ func generate(now time.Time) (*Root, *rootKeys, error) {
 	notBefore := now.Add(-time.Hour).UTC().Truncate(time.Second)
 
 	arkTmpl := caTemplate(amdName("ARK-"+ProductLine, 1), 1, notBefore, x509.KeyUsageCertSign|x509.KeyUsageCRLSign)
-	if r.ARK, err = createCert(arkTmpl, arkTmpl, &k.ark.PublicKey, k.ark); err != nil {
+	if r.ARK, err = emulatedroot.CreateCert(arkTmpl, arkTmpl, &k.ark.PublicKey, k.ark); err != nil {
 		return nil, nil, fmt.Errorf("emulated ARK: %w", err)
 	}
 	askTmpl := caTemplate(amdName("SEV-"+ProductLine, 2), 2, notBefore, x509.KeyUsageCertSign)
-	if r.ASK, err = createCert(askTmpl, r.ARK, &k.ask.PublicKey, k.ark); err != nil {
+	if r.ASK, err = emulatedroot.CreateCert(askTmpl, r.ARK, &k.ask.PublicKey, k.ark); err != nil {
 		return nil, nil, fmt.Errorf("emulated ASK: %w", err)
 	}
 	// The HWID extension is the chip id, which derives from the VCEK key.
@@ -214,7 +176,7 @@ func generate(now time.Time) (*Root, *rootKeys, error) {
 		SignatureAlgorithm: x509.SHA384WithRSAPSS,
 		ExtraExtensions:    exts,
 	}
-	if r.VCEK, err = createCert(vcekTmpl, r.ASK, &k.vcek.PublicKey, k.ask); err != nil {
+	if r.VCEK, err = emulatedroot.CreateCert(vcekTmpl, r.ASK, &k.vcek.PublicKey, k.ask); err != nil {
 		return nil, nil, fmt.Errorf("emulated VCEK: %w", err)
 	}
 	return r, &k, nil
@@ -247,14 +209,6 @@ func caTemplate(name pkix.Name, serial int64, notBefore time.Time, usage x509.Ke
 		BasicConstraintsValid: true,
 		CRLDistributionPoints: []string{kds.CrlLinkByKey(ProductLine, abi.VcekReportSigner)},
 	}
-}
-
-func createCert(tmpl, parent *x509.Certificate, pub any, signer crypto.Signer) (*x509.Certificate, error) {
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
 }
 
 // vcekExtensions are the KDS extensions of a VCEK: structure version,
@@ -299,59 +253,18 @@ func generateAndSave(dir string, now time.Time) (*Root, error) {
 	if err != nil {
 		return nil, err
 	}
-	var keys []byte
-	for _, key := range []any{k.ark, k.ask, k.vcek} {
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return nil, fmt.Errorf("encode emulated SNP key: %w", err)
-		}
-		keys = append(keys, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})...)
+	keys, err := emulatedroot.MarshalKeys[any](k.ark, k.ask, k.vcek)
+	if err != nil {
+		return nil, fmt.Errorf("encode emulated SNP key: %w", err)
 	}
 	// Keys first: a chain without its keys is unusable, and Load checks
 	// that they match the VCEK.
-	for _, f := range []struct {
-		name string
-		data []byte
-		mode os.FileMode
-	}{
-		{KeysFile, keys, 0o600},
-		{VCEKFile, pemCert(r.VCEK), 0o644},
-		{RootFile, r.RootPEM(), 0o644},
-	} {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return nil, fmt.Errorf("write emulated SNP chain: %w", err)
-		}
+	if err := emulatedroot.WriteFiles(dir,
+		emulatedroot.File{Name: KeysFile, Data: keys, Mode: 0o600},
+		emulatedroot.File{Name: VCEKFile, Data: emulatedroot.PEMCert(r.VCEK), Mode: 0o644},
+		emulatedroot.File{Name: RootFile, Data: r.RootPEM(), Mode: 0o644},
+	); err != nil {
+		return nil, fmt.Errorf("write emulated SNP chain: %w", err)
 	}
 	return r, nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func pemCert(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-}
-
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return out, nil
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/google/go-tdx-guest/pcs"
+
+	"github.com/cloak-containers/cloak/shim/emulatedroot"
 )
 
 // CollateralValidity is how long collateral written by WriteCollateral stays
@@ -56,7 +58,7 @@ func (r *Root) Collateral(now time.Time) (map[string]Response, error) {
 		return nil, err
 	}
 	chain := func(c *x509.Certificate) string {
-		return url.QueryEscape(string(append(pemCert(c), pemCert(r.RootCA)...)))
+		return url.QueryEscape(string(append(emulatedroot.PEMCert(c), emulatedroot.PEMCert(r.RootCA)...)))
 	}
 	return map[string]Response{
 		pcs.TcbInfoURL(FMSPC): {Header: map[string]string{"Tcb-Info-Issuer-Chain": chain(r.TCBSigning)}, Body: tcbInfo},
@@ -99,11 +101,11 @@ func (r *Root) WriteCollateral(dir string, now time.Time) error {
 			for name, v := range resp.Header {
 				fmt.Fprintf(&h, "%s: %s\n", name, v)
 			}
-			if err := writeFileAtomic(p+".headers", []byte(h.String()), 0o644); err != nil {
+			if err := emulatedroot.WriteFileAtomic(p+".headers", []byte(h.String()), 0o644); err != nil {
 				return fmt.Errorf("write emulated TDX collateral: %w", err)
 			}
 		}
-		if err := writeFileAtomic(p, resp.Body, 0o644); err != nil {
+		if err := emulatedroot.WriteFileAtomic(p, resp.Body, 0o644); err != nil {
 			return fmt.Errorf("write emulated TDX collateral: %w", err)
 		}
 	}

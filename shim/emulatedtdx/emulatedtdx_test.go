@@ -24,6 +24,7 @@ import (
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	tdxverifier "github.com/cloak-containers/cloak/kbs/verifier/tdx"
+	"github.com/cloak-containers/cloak/shim/emulatedport"
 )
 
 // The tests verify with the KBS's own TDX verifier (host test code may use
@@ -349,7 +350,7 @@ func FuzzParseRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(line) >= MaxRequestLine || !validID([]byte(req.ID)) {
+		if len(line) >= MaxRequestLine || !emulatedport.ValidID([]byte(req.ID)) {
 			t.Fatalf("accepted %q", line)
 		}
 		switch req.Cmd {

@@ -1,7 +1,6 @@
 package emulatedtdx
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -9,10 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"time"
 
 	"github.com/google/go-tdx-guest/abi"
+
+	"github.com/cloak-containers/cloak/shim/emulatedport"
 )
 
 // The quoting service speaks the line protocol of the emulated SEV-SNP SP
@@ -28,12 +27,12 @@ import (
 //
 // <id> is 1-32 letters or digits chosen by the guest. PLATFORM lets a guest
 // tell which emulated platform serves the port: the emulated SNP SP answers
-// it with ERR. The guest's copy of this format is
-// attestation-agent/evidence/tdx (guest code cannot import host code).
+// it with ERR. The line loop is shim/emulatedport's; the guest's copy of
+// this format is attestation-agent/evidence/tdx (guest code cannot import
+// host code).
 const (
 	// MaxRequestLine bounds a request line, newline included.
 	MaxRequestLine = 256
-	maxIDLen       = 32
 	// PlatformName is the PLATFORM answer.
 	PlatformName = "tdx"
 )
@@ -63,8 +62,8 @@ func ParseRequest(line []byte) (Request, error) {
 	if len(f) < 2 {
 		return req, errors.New(`want "QUOTE <id> <128 hex digits>" or "PLATFORM <id>"`)
 	}
-	if !validID(f[1]) {
-		return req, fmt.Errorf("request id: want 1 to %d letters or digits", maxIDLen)
+	if !emulatedport.ValidID(f[1]) {
+		return req, fmt.Errorf("request id: want 1 to %d letters or digits", emulatedport.MaxIDLen)
 	}
 	req.Cmd, req.ID = string(f[0]), string(f[1])
 	switch req.Cmd {
@@ -97,27 +96,11 @@ func truncate(b []byte) []byte {
 	return b
 }
 
-func validID(b []byte) bool {
-	if len(b) == 0 || len(b) > maxIDLen {
-		return false
-	}
-	for _, c := range b {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return false
-		}
-	}
-	return true
-}
-
 // answer handles one line and returns the response line.
 func (s *QuotingService) answer(line []byte) []byte {
 	req, err := ParseRequest(line)
 	if err != nil {
-		id := "-"
-		if f := bytes.SplitN(line, []byte{' '}, 3); len(f) > 1 && validID(f[1]) {
-			id = string(f[1])
-		}
-		return fmt.Appendf(nil, "ERR %s %s\n", id, err)
+		return emulatedport.ErrorAnswer(line, err)
 	}
 	if req.Cmd == CmdPlatform {
 		return fmt.Appendf(nil, "OK %s %s\n", req.ID, PlatformName)
@@ -129,67 +112,17 @@ func (s *QuotingService) answer(line []byte) []byte {
 	return fmt.Appendf(nil, "OK %s %s\n", req.ID, base64.StdEncoding.EncodeToString(quote))
 }
 
+func (s *QuotingService) server() emulatedport.Server {
+	return emulatedport.Server{Name: "emulated TDX quoting service", MaxLine: MaxRequestLine, Answer: s.answer}
+}
+
 // Serve answers requests on rw until it reads EOF or fails. An over-long
 // line is skipped up to its newline and answered with an error.
-func (s *QuotingService) Serve(rw io.ReadWriter) error {
-	br := bufio.NewReaderSize(rw, MaxRequestLine)
-	for {
-		line, err := br.ReadSlice('\n')
-		switch {
-		case errors.Is(err, bufio.ErrBufferFull):
-			for errors.Is(err, bufio.ErrBufferFull) {
-				_, err = br.ReadSlice('\n')
-			}
-			if err != nil {
-				return eofOK(err)
-			}
-			if _, err := fmt.Fprintf(rw, "ERR - request longer than %d bytes\n", MaxRequestLine-1); err != nil {
-				return err
-			}
-			continue
-		case err != nil:
-			return eofOK(err)
-		}
-		if _, err := rw.Write(s.answer(bytes.TrimSuffix(line[:len(line)-1], []byte{'\r'}))); err != nil {
-			return err
-		}
-	}
-}
-
-func eofOK(err error) error {
-	if errors.Is(err, io.EOF) {
-		return nil
-	}
-	return err
-}
-
-// redialInterval is how often Run retries QEMU's socket.
-const redialInterval = 50 * time.Millisecond
+func (s *QuotingService) Serve(rw io.ReadWriter) error { return s.server().Serve(rw) }
 
 // Run connects to the host end of the VM's SP port (QEMU's chardev unix
-// socket, QEMU being the server) and serves it until ctx ends, reconnecting
-// whenever the connection drops. logf receives connection errors.
+// socket) and serves it until ctx ends, reconnecting whenever the
+// connection drops. logf receives connection errors.
 func (s *QuotingService) Run(ctx context.Context, socket string, logf func(format string, args ...any)) {
-	var d net.Dialer
-	for ctx.Err() == nil {
-		conn, err := d.DialContext(ctx, "unix", socket)
-		if err != nil {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(redialInterval):
-			}
-			continue
-		}
-		stop := context.AfterFunc(ctx, func() { conn.Close() })
-		if err := s.Serve(conn); err != nil && ctx.Err() == nil {
-			logf("emulated TDX quoting service on %s: %v", socket, err)
-		}
-		stop()
-		conn.Close()
-		select {
-		case <-ctx.Done():
-		case <-time.After(redialInterval):
-		}
-	}
+	s.server().Run(ctx, socket, logf)
 }

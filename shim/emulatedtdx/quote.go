@@ -11,6 +11,7 @@ import (
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 
 	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/shim/emulatedroot"
 )
 
 // Quote format constants (Intel TDX DCAP quote v4).
@@ -59,7 +60,7 @@ type QuotingService struct {
 
 // New returns the quoting service of a TD launched as described by l.
 func New(root *Root, l Launch) *QuotingService {
-	chain := append(append(pemCert(root.PCK), pemCert(root.PlatformCA)...), pemCert(root.RootCA)...)
+	chain := append(append(emulatedroot.PEMCert(root.PCK), emulatedroot.PEMCert(root.PlatformCA)...), emulatedroot.PEMCert(root.RootCA)...)
 	return &QuotingService{root: root, launch: l, chain: chain}
 }
 

@@ -12,22 +12,18 @@
 package emulatedtdx
 
 import (
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
-	"os"
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/cloak-containers/cloak/shim/emulatedroot"
 )
 
 // DefaultDir holds the hierarchy of this machine's emulated TDX platform.
@@ -47,7 +43,6 @@ const (
 	// CollateralDir is the offline collateral directory LoadOrCreate
 	// writes next to the hierarchy (see WriteCollateral).
 	CollateralDir = "collateral"
-	lockFile      = ".lock"
 )
 
 // Subject common names go-tdx-guest's verifier requires of each certificate.
@@ -77,32 +72,21 @@ type rootKeys struct {
 }
 
 // RootPEM is the root CA certificate a KBS trusts.
-func (r *Root) RootPEM() []byte { return pemCert(r.RootCA) }
+func (r *Root) RootPEM() []byte { return emulatedroot.PEMCert(r.RootCA) }
 
 // LoadOrCreate reads the hierarchy in dir, creating dir (0700), a new
 // hierarchy and its offline collateral (dir/collateral) the first time.
 // Concurrent callers (several shims starting pods) share one hierarchy:
 // creation happens under a lock file.
 func LoadOrCreate(dir string) (*Root, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("emulated TDX directory: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("emulated TDX lock: %w", err)
-	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("emulated TDX lock: %w", err)
-	}
-	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN) //nolint:errcheck // released on close anyway
+	return emulatedroot.LoadOrCreate(dir, "emulated TDX", func() (*Root, error) { return Load(dir) }, func() (*Root, error) { return create(dir) })
+}
 
-	r, err := Load(dir)
-	if err == nil || !errors.Is(err, os.ErrNotExist) {
-		return r, err
-	}
+// create generates a hierarchy and writes it and its collateral to dir.
+func create(dir string) (*Root, error) {
 	now := time.Now()
-	if r, err = Generate(now); err != nil {
+	r, err := Generate(now)
+	if err != nil {
 		return nil, err
 	}
 	if err := r.WriteCollateral(filepath.Join(dir, CollateralDir), now); err != nil {
@@ -119,44 +103,25 @@ func LoadOrCreate(dir string) (*Root, error) {
 // Load reads a hierarchy LoadOrCreate wrote. A missing file is
 // os.ErrNotExist.
 func Load(dir string) (*Root, error) {
-	read := func(name string) ([]byte, error) {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return nil, fmt.Errorf("emulated TDX hierarchy: %w", err)
-		}
-		return b, nil
-	}
-	keysPEM, err := read(KeysFile)
+	files, err := emulatedroot.ReadFiles(dir, "emulated TDX hierarchy", KeysFile, RootFile, CertsFile)
 	if err != nil {
 		return nil, err
 	}
-	rootPEM, err := read(RootFile)
-	if err != nil {
-		return nil, err
-	}
-	certsPEM, err := read(CertsFile)
-	if err != nil {
-		return nil, err
-	}
+	keysPEM, rootPEM, certsPEM := files[0], files[1], files[2]
 	damaged := func(what string, err error) error {
 		return fmt.Errorf("emulated TDX hierarchy in %s is damaged (%s: %v): delete the directory to generate a new one", dir, what, err)
 	}
-	certs, err := parseCerts(append(rootPEM, certsPEM...))
+	certs, err := emulatedroot.ParseCerts(append(rootPEM, certsPEM...))
 	if err != nil || len(certs) != 4 {
 		return nil, damaged("want 4 certificates", err)
 	}
 	r := &Root{RootCA: certs[0], PCK: certs[1], PlatformCA: certs[2], TCBSigning: certs[3]}
+	parsed, err := emulatedroot.ParseKeys(keysPEM)
+	if err != nil {
+		return nil, damaged(KeysFile, err)
+	}
 	var keys []*ecdsa.PrivateKey
-	for rest := keysPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
-		if err != nil {
-			return nil, damaged(KeysFile, err)
-		}
+	for _, k := range parsed {
 		ek, ok := k.(*ecdsa.PrivateKey)
 		if !ok {
 			return nil, damaged(KeysFile, fmt.Errorf("unexpected key type %T", k))
@@ -200,12 +165,12 @@ func Generate(now time.Time) (*Root, error) {
 	}
 	var err error
 	rootTmpl := ca(rootCN, 1)
-	if r.RootCA, err = createCert(rootTmpl, rootTmpl, &r.keys.root.PublicKey, r.keys.root); err != nil {
+	if r.RootCA, err = emulatedroot.CreateCert(rootTmpl, rootTmpl, &r.keys.root.PublicKey, r.keys.root); err != nil {
 		return nil, fmt.Errorf("emulated TDX root CA: %w", err)
 	}
 	platTmpl := ca(platformCN, 2)
 	platTmpl.MaxPathLenZero = true
-	if r.PlatformCA, err = createCert(platTmpl, r.RootCA, &r.keys.platform.PublicKey, r.keys.root); err != nil {
+	if r.PlatformCA, err = emulatedroot.CreateCert(platTmpl, r.RootCA, &r.keys.platform.PublicKey, r.keys.root); err != nil {
 		return nil, fmt.Errorf("emulated TDX PCK platform CA: %w", err)
 	}
 	sgx, err := sgxExtension()
@@ -223,7 +188,7 @@ func Generate(now time.Time) (*Root, error) {
 		CRLDistributionPoints: []string{pckCRLURL},
 		ExtraExtensions:       []pkix.Extension{sgx},
 	}
-	if r.PCK, err = createCert(pckTmpl, r.PlatformCA, &r.keys.pck.PublicKey, r.keys.platform); err != nil {
+	if r.PCK, err = emulatedroot.CreateCert(pckTmpl, r.PlatformCA, &r.keys.pck.PublicKey, r.keys.platform); err != nil {
 		return nil, fmt.Errorf("emulated TDX PCK certificate: %w", err)
 	}
 	tcbTmpl := &x509.Certificate{
@@ -232,7 +197,7 @@ func Generate(now time.Time) (*Root, error) {
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageContentCommitment, BasicConstraintsValid: true,
 		CRLDistributionPoints: []string{RootCRLURL},
 	}
-	if r.TCBSigning, err = createCert(tcbTmpl, r.RootCA, &r.keys.tcb.PublicKey, r.keys.root); err != nil {
+	if r.TCBSigning, err = emulatedroot.CreateCert(tcbTmpl, r.RootCA, &r.keys.tcb.PublicKey, r.keys.root); err != nil {
 		return nil, fmt.Errorf("emulated TDX TCB signing certificate: %w", err)
 	}
 	return r, nil
@@ -261,68 +226,19 @@ func subjectKeyID(pub *ecdsa.PublicKey) []byte {
 	return sum[:]
 }
 
-func createCert(tmpl, parent *x509.Certificate, pub any, signer crypto.Signer) (*x509.Certificate, error) {
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
-}
-
 // save writes the hierarchy to dir (which must exist), keys last.
 func (r *Root) save(dir string) error {
-	var keys []byte
-	for _, key := range []*ecdsa.PrivateKey{r.keys.root, r.keys.platform, r.keys.pck, r.keys.tcb, r.keys.attestation} {
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return fmt.Errorf("encode emulated TDX key: %w", err)
-		}
-		keys = append(keys, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})...)
+	keys, err := emulatedroot.MarshalKeys(r.keys.root, r.keys.platform, r.keys.pck, r.keys.tcb, r.keys.attestation)
+	if err != nil {
+		return fmt.Errorf("encode emulated TDX key: %w", err)
 	}
-	certs := append(append(pemCert(r.PCK), pemCert(r.PlatformCA)...), pemCert(r.TCBSigning)...)
-	for _, f := range []struct {
-		name string
-		data []byte
-		mode os.FileMode
-	}{
-		{RootFile, r.RootPEM(), 0o644},
-		{CertsFile, certs, 0o644},
-		{KeysFile, keys, 0o600},
-	} {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return fmt.Errorf("write emulated TDX hierarchy: %w", err)
-		}
+	certs := append(append(emulatedroot.PEMCert(r.PCK), emulatedroot.PEMCert(r.PlatformCA)...), emulatedroot.PEMCert(r.TCBSigning)...)
+	if err := emulatedroot.WriteFiles(dir,
+		emulatedroot.File{Name: RootFile, Data: r.RootPEM(), Mode: 0o644},
+		emulatedroot.File{Name: CertsFile, Data: certs, Mode: 0o644},
+		emulatedroot.File{Name: KeysFile, Data: keys, Mode: 0o600},
+	); err != nil {
+		return fmt.Errorf("write emulated TDX hierarchy: %w", err)
 	}
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func pemCert(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-}
-
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return out, nil
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
 }

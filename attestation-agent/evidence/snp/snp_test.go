@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/uuid"
 
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/spport"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -164,7 +165,7 @@ func TestReportRefusals(t *testing.T) {
 		answer func(id string, rd [abi.ReportDataSize]byte) string
 		want   string
 	}{
-		{"SP error", func(id string, _ [abi.ReportDataSize]byte) string { return "ERR " + id + " vmpl 7: want 0 to 3\n" }, "refused the request: vmpl 7"},
+		{"SP error", func(id string, _ [abi.ReportDataSize]byte) string { return "ERR " + id + " vmpl 7: want 0 to 3\n" }, "refused REPORT: vmpl 7"},
 		{"other report data", func(id string, rd [abi.ReportDataSize]byte) string {
 			rd[0] ^= 1
 			return okAnswer(id, rd)
@@ -172,7 +173,7 @@ func TestReportRefusals(t *testing.T) {
 		{"short report", func(id string, _ [abi.ReportDataSize]byte) string { return "OK " + id + " AAAA AAAA\n" }, "want 1184"},
 		{"no cert table", func(id string, _ [abi.ReportDataSize]byte) string { return "OK " + id + " AAAA\n" }, "want a report and a certificate table"},
 		{"oversized line", func(id string, _ [abi.ReportDataSize]byte) string {
-			return "OK " + id + " " + strings.Repeat("A", maxResponseLine) + "\n"
+			return "OK " + id + " " + strings.Repeat("A", spport.MaxLine) + "\n"
 		}, "longer than"},
 	}
 	for _, tc := range tests {

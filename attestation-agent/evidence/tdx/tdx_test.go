@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/spport"
 )
 
 // fakeQuote is a quote-shaped buffer: version 4, report data and
@@ -201,7 +203,7 @@ func TestQuoteRefused(t *testing.T) {
 	if _, err := New(short, noTDX(t)).Quote(context.Background(), rd); err == nil || !strings.Contains(err.Error(), "too short") {
 		t.Errorf("short quote: err = %v", err)
 	}
-	huge := &PortSource{Path: fakePort(t, func(f []string) string { return "OK " + f[1] + " " + strings.Repeat("A", maxResponseLine) })}
+	huge := &PortSource{Path: fakePort(t, func(f []string) string { return "OK " + f[1] + " " + strings.Repeat("A", spport.MaxLine) })}
 	if _, err := huge.Quote(context.Background(), rd); err == nil || !strings.Contains(err.Error(), "longer than") {
 		t.Errorf("over-long answer: err = %v", err)
 	}

@@ -2,14 +2,11 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
-	"time"
 )
 
 // Defaults of VTPM.
@@ -88,18 +85,9 @@ func swtpmArgs(cfg Config) []string {
 	}
 }
 
-// swtpmProc is the swtpm of one VM.
-type swtpmProc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-// swtpmGrace is how long stop waits for swtpm after SIGTERM.
-const swtpmGrace = 5 * time.Second
-
 // startSwtpm manufactures the TPM state if needed, runs swtpm for cfg and
 // waits until its control socket exists.
-func startSwtpm(ctx context.Context, cfg Config, logger *slog.Logger) (*swtpmProc, error) {
+func startSwtpm(ctx context.Context, cfg Config, logger *slog.Logger) (*daemon, error) {
 	swtpm, setup := cfg.TPM.Swtpm, cfg.TPM.SwtpmSetup
 	if swtpm == "" {
 		swtpm = DefaultSwtpm
@@ -114,32 +102,8 @@ func startSwtpm(ctx context.Context, cfg Config, logger *slog.Logger) (*swtpmPro
 	if err := manufactureTPM(ctx, cfg, setup); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, swtpmArgs(cfg)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start swtpm: %w", err)
-	}
-	p := &swtpmProc{cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	t := time.NewTicker(qmpRetryInterval)
-	defer t.Stop()
-	for {
-		if _, err := os.Stat(cfg.SwtpmSocket()); err == nil {
-			logger.Info("swtpm: started", "pid", cmd.Process.Pid, "state_dir", cfg.TPM.StateDir)
-			return p, nil
-		}
-		select {
-		case <-p.exited:
-			return nil, fmt.Errorf("swtpm exited before serving %s: %s\nswtpm log %s:\n%s", cfg.SwtpmSocket(), cmd.ProcessState, cfg.SwtpmLog(), tail(cfg.SwtpmLog(), logTailLines))
-		case <-ctx.Done():
-			p.stop()
-			return nil, fmt.Errorf("swtpm did not create %s: %w", cfg.SwtpmSocket(), ctx.Err())
-		case <-t.C:
-		}
-	}
+	return startDaemon(ctx, "swtpm", exec.Command(bin, swtpmArgs(cfg)...), cfg.SwtpmSocket(), cfg.SwtpmLog(), logger,
+		"state_dir", cfg.TPM.StateDir)
 }
 
 // manufactureTPM runs swtpm_setup when StateDir holds no TPM 2.0 state yet.
@@ -160,22 +124,4 @@ func manufactureTPM(ctx context.Context, cfg Config, setup string) error {
 		return fmt.Errorf("manufacture the vTPM (%s %v): %w\n%s", setup, args, err, out)
 	}
 	return nil
-}
-
-// stop ends swtpm by its pid: SIGTERM, then SIGKILL after the grace.
-func (p *swtpmProc) stop() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		_ = p.cmd.Process.Kill()
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(swtpmGrace):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
 }

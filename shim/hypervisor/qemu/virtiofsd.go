@@ -2,25 +2,11 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
-	"syscall"
-	"time"
 )
-
-// virtiofsdGrace is how long stop waits for virtiofsd after SIGTERM.
-const virtiofsdGrace = 5 * time.Second
-
-// virtiofsd is the virtio-fs daemon of one VM, serving SharedFS.Dir on
-// VirtiofsdSocket until stopped (or until QEMU disconnects).
-type virtiofsd struct {
-	cmd    *exec.Cmd
-	log    string
-	exited chan struct{}
-}
 
 // virtiofsdArgs are virtiofsd's (the Rust one's) options. It runs in its
 // own mount namespace (its default sandbox) and sees mounts made under Dir
@@ -37,7 +23,7 @@ func virtiofsdArgs(cfg Config) []string {
 }
 
 // startVirtiofsd runs virtiofsd for cfg and waits until its socket exists.
-func startVirtiofsd(ctx context.Context, cfg Config, logger *slog.Logger) (*virtiofsd, error) {
+func startVirtiofsd(ctx context.Context, cfg Config, logger *slog.Logger) (*daemon, error) {
 	bin := cfg.SharedFS.Virtiofsd
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("virtiofsd: %w (install virtiofsd, or set virtiofsd in the cloak configuration, or shared_fs = \"none\")", err)
@@ -49,47 +35,6 @@ func startVirtiofsd(ctx context.Context, cfg Config, logger *slog.Logger) (*virt
 	defer logFile.Close()
 	cmd := exec.Command(bin, virtiofsdArgs(cfg)...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start virtiofsd: %w", err)
-	}
-	v := &virtiofsd{cmd: cmd, log: cfg.VirtiofsdLog(), exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(v.exited)
-	}()
-	t := time.NewTicker(qmpRetryInterval)
-	defer t.Stop()
-	for {
-		if _, err := os.Stat(cfg.VirtiofsdSocket()); err == nil {
-			logger.Info("virtiofsd: started", "pid", cmd.Process.Pid, "shared_dir", cfg.SharedFS.Dir)
-			return v, nil
-		}
-		select {
-		case <-v.exited:
-			return nil, fmt.Errorf("virtiofsd exited before serving %s: %s\nvirtiofsd log %s:\n%s", cfg.VirtiofsdSocket(), cmd.ProcessState, v.log, tail(v.log, logTailLines))
-		case <-ctx.Done():
-			v.stop()
-			return nil, fmt.Errorf("virtiofsd did not create %s: %w", cfg.VirtiofsdSocket(), ctx.Err())
-		case <-t.C:
-		}
-	}
-}
-
-// stop ends virtiofsd by its pid: SIGTERM, then SIGKILL after the grace.
-func (v *virtiofsd) stop() {
-	select {
-	case <-v.exited:
-		return
-	default:
-	}
-	if err := v.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		_ = v.cmd.Process.Kill()
-	}
-	select {
-	case <-v.exited:
-	case <-time.After(virtiofsdGrace):
-		_ = v.cmd.Process.Kill()
-		<-v.exited
-	}
+	return startDaemon(ctx, "virtiofsd", cmd, cfg.VirtiofsdSocket(), cfg.VirtiofsdLog(), logger,
+		"shared_dir", cfg.SharedFS.Dir)
 }

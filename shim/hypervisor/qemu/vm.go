@@ -39,8 +39,8 @@ type VM struct {
 	cmd     *exec.Cmd
 	log     *slog.Logger
 	qmp     *qmpClient
-	fs      *virtiofsd // nil without SharedFS
-	tpm     *swtpmProc // nil without a vTPM
+	fs      *daemon // nil without SharedFS
+	tpm     *daemon // nil without a vTPM
 
 	exited  chan struct{} // closed once QEMU is reaped
 	waitErr error         // valid after exited is closed
@@ -92,7 +92,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*VM, error) {
 	if err := makeRunDir(cfg.RunDir); err != nil {
 		return nil, err
 	}
-	var fs *virtiofsd
+	var fs *daemon
 	if cfg.SharedFS.Dir != "" {
 		// QEMU connects to its socket while it parses the command line.
 		if fs, err = startVirtiofsd(ctx, cfg, logger); err != nil {
@@ -100,7 +100,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*VM, error) {
 			return nil, err
 		}
 	}
-	var tpm *swtpmProc
+	var tpm *daemon
 	if cfg.TPM.StateDir != "" {
 		// QEMU connects to swtpm's control socket while it starts.
 		if tpm, err = startSwtpm(ctx, cfg, logger); err != nil {
