@@ -50,23 +50,12 @@ const (
 	nvChunk = 512
 )
 
-// Evidence is the "tpm" evidence document (field meanings in
-// kbs/verifier/tpm).
-type Evidence struct {
-	AKPublic    string `json:"ak_public"`
-	Quote       Quote  `json:"tpm_quote"`
-	ReportData  string `json:"report_data"`
-	AKTPMPublic string `json:"ak_tpm_public,omitempty"`
-	EKCert      string `json:"ek_cert,omitempty"`
-	EventLog    string `json:"eventlog,omitempty"`
-}
+// Evidence is the "tpm" evidence document (the wire format in kbstypes;
+// field meanings there).
+type Evidence = kbstypes.TPMEvidence
 
 // Quote is a TPM2_Quote result.
-type Quote struct {
-	Signature string   `json:"signature"`
-	Message   string   `json:"message"`
-	PCRs      []string `json:"pcrs"`
-}
+type Quote = kbstypes.TPMQuote
 
 // Provider produces "tpm" evidence.
 type Provider struct {

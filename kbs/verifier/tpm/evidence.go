@@ -11,6 +11,8 @@ import (
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Size limits on the untrusted evidence. A TPM 2.0 quote with an RSA-4096
@@ -25,32 +27,11 @@ const (
 // PCRCount is the number of PCRs of the sha256 bank a quote must cover.
 const PCRCount = 24
 
-// Evidence is the "tpm" primary evidence. The first three fields are what
-// Trustee's TPM attester sends and its verifier reads; the others are
-// optional Cloak additions that Trustee ignores.
-type Evidence struct {
-	// AKPublic is base64 of the AK's DER SubjectPublicKeyInfo.
-	AKPublic string `json:"ak_public"`
-	Quote    Quote  `json:"tpm_quote"`
-	// ReportData is base64 of the 64 bytes the quote's extraData carries.
-	ReportData string `json:"report_data,omitempty"`
-	// AKTPMPublic is base64 of the AK's TPMT_PUBLIC (attributes, scheme).
-	AKTPMPublic string `json:"ak_tpm_public,omitempty"`
-	// EKCert is the PEM endorsement-key certificate from the TPM's NV.
-	EKCert string `json:"ek_cert,omitempty"`
-	// EventLog is base64 of the TCG crypto-agile firmware event log.
-	EventLog string `json:"eventlog,omitempty"`
-}
+// Evidence is the "tpm" primary evidence (the wire format in kbstypes).
+type Evidence = kbstypes.TPMEvidence
 
 // Quote is a TPM2_Quote result.
-type Quote struct {
-	// Signature is base64 of the TPMT_SIGNATURE.
-	Signature string `json:"signature"`
-	// Message is base64 of the signed TPMS_ATTEST.
-	Message string `json:"message"`
-	// PCRs are the hex sha256 values of PCR 0 to 23.
-	PCRs []string `json:"pcrs"`
-}
+type Quote = kbstypes.TPMQuote
 
 // parsed is Evidence decoded into TPM structures; nothing in it is trusted.
 type parsed struct {
