@@ -24,35 +24,46 @@ const (
 	ctrNamespace = "cloak-test"
 )
 
-var (
-	containerdOnce sync.Once
-	containerdBin  string
-	containerdErr  error
-)
+// depsScript runs a ci/*-deps.sh script once per test process; the script
+// builds or installs into the cache and prints the directory of what it
+// made.
+type depsScript struct {
+	script string
+	once   sync.Once
+	dir    string
+	err    error
+}
+
+func (d *depsScript) get(t testing.TB, what string) string {
+	t.Helper()
+	d.once.Do(func() {
+		cmd := exec.Command(d.script)
+		cmd.Dir = "../.."
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			d.err = fmt.Errorf("%s: %v\n%s", d.script, err, stderr.String())
+			return
+		}
+		d.dir = strings.TrimSpace(string(out))
+	})
+	if d.err != nil {
+		// CI machines can build it (ci/vm-deps.sh installs what the
+		// scripts need); failing to is a failure, not a reason to skip.
+		t.Fatalf("%s: %v", what, d.err)
+	}
+	return d.dir
+}
+
+var containerdScript = &depsScript{script: "./ci/containerd-deps.sh"}
 
 // containerdDeps returns the directory holding containerd, ctr,
 // containerd-shim-runc-v2 and runc, built once into the cache by
 // ci/containerd-deps.sh at go.mod's containerd version.
 func containerdDeps(t testing.TB) string {
 	t.Helper()
-	containerdOnce.Do(func() {
-		cmd := exec.Command("./ci/containerd-deps.sh")
-		cmd.Dir = "../.."
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			containerdErr = fmt.Errorf("ci/containerd-deps.sh: %v\n%s", err, stderr.String())
-			return
-		}
-		containerdBin = strings.TrimSpace(string(out))
-	})
-	if containerdErr != nil {
-		// CI machines can build it (ci/vm-deps.sh installs libseccomp-dev);
-		// failing to is a failure, not a reason to skip.
-		t.Fatalf("build the container stack: %v", containerdErr)
-	}
-	return containerdBin
+	return containerdScript.get(t, "build the container stack")
 }
 
 // buildShim builds containerd-shim-cloak-v2 into a directory of its own,

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,32 +40,13 @@ const (
 	criSubnet  = "10.88.0.0/16"
 )
 
-var (
-	criToolsOnce sync.Once
-	criToolsBin  string
-	criToolsErr  error
-)
+var criToolsScript = &depsScript{script: "./ci/cri-deps.sh"}
 
 // criTools returns the directory holding crictl and critest, built once into
 // the cache by ci/cri-deps.sh (which also installs Debian's CNI plugins).
 func criTools(t *testing.T) string {
 	t.Helper()
-	criToolsOnce.Do(func() {
-		cmd := exec.Command("./ci/cri-deps.sh")
-		cmd.Dir = "../.."
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			criToolsErr = fmt.Errorf("ci/cri-deps.sh: %v\n%s", err, stderr.String())
-			return
-		}
-		criToolsBin = strings.TrimSpace(string(out))
-	})
-	if criToolsErr != nil {
-		t.Fatalf("build crictl/critest and install the CNI plugins: %v", criToolsErr)
-	}
-	return criToolsBin
+	return criToolsScript.get(t, "build crictl/critest and install the CNI plugins")
 }
 
 // criOptions shapes the containerd a CRI test starts.
