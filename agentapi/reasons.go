@@ -1,5 +1,10 @@
 package agentapi
 
+import (
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+)
+
 // ErrorDomain is the domain of the google.rpc.ErrorInfo detail the agent
 // attaches to its gRPC errors; Reason* are its reasons. Callers branch on
 // the reason, users read the message.
@@ -47,3 +52,18 @@ const (
 	// SerialHelloMax bounds a handshake line, newline included.
 	SerialHelloMax = 128
 )
+
+// ReasonOf returns the agent's reason carried by a gRPC error ("" when the
+// error has none, e.g. a transport failure).
+func ReasonOf(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return info.GetReason()
+		}
+	}
+	return ""
+}

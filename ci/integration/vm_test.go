@@ -17,9 +17,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/shim/agent"
@@ -400,15 +398,4 @@ func mustJSON(t *testing.T, v any) []byte {
 }
 
 // reasonOf returns the agentapi reason of a gRPC error from the agent.
-func reasonOf(err error) string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == agentapi.ErrorDomain {
-			return info.GetReason()
-		}
-	}
-	return ""
-}
+func reasonOf(err error) string { return agentapi.ReasonOf(err) }

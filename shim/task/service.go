@@ -43,6 +43,10 @@ import (
 // (as if SIGKILLed): non-zero, so containerd and its clients see a failure.
 const vmGoneStatus = 128 + uint32(syscall.SIGKILL)
 
+// ioDrainTimeout bounds how long an exit event waits, after the guest
+// reported the exit, for the last output bytes to reach containerd's FIFOs.
+const ioDrainTimeout = 10 * time.Second
+
 var empty = &emptypb.Empty{}
 
 // service implements containerd's task API for the tasks of one shim.
@@ -443,6 +447,11 @@ func (s *service) waitExit(sb *sandbox, p *process) {
 	select {
 	case <-p.io.done:
 	case <-sb.vm.Exited():
+	case <-time.After(ioDrainTimeout):
+		// A process the container left behind may hold its output open;
+		// the exit must not wait for it forever.
+		log.G(s.ctx).WithField("container", p.containerID).WithField("exec", p.execID).
+			Warnf("output still open %s after the process exited; reporting the exit", ioDrainTimeout)
 	}
 	if p.exit(status, at) {
 		s.sendExit(p)
@@ -536,6 +545,12 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		}
 	}
 	if _, err := sb.client.SignalProcess(ctx, &agentapi.SignalProcessRequest{ContainerId: r.ID, ExecId: r.ExecID, Signal: r.Signal, All: r.All}); err != nil {
+		// It exited in the guest and its exit is on its way to us: as for
+		// runc's shim, a finished process is "not found", which containerd
+		// takes as already stopped.
+		if agentapi.ReasonOf(err) == agentapi.ReasonNotFound {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("process %s already finished in the guest: %w", p.eventID(), errdefs.ErrNotFound))
+		}
 		return nil, fmt.Errorf("signal %d to %s in the guest: %w", r.Signal, p.eventID(), err)
 	}
 	return empty, nil
