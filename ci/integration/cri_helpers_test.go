@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,6 +76,10 @@ type criOptions struct {
 	// [registry] mirrors: images keep their public names, and no traffic
 	// leaves the machine.
 	registryAliases []string
+	// cloakExtra is TOML added to the cloak-emulated handler's cloak
+	// configuration before its [registry] table: top-level keys (e.g.
+	// emulated_snp_dir) and then tables (e.g. [kbs]).
+	cloakExtra string
 }
 
 // criEnv is a containerd with the CRI plugin owned by one test. containerd
@@ -94,6 +100,7 @@ type criEnv struct {
 	runDir              string // the cloak VMs' run dirs live here
 	consoleDir          string
 	cloakConfigs        map[string]string // handler -> cloak config file
+	snapshotterRoot     string            // cloak-snapshotter's root, with guestPull
 }
 
 // startCRI starts a registry holding busybox and the pause image, and a
@@ -176,6 +183,10 @@ func startCRI(t *testing.T, opts criOptions) *criEnv {
 	e.cloakConfigs = map[string]string{}
 	if opts.cloak {
 		for handler, tee := range map[string]string{handlerCloak: "none", handlerCloakEmulated: "emulated"} {
+			extra := ""
+			if handler == handlerCloakEmulated && opts.cloakExtra != "" {
+				extra = strings.TrimSuffix(opts.cloakExtra, "\n") + "\n"
+			}
 			// The guest is on the pod network: it reaches the registry
 			// through the proxy on the bridge gateway.
 			e.cloakConfigs[handler] = write(handler+".toml", fmt.Sprintf(`image_dir = %q
@@ -185,15 +196,16 @@ memory_mib = 512
 run_dir = %q
 console_log_dir = %q
 agent_timeout_seconds = 120
-[registry]
+%s[registry]
 insecure = %s
 mirrors = { %s }
-`, imageDir, tee, e.runDir, e.consoleDir, insecure, strings.Join(mirrors, ", ")))
+`, imageDir, tee, e.runDir, e.consoleDir, extra, insecure, strings.Join(mirrors, ", ")))
 		}
 	}
 	var platforms strings.Builder
 	if opts.guestPull && opts.cloak {
 		snap := startSnapshotter(t)
+		e.snapshotterRoot = snap.root
 		opts.extraConfig = guestPullConfig(snap.address) + opts.extraConfig
 		opts.snapshotters = map[string]string{}
 		for _, handler := range []string{handlerCloak, handlerCloakEmulated} {
@@ -563,6 +575,75 @@ func serveProxyIn(t *testing.T, ns netns.NsHandle, addr, target string) {
 	}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
+}
+
+// serveTCPProxyIn listens on addr in the namespace ns and forwards each
+// connection, bytes as they are (TLS passes through), to target on the
+// host's loopback; it returns the listening address. The cleanup closes the
+// listener and every open connection.
+func serveTCPProxyIn(t *testing.T, ns netns.NsHandle, addr, target string) string {
+	t.Helper()
+	var l net.Listener
+	if err := onThreadIn(ns, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatalf("TCP proxy in containerd's namespace on %s: %v", addr, err)
+	}
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	track := func(c net.Conn, add bool) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if add && open == nil {
+			return false // closed
+		}
+		if add {
+			open[c] = true
+		} else if open != nil {
+			delete(open, c)
+		}
+		return true
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				// Dialed from a thread in the host's namespace.
+				up, err := net.DialTimeout("tcp", target, 10*time.Second)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				if !track(c, true) {
+					return
+				}
+				defer track(c, false)
+				copied := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(up, c); copied <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, up); copied <- struct{}{} }()
+				<-copied
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = l.Close()
+		<-done
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		open = nil
+		mu.Unlock()
+	})
+	return l.Addr().String()
 }
 
 // pushPause builds testdata/cri/pause statically and pushes it as the
