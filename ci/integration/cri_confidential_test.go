@@ -2,13 +2,8 @@ package integration
 
 import (
 	"context"
-	"crypto/sha512"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net"
-	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -16,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/cloak-containers/cloak/kbs/keywrap"
-	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
 // TestCRIConfidentialPod runs a confidential pod end to end through
@@ -32,77 +26,12 @@ func TestCRIConfidentialPod(t *testing.T) {
 	}
 	imageDir := guestImage(t)
 	dir := t.TempDir()
-	chainDir := filepath.Join(dir, "emulated-snp")
-	if _, err := emulatedsnp.LoadOrCreate(chainDir); err != nil {
-		t.Fatal(err)
-	}
-	adminKey, adminPub := filepath.Join(dir, "admin.key"), filepath.Join(dir, "admin.pub")
-	mustRun(t, nil, "kbsctl", "keygen", "--private-key", adminKey, "--public-key", adminPub)
-	// The guest reaches the KBS as criGateway (the TCP proxy passes TLS
-	// through): its certificate must name that address.
-	kbs := startKBSBinary(t, filepath.Join(dir, "kbs"), "--admin-public-key", adminPub, "--tls-san", criGateway,
-		"--snp-extra-root", filepath.Join(chainDir, "cert_chain.pem"),
-		"--collateral-offline", "--collateral-dir", t.TempDir(), "--snp-crl", "if-available")
-	ctl := func(args ...string) []string {
-		return append([]string{"--url", kbs.url, "--cacert", kbs.ca, "--admin-key", adminKey}, args...)
-	}
-	kek, kekPath := newKEK(t, dir)
-	mustRun(t, kek, "kbsctl", ctl("resource", "set", "default/image-key/cri", "--file", "-")...)
-
-	raw, err := os.ReadFile(filepath.Join(imageDir, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var manifest struct {
-		Measurements struct{ Emulated string } `json:"measurements"`
-	}
-	if err := json.Unmarshal(raw, &manifest); err != nil || manifest.Measurements.Emulated == "" {
-		t.Fatalf("manifest.json has no emulated measurement (%v)", err)
-	}
-	mustRun(t, nil, "kbsctl", ctl("reference-value", "set", "snp_launch_measurement", manifest.Measurements.Emulated)...)
-
-	// The proxy in containerd's namespace listens on the KBS's port (free
-	// there: it is another namespace), so the initdata can name it before
-	// containerd starts.
-	kbsURL, err := url.Parse(kbs.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(kbs.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	initdata := initdataFor("https://"+net.JoinHostPort(criGateway, kbsURL.Port()), caPEM)
-	digest := sha512.Sum384(initdata)
-	mustRun(t, nil, "kbsctl", ctl("reference-value", "set", "init_data", hex.EncodeToString(digest[:]))...)
-	initdataFile := filepath.Join(dir, "initdata.toml")
-	if err := os.WriteFile(initdataFile, initdata, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(dir, "allow-emulated.rego")
-	if err := os.WriteFile(policy, []byte(`package policy
-
-import rego.v1
-
-# CI only: release to emulated SEV-SNP guests the attestation policy affirms.
-default allow := false
-
-allow if {
-	every submod in input.submods {
-		submod["ear.status"] == "affirming"
-	}
-	some submod in input.submods
-	submod["ear.veraison.annotated-evidence"].snp.emulated == true
-}
-
-reasons contains sprintf("attestation status of %s is %s, not affirming", [name, submod["ear.status"]]) if {
-	some name, submod in input.submods
-	submod["ear.status"] != "affirming"
-}
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mustRun(t, nil, "kbsctl", ctl("resource-policy", "set", "--file", policy)...)
+	// The guest reaches the KBS as criGateway (a TCP proxy in containerd's
+	// namespace passes TLS through, on the KBS's own port, free there: the
+	// initdata can name it before containerd starts).
+	k := startEmulatedKBS(t, imageDir, dir, criGateway, "default/image-key/cri")
+	k.allowEmulated(t)
+	ctl, chainDir, kekPath, initdataFile := k.ctl, k.chainDir, k.kekPath, k.initdataFile
 
 	wrapSock := filepath.Join(dir, "wrap.sock")
 	serveUntilDone(t, func(ctx context.Context) error { return keywrap.Serve(ctx, wrapSock, nil) })
@@ -119,7 +48,7 @@ reasons contains sprintf("attestation status of %s is %s, not affirming", [name,
 	if e.snapshotterRoot == "" {
 		t.Fatal("startCRI with guestPull set no cloak-snapshotter root")
 	}
-	serveTCPProxyIn(t, e.ns, net.JoinHostPort("0.0.0.0", kbsURL.Port()), kbsURL.Host)
+	serveTCPProxyIn(t, e.ns, net.JoinHostPort("0.0.0.0", k.port(t)), net.JoinHostPort("127.0.0.1", k.port(t)))
 
 	name := "confidential"
 	pod := e.podConfig(t, name, handlerCloakEmulated)

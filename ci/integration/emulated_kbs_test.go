@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -30,51 +31,8 @@ func TestEmulatedSNPThroughKBS(t *testing.T) {
 	}
 	e, imageDir, registryHost, ref := containerdWithBusybox(t)
 	dir := t.TempDir()
-	chainDir := filepath.Join(dir, "emulated-snp")
-	if _, err := emulatedsnp.LoadOrCreate(chainDir); err != nil {
-		t.Fatal(err)
-	}
-	adminKey, adminPub := filepath.Join(dir, "admin.key"), filepath.Join(dir, "admin.pub")
-	mustRun(t, nil, "kbsctl", "keygen", "--private-key", adminKey, "--public-key", adminPub)
-	// The emulated chain publishes no CRL, and the test reaches no AMD
-	// server: collateral offline (an empty directory), CRL when available.
-	kbs := startKBSBinary(t, filepath.Join(dir, "kbs"), "--admin-public-key", adminPub, "--tls-san", hostFromGuest,
-		"--snp-extra-root", filepath.Join(chainDir, "cert_chain.pem"),
-		"--collateral-offline", "--collateral-dir", t.TempDir(), "--snp-crl", "if-available")
-	ctl := func(args ...string) []string {
-		return append([]string{"--url", kbs.url, "--cacert", kbs.ca, "--admin-key", adminKey}, args...)
-	}
-	kek, kekPath := newKEK(t, dir)
-	mustRun(t, kek, "kbsctl", ctl("resource", "set", "default/image-key/emu", "--file", "-")...)
-
-	// The reference values: the guest image's launch measurement as the
-	// emulated SP computes it (manifest.json), and the pod's initdata.
-	raw, err := os.ReadFile(filepath.Join(imageDir, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var manifest struct {
-		Measurements struct{ Emulated string } `json:"measurements"`
-	}
-	if err := json.Unmarshal(raw, &manifest); err != nil || manifest.Measurements.Emulated == "" {
-		t.Fatalf("manifest.json has no emulated measurement (%v)", err)
-	}
-	mustRun(t, nil, "kbsctl", ctl("reference-value", "set", "snp_launch_measurement", manifest.Measurements.Emulated)...)
-	caPEM, err := os.ReadFile(kbs.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(kbs.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	initdata := initdataFor("https://"+hostFromGuest+":"+u.Port(), caPEM)
-	digest := sha512.Sum384(initdata)
-	mustRun(t, nil, "kbsctl", ctl("reference-value", "set", "init_data", hex.EncodeToString(digest[:]))...)
-	initdataFile := filepath.Join(dir, "initdata.toml")
-	if err := os.WriteFile(initdataFile, initdata, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	k := startEmulatedKBS(t, imageDir, dir, hostFromGuest, "default/image-key/emu")
+	ctl, chainDir, kekPath, initdataFile := k.ctl, k.chainDir, k.kekPath, k.initdataFile
 
 	wrapSock := filepath.Join(dir, "wrap.sock")
 	serveUntilDone(t, func(ctx context.Context) error { return keywrap.Serve(ctx, wrapSock, nil) })
@@ -100,30 +58,7 @@ func TestEmulatedSNPThroughKBS(t *testing.T) {
 		}
 	})
 
-	policy := filepath.Join(dir, "allow-emulated.rego")
-	if err := os.WriteFile(policy, []byte(`package policy
-
-import rego.v1
-
-# CI only: release to emulated SEV-SNP guests the attestation policy affirms.
-default allow := false
-
-allow if {
-	every submod in input.submods {
-		submod["ear.status"] == "affirming"
-	}
-	some submod in input.submods
-	submod["ear.veraison.annotated-evidence"].snp.emulated == true
-}
-
-reasons contains sprintf("attestation status of %s is %s, not affirming", [name, submod["ear.status"]]) if {
-	some name, submod in input.submods
-	submod["ear.status"] != "affirming"
-}
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mustRun(t, nil, "kbsctl", ctl("resource-policy", "set", "--file", policy)...)
+	k.allowEmulated(t)
 
 	t.Run("allowed: the guest decrypts and runs the image", func(t *testing.T) {
 		r := run("emu-allowed")
@@ -146,4 +81,97 @@ reasons contains sprintf("attestation status of %s is %s, not affirming", [name,
 			t.Errorf("audit lacks %s", want)
 		}
 	}
+}
+
+// emulatedKBS is a real KBS (the binary) that trusts a fresh emulated
+// SEV-SNP root, holds one image key, and has as reference values the guest
+// image's emulated launch measurement and the digest of a pod initdata
+// naming the KBS at guestHost (where the guest reaches the KBS's port).
+type emulatedKBS struct {
+	kbs                             *kbsProc
+	ctl                             func(args ...string) []string
+	chainDir, kekPath, initdataFile string
+}
+
+func startEmulatedKBS(t *testing.T, imageDir, dir, guestHost, keyPath string) *emulatedKBS {
+	t.Helper()
+	k := &emulatedKBS{chainDir: filepath.Join(dir, "emulated-snp"), initdataFile: filepath.Join(dir, "initdata.toml")}
+	if _, err := emulatedsnp.LoadOrCreate(k.chainDir); err != nil {
+		t.Fatal(err)
+	}
+	adminKey, adminPub := filepath.Join(dir, "admin.key"), filepath.Join(dir, "admin.pub")
+	mustRun(t, nil, "kbsctl", "keygen", "--private-key", adminKey, "--public-key", adminPub)
+	// The emulated chain publishes no CRL, and the test reaches no AMD
+	// server: collateral offline (an empty directory), CRL when available.
+	k.kbs = startKBSBinary(t, filepath.Join(dir, "kbs"), "--admin-public-key", adminPub, "--tls-san", guestHost,
+		"--snp-extra-root", filepath.Join(k.chainDir, "cert_chain.pem"),
+		"--collateral-offline", "--collateral-dir", t.TempDir(), "--snp-crl", "if-available")
+	k.ctl = func(args ...string) []string {
+		return append([]string{"--url", k.kbs.url, "--cacert", k.kbs.ca, "--admin-key", adminKey}, args...)
+	}
+	var kek []byte
+	kek, k.kekPath = newKEK(t, dir)
+	mustRun(t, kek, "kbsctl", k.ctl("resource", "set", keyPath, "--file", "-")...)
+
+	raw, err := os.ReadFile(filepath.Join(imageDir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var manifest struct {
+		Measurements struct{ Emulated string } `json:"measurements"`
+	}
+	if err := json.Unmarshal(raw, &manifest); err != nil || manifest.Measurements.Emulated == "" {
+		t.Fatalf("manifest.json has no emulated measurement (%v)", err)
+	}
+	mustRun(t, nil, "kbsctl", k.ctl("reference-value", "set", "snp_launch_measurement", manifest.Measurements.Emulated)...)
+	caPEM, err := os.ReadFile(k.kbs.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initdata := initdataFor("https://"+net.JoinHostPort(guestHost, k.port(t)), caPEM)
+	digest := sha512.Sum384(initdata)
+	mustRun(t, nil, "kbsctl", k.ctl("reference-value", "set", "init_data", hex.EncodeToString(digest[:]))...)
+	if err := os.WriteFile(k.initdataFile, initdata, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// port is the KBS's port on the host's loopback.
+func (k *emulatedKBS) port(t *testing.T) string {
+	u, err := url.Parse(k.kbs.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Port()
+}
+
+// allowEmulated installs a resource policy that releases keys to emulated
+// SEV-SNP guests the attestation policy affirms (CI only), with reasons.
+func (k *emulatedKBS) allowEmulated(t *testing.T) {
+	t.Helper()
+	policy := filepath.Join(t.TempDir(), "allow-emulated.rego")
+	if err := os.WriteFile(policy, []byte(`package policy
+
+import rego.v1
+
+# CI only: release to emulated SEV-SNP guests the attestation policy affirms.
+default allow := false
+
+allow if {
+	every submod in input.submods {
+		submod["ear.status"] == "affirming"
+	}
+	some submod in input.submods
+	submod["ear.veraison.annotated-evidence"].snp.emulated == true
+}
+
+reasons contains sprintf("attestation status of %s is %s, not affirming", [name, submod["ear.status"]]) if {
+	some name, submod in input.submods
+	submod["ear.status"] != "affirming"
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, nil, "kbsctl", k.ctl("resource-policy", "set", "--file", policy)...)
 }
