@@ -5,14 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"errors"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -82,47 +80,20 @@ func emulatedLaunch(t *testing.T) (kernel, initrd, cmdline string, digest []byte
 // VM and checks its QEMU is gone.
 func bootWithSPPort(t *testing.T, kernel, initrd, cmdline string, serve func(io.ReadWriter) error) (*qemu.VM, *recorder) {
 	t.Helper()
-	run := filepath.Join(t.TempDir(), "vm")
-	console := filepath.Join(t.TempDir(), "console.log")
-	cfg := qemu.Config{
-		Machine: qemu.MachineQ35, Accel: qemu.AccelAuto, VCPUs: 2, MemoryMiB: 1024,
-		Kernel: kernel, Initrd: initrd, Cmdline: cmdline,
-		ConsoleLog: console, RunDir: run,
-		Agent:      qemu.Agent{Kind: qemu.AgentVirtioSerial},
-		Network:    qemu.Network{Kind: qemu.NetworkUser},
-		EmulatedSP: true,
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	vm, err := qemu.Start(ctx, cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := vm.Pid()
+	vm, cfg := bootVMConfig(t, kernel, initrd, cmdline, func(c *qemu.Config) {
+		c.EmulatedSP = true
+	})
 	conn, err := net.Dial("unix", cfg.SPSocket())
 	if err != nil {
-		vm.Stop(ctx)
 		t.Fatalf("connect to the SP port: %v", err)
 	}
 	rec := &recorder{Conn: conn}
 	served := make(chan error, 1)
 	go func() { served <- serve(rec) }()
+	// Runs before bootVMConfig's cleanup stops the VM.
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := vm.Stop(ctx); err != nil {
-			t.Errorf("stop VM: %v", err)
-		}
 		conn.Close()
 		<-served
-		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("QEMU pid %d still exists after Stop", pid)
-		}
-		if t.Failed() {
-			if b, err := os.ReadFile(console); err == nil {
-				t.Logf("guest console:\n%s", tailLines(string(b), 60))
-			}
-		}
 	})
 	return vm, rec
 }

@@ -90,6 +90,17 @@ func imageCmdline(t testing.TB, dir string) string {
 
 func bootVMWith(t testing.TB, kernel, initrd, cmdline string) *qemu.VM {
 	t.Helper()
+	vm, _ := bootVMConfig(t, kernel, initrd, cmdline, nil)
+	return vm
+}
+
+// bootVMConfig boots kernel and initrd on the tests' standard VM (q35, 2
+// vCPUs, 1 GiB, virtio-serial agent, user-mode network), changed by change
+// when it is not nil. Cleanup stops the VM and checks that its QEMU and run
+// directory are gone; a failed test shows the guest console (and the swtpm
+// log of a vTPM).
+func bootVMConfig(t testing.TB, kernel, initrd, cmdline string, change func(*qemu.Config)) (*qemu.VM, qemu.Config) {
+	t.Helper()
 	run := filepath.Join(t.TempDir(), "vm")
 	console := filepath.Join(t.TempDir(), "console.log")
 	cfg := qemu.Config{
@@ -100,7 +111,10 @@ func bootVMWith(t testing.TB, kernel, initrd, cmdline string) *qemu.VM {
 		Network: qemu.Network{Kind: qemu.NetworkUser},
 		TEE:     qemu.TEE{Kind: qemu.TEENone},
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	if change != nil {
+		change(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	vm, err := qemu.Start(ctx, cfg, nil)
 	if err != nil {
@@ -123,9 +137,14 @@ func bootVMWith(t testing.TB, kernel, initrd, cmdline string) *qemu.VM {
 			if b, err := os.ReadFile(console); err == nil {
 				t.Logf("guest console:\n%s", tailLines(string(b), 60))
 			}
+			if cfg.TPM.StateDir != "" {
+				if b, err := os.ReadFile(cfg.SwtpmLog()); err == nil {
+					t.Logf("swtpm log:\n%s", tailLines(string(b), 20))
+				}
+			}
 		}
 	})
-	return vm
+	return vm, cfg
 }
 
 func tailLines(s string, n int) string {

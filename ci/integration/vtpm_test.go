@@ -10,12 +10,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,41 +31,8 @@ import (
 func bootVTPM(t *testing.T, stateDir, setupConfig string) *qemu.VM {
 	t.Helper()
 	dir := guestImage(t)
-	run := filepath.Join(t.TempDir(), "vm")
-	console := filepath.Join(t.TempDir(), "console.log")
-	cfg := qemu.Config{
-		Machine: qemu.MachineQ35, Accel: qemu.AccelAuto, VCPUs: 2, MemoryMiB: 1024,
-		Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img"), Cmdline: imageCmdline(t, dir),
-		ConsoleLog: console, RunDir: run,
-		Agent:   qemu.Agent{Kind: qemu.AgentVirtioSerial},
-		Network: qemu.Network{Kind: qemu.NetworkUser},
-		TEE:     qemu.TEE{Kind: qemu.TEENone},
-		TPM:     qemu.VTPM{StateDir: stateDir, SetupConfig: setupConfig},
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	vm, err := qemu.Start(ctx, cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := vm.Pid()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := vm.Stop(ctx); err != nil {
-			t.Errorf("stop VM: %v", err)
-		}
-		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("QEMU pid %d still exists after Stop", pid)
-		}
-		if t.Failed() {
-			if b, err := os.ReadFile(console); err == nil {
-				t.Logf("guest console:\n%s", tailLines(string(b), 60))
-			}
-			if b, err := os.ReadFile(cfg.SwtpmLog()); err == nil {
-				t.Logf("swtpm log:\n%s", tailLines(string(b), 20))
-			}
-		}
+	vm, _ := bootVMConfig(t, filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir), func(c *qemu.Config) {
+		c.TPM = qemu.VTPM{StateDir: stateDir, SetupConfig: setupConfig}
 	})
 	return vm
 }
