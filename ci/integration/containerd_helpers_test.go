@@ -217,16 +217,21 @@ func (e *containerdEnv) ctr(t testing.TB, stdin []byte, args ...string) (ctrResu
 	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
+	return commandResult("ctr", args, cmd.Run(), &out, &errOut)
+}
+
+// commandResult is what a finished tool command did: err is set only when
+// it could not run at all or exited non-zero (the code is in the result).
+func commandResult(tool string, args []string, err error, out, errOut *bytes.Buffer) (ctrResult, error) {
 	r := ctrResult{stdout: out.String(), stderr: errOut.String()}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		r.code = ee.ExitCode()
 	} else if err != nil {
-		return r, fmt.Errorf("ctr %v: %w", args, err)
+		return r, fmt.Errorf("%s %v: %w", tool, args, err)
 	}
 	if r.code != 0 {
-		return r, fmt.Errorf("ctr %v: exit %d\nstderr: %s", args, r.code, r.stderr)
+		return r, fmt.Errorf("%s %v: exit %d\nstderr: %s", tool, args, r.code, r.stderr)
 	}
 	return r, nil
 }

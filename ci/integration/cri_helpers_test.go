@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -367,17 +366,7 @@ func (e *criEnv) crictl(t *testing.T, args ...string) (ctrResult, error) {
 	if err == nil {
 		err = cmd.Wait()
 	}
-	r := ctrResult{stdout: out.String(), stderr: errOut.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		return r, fmt.Errorf("crictl %v: %w", args, err)
-	}
-	if r.code != 0 {
-		return r, fmt.Errorf("crictl %v: exit %d\nstderr: %s", args, r.code, r.stderr)
-	}
-	return r, nil
+	return commandResult("crictl", args, err, &out, &errOut)
 }
 
 // mustCrictl is crictl that fails the test on a non-zero exit, and returns
