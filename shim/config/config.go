@@ -73,6 +73,11 @@ type Config struct {
 	// CA, PCK chain, QE key) and the collateral a KBS verifies it with
 	// (collateral/ for --collateral-dir, root_ca.pem for --tdx-extra-root).
 	EmulatedTDXDir string `toml:"emulated_tdx_dir"`
+	// EmulatedHostAttack makes the shim act as a malicious host, to show
+	// that the guest's own checks hold: "initdata-after-launch" binds the
+	// pod's initdata into the launch, then hands the guest a changed one.
+	// Only with tee = "emulated"; empty (the default): no attack.
+	EmulatedHostAttack string `toml:"emulated_host_attack"`
 	// VTPM attaches a software TPM (swtpm on the host) to every VM: for CI
 	// and guests without a TEE; it proves nothing against the host.
 	VTPM bool `toml:"vtpm"`
@@ -97,6 +102,10 @@ const (
 	TEESNP      = "snp"
 	TEETDX      = "tdx"
 )
+
+// AttackInitdataAfterLaunch is the emulated_host_attack that changes the
+// initdata after its digest went into the launch.
+const AttackInitdataAfterLaunch = "initdata-after-launch"
 
 // Shared file systems of the shared_fs key.
 const (
@@ -286,6 +295,15 @@ func (c Config) validate() error {
 	}
 	if c.EmulatedPlatform != TEESNP && c.EmulatedPlatform != TEETDX {
 		return fmt.Errorf("emulated_platform %q: want snp or tdx", c.EmulatedPlatform)
+	}
+	switch c.EmulatedHostAttack {
+	case "":
+	case AttackInitdataAfterLaunch:
+		if c.TEE != TEEEmulated {
+			return fmt.Errorf("emulated_host_attack %q with tee %q: host attacks are a test of emulated TEEs only; set tee = \"emulated\" or remove the key", c.EmulatedHostAttack, c.TEE)
+		}
+	default:
+		return fmt.Errorf("emulated_host_attack %q: want %q or nothing", c.EmulatedHostAttack, AttackInitdataAfterLaunch)
 	}
 	if c.VTPM && (c.TEE == TEESNP || c.TEE == TEETDX) {
 		return fmt.Errorf("vtpm with tee %q: a host-run TPM adds nothing to hardware evidence; set vtpm = false", c.TEE)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,6 +47,9 @@ type sandbox struct {
 	// vtpmDir is the VM's swtpm state, removed with the VM ("" = no vTPM).
 	vtpmDir string
 	sp      *emulatedSP // nil unless tee = "emulated"
+	// tee and times are for the pod start timeline.
+	tee   string
+	times vmTimes
 }
 
 // vmState is what cleanup needs after the shim died.
@@ -94,6 +98,7 @@ func imageCmdline(dir string) (string, error) {
 // gets the pod's addresses and routes; without (standalone `ctr run`) it is
 // on QEMU's user-mode network.
 func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id, bundle, hostname string, pnet sandboxNet, logger *slog.Logger) (_ *sandbox, retErr error) {
+	times := vmTimes{requested: time.Now()}
 	cmdline, err := imageCmdline(cfg.ImageDir)
 	if err != nil {
 		return nil, err
@@ -125,7 +130,7 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 		Interfaces: []*agentapi.Interface{{Name: "eth0", Addresses: []string{userNetGuest}}},
 		Routes:     []*agentapi.Route{{Destination: "default", Gateway: userNetGateway, Device: "eth0"}},
 	}
-	sb := &sandbox{}
+	sb := &sandbox{tee: teeLabel(cfg)}
 	defer func() {
 		if retErr != nil {
 			sb.stop(context.WithoutCancel(ctx))
@@ -155,12 +160,19 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 	if sb.vm, err = qemu.Start(ctx, qcfg, logger); err != nil {
 		return nil, err
 	}
+	times.qemuStarted = time.Now()
 	if err := writeVMState(bundle, vmState{QEMUPid: sb.vm.Pid(), RunDir: qcfg.RunDir, NetNS: pnet.NetNS, VTPMDir: qcfg.TPM.StateDir}); err != nil {
 		return nil, err
 	}
 	if qcfg.EmulatedSP {
 		if sb.sp, err = startEmulatedSP(cfg, qcfg, vs.initdata, logger); err != nil {
 			return nil, err
+		}
+		if cfg.EmulatedHostAttack == config.AttackInitdataAfterLaunch {
+			// The launch binds the pod's initdata; the guest now gets
+			// another one, as from a host that changed its mind.
+			sandboxReq.Initdata = changedInitdata(vs.initdata)
+			logger.Warn("emulated host attack: handing the guest an initdata other than the launched one", "attack", cfg.EmulatedHostAttack)
 		}
 	}
 	vm := sb.vm
@@ -175,10 +187,19 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 	if err != nil {
 		return nil, fmt.Errorf("guest agent: %w", err)
 	}
+	times.agentReady = time.Now()
 	if _, err := sb.client.CreateSandbox(ctx, sandboxReq); err != nil {
 		return nil, fmt.Errorf("create sandbox in guest: %w", err)
 	}
+	times.ready = time.Now()
+	sb.times = times
 	return sb, nil
+}
+
+// changedInitdata is initdata with one more TOML comment: the same settings,
+// another digest (emulated_host_attack = "initdata-after-launch").
+func changedInitdata(initdata []byte) []byte {
+	return append(slices.Clone(initdata), "\n# changed by the host after launch\n"...)
 }
 
 // vtpmFor is the VM's software TPM when the handler has vtpm = true: a

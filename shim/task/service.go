@@ -76,6 +76,7 @@ type container struct {
 	podSandbox bool
 	init       *process
 	execs      map[string]*process
+	times      startTimes // for the pod start timeline
 }
 
 // NewService returns the task service; the shim library registers it over
@@ -264,9 +265,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	client := s.sandbox.client
 	pullCtx, cancel := context.WithTimeout(ctx, cfg.AgentTimeout())
 	defer cancel()
-	if _, err := client.PullImage(pullCtx, &agentapi.PullImageRequest{Image: image, Registry: registryOptions(cfg)}); err != nil {
+	times := startTimes{pullStarted: time.Now()}
+	times.pull, err = client.PullImage(pullCtx, &agentapi.PullImageRequest{Image: image, Registry: registryOptions(cfg)})
+	if err != nil {
 		return nil, fmt.Errorf("pull %s in the guest: %w", image, err)
 	}
+	times.pullDone = time.Now()
 	guestRaw, err := guestSpec(raw, spec, s.podSysctls)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -279,6 +283,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("create container %s in the guest: %w", r.ID, err)
 	}
+	times.created = time.Now()
 	io, err := openStdio(ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
 	if err != nil {
 		_, _ = client.RemoveContainer(context.WithoutCancel(ctx), &agentapi.RemoveContainerRequest{ContainerId: r.ID})
@@ -286,7 +291,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	p := newProcess(r.ID, "", created.Pid, io)
 	go io.copy(s.ctx, client, r.ID, "")
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, image: image, init: p, execs: map[string]*process{}}
+	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, image: image, init: p, execs: map[string]*process{}, times: times}
 	s.sendCreate(r, created.Pid)
 	return &taskAPI.CreateTaskResponse{Pid: created.Pid}, nil
 }
@@ -414,6 +419,11 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		if _, err := sb.client.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: r.ID}); err != nil {
 			return nil, fmt.Errorf("start container %s in the guest: %w", r.ID, err)
 		}
+		started := time.Now()
+		s.mu.Lock()
+		podID := s.podID
+		s.mu.Unlock()
+		logTimeline(ctx, sb, podID, c, started)
 	} else {
 		resp, err := sb.client.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: r.ID, ExecId: r.ExecID, Process: p.spec})
 		if err != nil {
