@@ -137,7 +137,7 @@ half the KBS was started with (--admin-public-key).`,
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each request to the KBS")
 
 	root.AddCommand(a.keygenCmd(), a.resourceCmd(), a.resourcePolicyCmd(), a.attestationPolicyCmd(),
-		a.referenceValueCmd(), a.auditCmd(), a.keyproviderCmd(), a.tokenCmd(), a.evidenceCmd())
+		a.referenceValueCmd(), a.auditCmd(), a.keyproviderCmd(), a.tokenCmd(), a.evidenceCmd(), a.imageCmd())
 	return root
 }
 
