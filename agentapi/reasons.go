@@ -17,6 +17,7 @@ const (
 	ReasonSandboxNotReady  = "SANDBOX_NOT_READY" // CreateSandbox has not run
 	ReasonImagePull        = "IMAGE_PULL_FAILED" // registry, manifest or digest problem
 	ReasonKeyUnavailable   = "KEY_UNAVAILABLE"   // the KBS refused or could not release a layer key
+	ReasonKBSUnreachable   = "KBS_UNREACHABLE"   // the KBS did not answer the guest in time (stopped, frozen or not reachable)
 	ReasonDecrypt          = "DECRYPT_FAILED"    // a layer did not decrypt with the released key
 	ReasonRuntime          = "RUNTIME_FAILED"    // runc failed
 	ReasonPolicy           = "POLICY_DENIED"     // the agent policy refused the call

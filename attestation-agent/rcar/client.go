@@ -29,11 +29,18 @@ import (
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
+// The defaults keep a KBS outage inside the shim's agent timeout (120 s in
+// CI, 180 s by default): the guest gives up after at most defaultBudget, so
+// its own error, not a host-side deadline, reaches the user. Against a
+// refused port, six attempts span about 4-8 s, enough for a KBS restart;
+// longer outages are left to the kubelet's own back-off. Against a KBS
+// that never answers, three requests of up to 10 s fill the 30 s.
 const (
-	defaultRetries = 3
-	defaultBackoff = 250 * time.Millisecond
-	maxBackoff     = 5 * time.Second
-	requestTimeout = 30 * time.Second
+	defaultRetries        = 5
+	defaultBackoff        = 250 * time.Millisecond
+	maxBackoff            = 5 * time.Second
+	defaultRequestTimeout = 10 * time.Second
+	defaultBudget         = 30 * time.Second
 	// tokenMargin makes the agent re-attest a little before its token
 	// expires, so a request never leaves with a token that dies in flight.
 	tokenMargin = 30 * time.Second
@@ -63,12 +70,20 @@ type Config struct {
 	// HTTPClient replaces the default client (its cookie jar, if nil, is
 	// replaced by a private one on a copy).
 	HTTPClient *http.Client
-	// Retries is how often a request is retried after a network error or a
-	// 5xx answer: 0 means 3, negative means never.
+	// Retries is how often a request is retried after a network error, a
+	// timeout or a 5xx answer: 0 means 5, negative means never. Refusals
+	// (4xx) and untrusted certificates are never retried.
 	Retries int
 	// Backoff is the delay before the first retry, doubled for each further
-	// one (with jitter); 0 means 250ms.
+	// one up to 5s (with jitter); 0 means 250ms.
 	Backoff time.Duration
+	// RequestTimeout bounds one HTTP request, from dialling to the last
+	// byte of the answer; 0 means 10s.
+	RequestTimeout time.Duration
+	// Budget bounds one call of Attest, Token or GetResource with all its
+	// requests and retries; 0 means 30s. It must end well before the
+	// host's deadline for the operation that needs the KBS.
+	Budget time.Duration
 	// Now is the clock used for token expiry; nil means time.Now.
 	Now func() time.Time
 }
@@ -83,6 +98,8 @@ type Client struct {
 	initData *kbstypes.InitData
 	retries  int
 	backoff  time.Duration
+	timeout  time.Duration // per request
+	budget   time.Duration // per call
 	now      func() time.Time
 
 	mu    sync.Mutex // serialises attestation; guards token and exp
@@ -106,6 +123,8 @@ func New(cfg Config) (*Client, error) {
 		initData: cfg.InitData,
 		retries:  cfg.Retries,
 		backoff:  cfg.Backoff,
+		timeout:  cfg.RequestTimeout,
+		budget:   cfg.Budget,
 		now:      cfg.Now,
 	}
 	switch {
@@ -116,6 +135,12 @@ func New(cfg Config) (*Client, error) {
 	}
 	if c.backoff <= 0 {
 		c.backoff = defaultBackoff
+	}
+	if c.timeout <= 0 {
+		c.timeout = defaultRequestTimeout
+	}
+	if c.budget <= 0 {
+		c.budget = defaultBudget
 	}
 	if c.now == nil {
 		c.now = time.Now
@@ -137,6 +162,9 @@ func httpClient(cfg Config) (*http.Client, error) {
 		hc = *cfg.HTTPClient
 	} else {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
+		// Each request carries its own deadline (Config.RequestTimeout);
+		// a separate handshake timeout would race it with another message.
+		tr.TLSHandshakeTimeout = 0
 		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 		if len(cfg.CACertPEM) > 0 {
 			pool := x509.NewCertPool()
@@ -145,7 +173,7 @@ func httpClient(cfg Config) (*http.Client, error) {
 			}
 			tr.TLSClientConfig.RootCAs = pool
 		}
-		hc = http.Client{Transport: tr, Timeout: requestTimeout}
+		hc = http.Client{Transport: tr}
 	}
 	if hc.Jar == nil {
 		jar, err := cookiejar.New(nil)
@@ -160,37 +188,62 @@ func httpClient(cfg Config) (*http.Client, error) {
 // TEEKey returns the key resources are encrypted to.
 func (c *Client) TEEKey() *teekey.Key { return c.key }
 
+// call is one public method's share of time: every request it makes,
+// attestation included, ends by deadline (Config.Budget after start).
+type call struct {
+	start, deadline time.Time
+}
+
+// errBudgetSpent is the cause of a call's context ending at its deadline.
+var errBudgetSpent = errors.New("the KBS client's time budget is spent")
+
+// begin starts a call: the returned context ends at the call's deadline.
+func (c *Client) begin(ctx context.Context) (context.Context, call, context.CancelFunc) {
+	start := time.Now()
+	cl := call{start: start, deadline: start.Add(c.budget)}
+	ctx, cancel := context.WithDeadlineCause(ctx, cl.deadline, errBudgetSpent)
+	return ctx, cl, cancel
+}
+
 // Attest runs a fresh attestation and returns the new token.
 func (c *Client) Attest(ctx context.Context) (string, error) {
+	ctx, cl, cancel := c.begin(ctx)
+	defer cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.attestLocked(ctx)
+	return c.attestLocked(ctx, cl)
 }
 
 // Token returns the cached token while it is valid, attesting otherwise.
 func (c *Client) Token(ctx context.Context) (string, error) {
+	ctx, cl, cancel := c.begin(ctx)
+	defer cancel()
+	return c.validToken(ctx, cl)
+}
+
+func (c *Client) validToken(ctx context.Context, cl call) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.token != "" && (c.exp.IsZero() || c.now().Add(tokenMargin).Before(c.exp)) {
 		return c.token, nil
 	}
-	return c.attestLocked(ctx)
+	return c.attestLocked(ctx, cl)
 }
 
 // refreshToken re-attests unless another caller already replaced stale.
-func (c *Client) refreshToken(ctx context.Context, stale string) (string, error) {
+func (c *Client) refreshToken(ctx context.Context, cl call, stale string) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.token != "" && c.token != stale {
 		return c.token, nil
 	}
-	return c.attestLocked(ctx)
+	return c.attestLocked(ctx, cl)
 }
 
-func (c *Client) attestLocked(ctx context.Context) (string, error) {
+func (c *Client) attestLocked(ctx context.Context, cl call) (string, error) {
 	c.token, c.exp = "", time.Time{}
 	var token string
-	err := c.withRetries(ctx, func() error {
+	err := c.withRetries(ctx, cl, func() error {
 		var err error
 		token, err = c.attestOnce(ctx)
 		return err
@@ -266,22 +319,26 @@ func tokenExpiry(token string) (time.Time, error) {
 }
 
 // GetResource returns the plaintext of a KBS resource, attesting first when
-// there is no valid token and once more if the KBS answers 401.
+// there is no valid token and once more if the KBS answers 401. When the
+// KBS cannot be reached within the client's retries and budget, the error
+// is an *UnreachableError.
 func (c *Client) GetResource(ctx context.Context, p kbstypes.ResourcePath) ([]byte, error) {
 	if _, err := kbstypes.ParseResourcePath(p.String()); err != nil {
 		return nil, err
 	}
-	token, err := c.Token(ctx)
+	ctx, cl, cancel := c.begin(ctx)
+	defer cancel()
+	token, err := c.validToken(ctx, cl)
 	if err != nil {
 		return nil, err
 	}
-	body, err := c.fetch(ctx, p, token)
+	body, err := c.fetch(ctx, cl, p, token)
 	var ke *KBSError
 	if errors.As(err, &ke) && ke.Status == http.StatusUnauthorized {
-		if token, err = c.refreshToken(ctx, token); err != nil {
+		if token, err = c.refreshToken(ctx, cl, token); err != nil {
 			return nil, err
 		}
-		body, err = c.fetch(ctx, p, token)
+		body, err = c.fetch(ctx, cl, p, token)
 	}
 	if err != nil {
 		return nil, err
@@ -293,9 +350,9 @@ func (c *Client) GetResource(ctx context.Context, p kbstypes.ResourcePath) ([]by
 	return plain, nil
 }
 
-func (c *Client) fetch(ctx context.Context, p kbstypes.ResourcePath, token string) ([]byte, error) {
+func (c *Client) fetch(ctx context.Context, cl call, p kbstypes.ResourcePath, token string) ([]byte, error) {
 	var body []byte
-	err := c.withRetries(ctx, func() error {
+	err := c.withRetries(ctx, cl, func() error {
 		var err error
 		body, err = c.do(ctx, http.MethodGet, "/kbs/v0/resource/"+p.String(), "resource "+p.String(), nil, token)
 		return err
@@ -306,18 +363,32 @@ func (c *Client) fetch(ctx context.Context, p kbstypes.ResourcePath, token strin
 // transportError is a failure to get an answer from the KBS at all.
 type transportError struct {
 	base string
+	op   string
 	err  error
 }
 
 func (e *transportError) Error() string {
-	return fmt.Sprintf("cannot reach KBS at %s: %v", e.base, e.err)
+	return fmt.Sprintf("cannot reach KBS at %s: %s: %v", e.base, e.op, e.err)
 }
 
 func (e *transportError) Unwrap() error { return e.err }
 
-// do sends one request and returns the body of a 2xx answer.
+// timeoutError is a request the KBS did not answer in time: its own
+// timeout, or what was left of the call's budget.
+type timeoutError struct{ after time.Duration }
+
+func (e *timeoutError) Error() string {
+	return fmt.Sprintf("timed out after %v waiting for the KBS's response", e.after.Round(10*time.Millisecond))
+}
+
+func (e *timeoutError) Timeout() bool { return true }
+
+// do sends one request and returns the body of a 2xx answer. ctx is the
+// call's; the request gets at most the client's request timeout of it.
 func (c *Client) do(ctx context.Context, method, path, op string, body []byte, bearer string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	reqCtx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(reqCtx, method, c.base+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("build request for %s: %w", op, err)
 	}
@@ -328,17 +399,15 @@ func (c *Client) do(ctx context.Context, method, path, op string, body []byte, b
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
+	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s: %w", op, ctx.Err())
-		}
-		return nil, &transportError{base: c.base, err: err}
+		return nil, c.transportFailure(ctx, reqCtx, op, start, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, kbstypes.MaxResponseBody+1))
 	if err != nil {
-		return nil, &transportError{base: c.base, err: fmt.Errorf("read answer to %s: %w", op, err)}
+		return nil, c.transportFailure(ctx, reqCtx, op, start, fmt.Errorf("read answer: %w", err))
 	}
 	if len(data) > kbstypes.MaxResponseBody {
 		return nil, fmt.Errorf("KBS answer to %s is larger than %d bytes; refusing it", op, kbstypes.MaxResponseBody)
@@ -349,9 +418,27 @@ func (c *Client) do(ctx context.Context, method, path, op string, body []byte, b
 	return data, nil
 }
 
-// retryable reports whether err may go away by itself: network failures and
-// server-side (5xx) errors. A KBS refusal (4xx) or a certificate the agent
-// does not trust will not.
+// transportFailure classifies a request that got no usable answer: the
+// caller gave up (not retried), the request or the call ran out of time,
+// or the network failed.
+func (c *Client) transportFailure(callCtx, reqCtx context.Context, op string, start time.Time, err error) error {
+	if callCtx.Err() != nil && !errors.Is(context.Cause(callCtx), errBudgetSpent) {
+		return fmt.Errorf("%s: %w", op, callCtx.Err())
+	}
+	if reqCtx.Err() != nil {
+		err = &timeoutError{after: time.Since(start)}
+	}
+	// The URL is in the message already; keep the cause.
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return &transportError{base: c.base, op: op, err: err}
+}
+
+// retryable reports whether err may go away by itself: network failures,
+// timeouts and server-side (5xx) errors. A KBS refusal (4xx) or a
+// certificate the agent does not trust will not.
 func retryable(err error) bool {
 	var ke *KBSError
 	if errors.As(err, &ke) {
@@ -369,20 +456,31 @@ func retryable(err error) bool {
 		!errors.As(err, &authErr) && !errors.As(err, &invalidErr)
 }
 
-func (c *Client) withRetries(ctx context.Context, fn func() error) error {
+// withRetries runs fn until it succeeds, fails in a way retrying cannot
+// fix, or the retries or the call's budget run out (*UnreachableError).
+func (c *Client) withRetries(ctx context.Context, cl call, fn func() error) error {
 	delay := c.backoff
-	for attempt := 0; ; attempt++ {
+	for attempt := 1; ; attempt++ {
 		err := fn()
-		if err == nil || attempt >= c.retries || !retryable(err) {
+		if err == nil || !retryable(err) {
 			return err
+		}
+		unreachable := func() error {
+			return &UnreachableError{URL: c.base, Attempts: attempt, Elapsed: time.Since(cl.start), Last: err}
 		}
 		// Full delay halved plus random jitter, so many guests restarted
 		// together do not hammer the KBS in lockstep.
 		wait := delay/2 + rand.N(delay/2+1)
+		if attempt > c.retries || time.Until(cl.deadline) <= wait {
+			return unreachable()
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if errors.Is(context.Cause(ctx), errBudgetSpent) {
+				return unreachable()
+			}
 			return fmt.Errorf("%w (gave up retrying: %w)", err, ctx.Err())
 		case <-t.C:
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -191,7 +192,8 @@ func TestRetries(t *testing.T) {
 		{"503 twice then ok", "auth", []int{503, 503}, 0, 0, 3},
 		{"500 on attest then ok", "attest", []int{500}, 0, 0, 2},
 		{"resource 502 then ok", "resource", []int{502}, 0, 0, 2},
-		{"503 beyond retries", "auth", []int{503, 503, 503, 503, 503}, 0, 503, 4},
+		{"resource 504 then ok", "resource", []int{504, 504}, 0, 0, 3},
+		{"503 beyond retries", "auth", []int{503, 503, 503, 503, 503}, 3, 503, 4},
 		{"retries disabled", "auth", []int{503}, -1, 503, 1},
 		{"no retry on 400", "attest", []int{400}, 0, 400, 1},
 		{"no retry on 403", "resource", []int{403}, 0, 403, 1},
@@ -211,6 +213,11 @@ func TestRetries(t *testing.T) {
 				var ke *KBSError
 				if !errors.As(err, &ke) || ke.Status != tc.wantStatus {
 					t.Fatalf("error = %v, want KBSError %d", err, tc.wantStatus)
+				}
+				// Only answers that may go away are worth the retries;
+				// a refusal is reported as such.
+				if retried := tc.wantStatus >= 500; errors.Is(err, ErrUnreachable) != retried {
+					t.Errorf("errors.Is(%v, ErrUnreachable) = %v, want %v", err, !retried, retried)
 				}
 			}
 			if n := f.count(tc.endpoint); n != tc.wantCalls {
@@ -255,8 +262,9 @@ func TestNonProblemErrorBody(t *testing.T) {
 	})
 	c := newClient(t, f, func(c *Config) { c.Retries = -1 })
 	_, err := c.Attest(context.Background())
-	want := "kbs failed attestation request (auth) (502): <html>bad gateway</html>"
-	if err == nil || err.Error() != want {
+	want := regexp.MustCompile(`^KBS ` + regexp.QuoteMeta(f.srv.URL) + ` failed: 1 attempt over \d+\.\ds, last error: ` +
+		regexp.QuoteMeta("kbs failed attestation request (auth) (502): <html>bad gateway</html>; check the KBS's log") + `$`)
+	if err == nil || !want.MatchString(err.Error()) {
 		t.Fatalf("error = %v, want %q", err, want)
 	}
 }
@@ -279,7 +287,7 @@ func TestTLSAndNetworkErrors(t *testing.T) {
 		f.srv.Close()
 		c := newClient(t, f, nil)
 		_, err := c.Attest(context.Background())
-		if !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), "cannot reach KBS at "+f.srv.URL) {
+		if !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), "KBS "+f.srv.URL+" did not answer: 6 attempts") {
 			t.Fatalf("error = %v, want connection refused naming the KBS", err)
 		}
 		if !retryable(err) {
@@ -289,7 +297,7 @@ func TestTLSAndNetworkErrors(t *testing.T) {
 	t.Run("context cancel stops backoff", func(t *testing.T) {
 		f := newFakeKBS(t)
 		f.fail["auth"] = []int{503, 503, 503, 503}
-		c := newClient(t, f, func(c *Config) { c.Backoff = time.Hour })
+		c := newClient(t, f, func(c *Config) { c.Backoff = time.Hour; c.Budget = 4 * time.Hour })
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -352,5 +360,20 @@ func TestGetResourceRejectsBadPath(t *testing.T) {
 	_, err := c.GetResource(context.Background(), kbstypes.ResourcePath{Repository: "..", Type: "key", Tag: "1"})
 	if err == nil || f.count("auth") != 0 {
 		t.Fatalf("error = %v, auth calls = %d; want refusal before contacting the KBS", err, f.count("auth"))
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := New(Config{URL: "https://kbs.example", Provider: sample.New("")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A hung KBS costs at most the budget; it must stay well inside the
+	// shim's agent timeout (120 s in CI) for the guest's error to win.
+	if c.retries != 5 || c.backoff != 250*time.Millisecond || c.timeout != 10*time.Second || c.budget != 30*time.Second {
+		t.Errorf("defaults: retries %d, backoff %v, request timeout %v, budget %v", c.retries, c.backoff, c.timeout, c.budget)
+	}
+	if c.http.Timeout != 0 {
+		t.Errorf("http.Client.Timeout = %v; requests are bounded by their context", c.http.Timeout)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -98,11 +100,77 @@ func kbsError(op string, statusCode int, body []byte) *KBSError {
 	return e
 }
 
+// ErrorDomain and ReasonUnreachable name the google.rpc.ErrorInfo detail
+// that an *UnreachableError's gRPC status carries, so that callers across
+// a gRPC hop (ocicrypt's keyprovider client) can still tell an unreachable
+// KBS from a refusal without reading the message.
+const (
+	ErrorDomain       = "kbs-client.cloak.dev"
+	ReasonUnreachable = "KBS_UNREACHABLE"
+)
+
+// ErrUnreachable matches (errors.Is) every *UnreachableError: the KBS could
+// not be reached, did not answer in time or kept failing (5xx), as opposed
+// to a KBS that answered with a refusal (*KBSError with a 4xx status).
+var ErrUnreachable = errors.New("KBS unreachable")
+
+// UnreachableError is returned once the client's retries or time budget
+// ran out while the KBS gave no usable answer.
+type UnreachableError struct {
+	// URL is the KBS base URL the client was configured with.
+	URL string
+	// Attempts counts the tries of the step that failed (one attestation
+	// try is auth then attest).
+	Attempts int
+	// Elapsed is the time since the call (e.g. GetResource) began.
+	Elapsed time.Duration
+	// Last is the last attempt's error.
+	Last error
+}
+
+func (e *UnreachableError) Error() string {
+	tries := "attempts"
+	if e.Attempts == 1 {
+		tries = "attempt"
+	}
+	var te *transportError
+	if errors.As(e.Last, &te) {
+		return fmt.Sprintf("KBS %s did not answer: %d %s over %.1fs, last error: %s: %v; "+
+			"check that the KBS is running and reachable from the guest at the URL in the pod's initdata",
+			e.URL, e.Attempts, tries, e.Elapsed.Seconds(), te.op, te.err)
+	}
+	return fmt.Sprintf("KBS %s failed: %d %s over %.1fs, last error: %v; check the KBS's log",
+		e.URL, e.Attempts, tries, e.Elapsed.Seconds(), e.Last)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Last }
+
+func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
+
+// GRPCStatus makes an unreachable KBS Unavailable for the agent's gRPC
+// callers, whatever the last attempt's error was, with ReasonUnreachable.
+func (e *UnreachableError) GRPCStatus() *status.Status {
+	return unreachableStatus(e.Error())
+}
+
+func unreachableStatus(msg string) *status.Status {
+	st := status.New(codes.Unavailable, msg)
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonUnreachable, Domain: ErrorDomain}); err == nil {
+		st = withInfo
+	}
+	return st
+}
+
 // StatusError converts an error from a Client method into a gRPC status
 // error for the agent's gRPC services: the KBS's refusal keeps its code and
 // reason, a cancelled call stays cancelled, and anything else (KBS not
 // reachable, unusable answer) is Unavailable.
 func StatusError(err error) error {
+	// Checked first: its last error may be a timeout, and an unreachable
+	// KBS is Unavailable, not the caller's deadline.
+	if errors.Is(err, ErrUnreachable) {
+		return unreachableStatus(err.Error()).Err()
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return status.FromContextError(err).Err()
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -45,6 +46,12 @@ type fakeKBS struct {
 
 func newFakeKBS(t *testing.T) *fakeKBS {
 	t.Helper()
+	return newFakeKBSOn(t, nil)
+}
+
+// newFakeKBSOn serves the fake KBS on l (nil: a new loopback port).
+func newFakeKBSOn(t *testing.T, l net.Listener) *fakeKBS {
+	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +69,12 @@ func newFakeKBS(t *testing.T) *fakeKBS {
 	mux.HandleFunc("POST /kbs/v0/auth", f.auth)
 	mux.HandleFunc("POST /kbs/v0/attest", f.attest)
 	mux.HandleFunc("GET /kbs/v0/resource/{repo}/{type}/{tag}", f.resource)
-	f.srv = httptest.NewTLSServer(mux)
+	f.srv = httptest.NewUnstartedServer(mux)
+	if l != nil {
+		f.srv.Listener.Close()
+		f.srv.Listener = l
+	}
+	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
 	return f
 }

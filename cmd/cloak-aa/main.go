@@ -261,6 +261,8 @@ func explain(err error) string {
 		dnsErr    *net.DNSError
 	)
 	switch {
+	case errors.Is(err, rcar.ErrUnreachable):
+		return msg // rcar says what to check
 	case errors.As(err, &hostErr):
 		return msg + "; use the host name or IP the KBS certificate was issued for in --kbs"
 	case errors.As(err, &unknownCA), errors.As(err, &certErr):

@@ -15,10 +15,12 @@ import (
 	"github.com/containers/ocicrypt/keywrap/keyprovider"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 )
 
 const (
@@ -65,7 +67,9 @@ func decryptLayer(ctx context.Context, desc ocispec.Descriptor, enc io.Reader, k
 		// ocicrypt's client takes no context; cloak-aa bounds its own KBS
 		// calls.
 		privOpts, err = kw.UnwrapKey(&config.DecryptConfig{}, k)
-		if err == nil {
+		// Every key goes to the same KBS: one that did not answer will
+		// not answer for the next key either.
+		if err == nil || kbsUnreachable(err) {
 			break
 		}
 	}
@@ -185,6 +189,24 @@ func unwrapError(err error) error {
 		if strings.Contains(st.Message(), "connection error") {
 			return &Error{Reason: reason, Err: fmt.Errorf("attestation agent keyprovider not reachable: %s", st.Message())}
 		}
+		if kbsUnreachable(err) {
+			reason = agentapi.ReasonKBSUnreachable
+		}
 	}
 	return &Error{Reason: reason, Err: errors.New(st.Message())}
+}
+
+// kbsUnreachable reports whether cloak-aa marked err as a KBS that did not
+// answer within its retries and time budget (rcar.UnreachableError).
+func kbsUnreachable(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == rcar.ErrorDomain && info.GetReason() == rcar.ReasonUnreachable {
+			return true
+		}
+	}
+	return false
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containers/ocicrypt"
 	"github.com/containers/ocicrypt/config"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	"github.com/cloak-containers/cloak/attestation-agent/keyprovider"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/kbstypes"
@@ -84,7 +86,7 @@ func (p *testProvider) WrapKey(_ context.Context, in *ocigrpc.KeyProviderKeyWrap
 }
 
 // serveProvider starts a keyprovider on a unix socket and returns its path.
-func serveProvider(t testing.TB, kek []byte, kbs *testKBS) string {
+func serveProvider(t testing.TB, kek []byte, kbs keyprovider.ResourceGetter) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "kp")
 	if err != nil {
@@ -164,6 +166,12 @@ func TestPullEncrypted(t *testing.T) {
 			"fetch layer key kbs:///default/image-key/1: kbs denied resource default/image-key/1 (403 resource-policy): evidence comes from the unsigned sample TEE"},
 		{"wrong KEK", serveProvider(t, kek, &testKBS{kek: otherKEK}), agentapi.ReasonDecrypt, "does not open with the KBS key"},
 		{"agent gone", filepath.Join(t.TempDir(), "none.sock"), agentapi.ReasonKeyUnavailable, "not reachable"},
+		// cloak-aa's real KBS client, retrying once, in front of a KBS
+		// that is stopped or frozen: its error reaches the pull verbatim.
+		{"KBS stopped", serveProvider(t, kek, downKBS(t, "https://"+closedAddr(t))), agentapi.ReasonKBSUnreachable,
+			"did not answer: 2 attempts over"},
+		{"KBS frozen", serveProvider(t, kek, downKBS(t, "https://"+frozenKBS(t))), agentapi.ReasonKBSUnreachable,
+			"last error: attestation request (auth): timed out after 100ms waiting for the KBS's response; check that the KBS is running and reachable from the guest at the URL in the pod's initdata"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -181,10 +189,48 @@ func TestPullEncrypted(t *testing.T) {
 				}
 				return
 			}
+			t.Logf("error: %v", err)
 			var pe *Error
 			if !errors.As(err, &pe) || pe.Reason != tc.wantReason || !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Fatalf("error = %v, want %s containing %q", err, tc.wantReason, tc.wantMsg)
 			}
 		})
 	}
+}
+
+// downKBS is cloak-aa's KBS client for a KBS at url that is down, with
+// small retry settings.
+func downKBS(t testing.TB, url string) *rcar.Client {
+	t.Helper()
+	c, err := rcar.New(rcar.Config{
+		URL: url, Provider: sample.New(""),
+		Retries: 1, Backoff: time.Millisecond, RequestTimeout: 100 * time.Millisecond, Budget: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// closedAddr is a loopback address that refuses connections.
+func closedAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// frozenKBS listens on loopback and never accepts, like a KBS stopped with
+// SIGSTOP: the kernel completes TCP handshakes, nobody answers.
+func frozenKBS(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.Addr().String()
 }
