@@ -11,7 +11,7 @@ BINARIES := kbs kbsctl cloak-aa cloak-image containerd-shim-cloak-v2 cloak-snaps
 # and the static runc are cached under $$HOME/.cache/cloak).
 IMAGE_DIR := $(CURDIR)/.work/image
 
-.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo generate clean deps vm-deps install bench-pod
+.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo demo-kbs e2e bench-e2e generate clean deps vm-deps install bench-pod
 
 all: build
 
@@ -30,8 +30,9 @@ image: build vm-deps
 
 # All tests: lint, unit + integration tests (real HTTP/TLS, bbolt, gRPC on
 # loopback and unix sockets, QEMU guests booting the built image), a short
-# run of every fuzz target, and the demo.
-test: deps lint unit fuzz-smoke demo
+# run of every fuzz target, the KBS demo, and the confidential pod end to end
+# with its refusals.
+test: deps lint unit fuzz-smoke demo-kbs e2e
 
 unit: build image
 	CLOAK_BIN=$(BIN) CLOAK_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -race -count=1 -timeout 45m ./...
@@ -64,8 +65,23 @@ PREFIX ?= /usr/local
 install: build image
 	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BIN=$(BIN) IMAGE_DIR=$(IMAGE_DIR) ./ci/install.sh
 
-demo: build
-	./ci/demo.sh
+# The main job (as root): an encrypted image run as a confidential pod
+# through containerd's CRI, with the pod start timeline.
+demo: image
+	./ci/e2e.sh demo
+
+# demo, then: no plaintext on the host, and the refusals (guest image
+# changed, initdata changed after launch, policy deny, KBS down).
+e2e: image
+	./ci/e2e.sh test
+
+# Medians of 5 pod starts with runc, cloak and cloak-emulated, in one run.
+bench-e2e: image
+	./ci/e2e.sh bench
+
+# The attestation core alone: KBS, kbsctl and cloak-aa with the sample TEE.
+demo-kbs: build
+	./ci/kbs-demo.sh
 
 generate:
 	./ci/generate.sh

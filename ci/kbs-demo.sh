@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job for now: start a KBS with embedded storage, provision a key and
+# The attestation core alone (make demo-kbs): start a KBS with embedded storage, provision a key and
 # a policy with kbsctl, attest with cloak-aa (sample TEE) and fetch the key,
 # show the audit trail, stop everything. Exits non-zero if any step misbehaves.
 set -euo pipefail
