@@ -146,32 +146,10 @@ func (k *emulatedKBS) port(t *testing.T) string {
 	return u.Port()
 }
 
-// allowEmulated installs a resource policy that releases keys to emulated
-// SEV-SNP guests the attestation policy affirms (CI only), with reasons.
+// allowEmulated installs the development resource policy that releases
+// keys to emulated guests the attestation policy affirms (CI only), with
+// reasons: policy/examples/allow-emulated.rego, which make demo installs too.
 func (k *emulatedKBS) allowEmulated(t *testing.T) {
 	t.Helper()
-	policy := filepath.Join(t.TempDir(), "allow-emulated.rego")
-	if err := os.WriteFile(policy, []byte(`package policy
-
-import rego.v1
-
-# CI only: release to emulated SEV-SNP guests the attestation policy affirms.
-default allow := false
-
-allow if {
-	every submod in input.submods {
-		submod["ear.status"] == "affirming"
-	}
-	some submod in input.submods
-	submod["ear.veraison.annotated-evidence"].snp.emulated == true
-}
-
-reasons contains sprintf("attestation status of %s is %s, not affirming", [name, submod["ear.status"]]) if {
-	some name, submod in input.submods
-	submod["ear.status"] != "affirming"
-}
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mustRun(t, nil, "kbsctl", k.ctl("resource-policy", "set", "--file", policy)...)
+	mustRun(t, nil, "kbsctl", k.ctl("resource-policy", "set", "--file", "../../policy/examples/allow-emulated.rego")...)
 }
