@@ -71,7 +71,8 @@ demo: image
 	./ci/e2e.sh demo
 
 # demo, then: no plaintext on the host, and the refusals (guest image
-# changed, initdata changed after launch, policy deny, KBS down).
+# changed, another initdata, initdata changed after launch, policy deny, KBS
+# frozen, KBS down).
 e2e: image
 	./ci/e2e.sh test
 

@@ -10,8 +10,8 @@
 # Usage: ci/e2e.sh [demo|test|bench]
 #   demo   the happy path: the container's output and its start timeline
 #   test   demo, then checks that the host holds no plaintext, and the refusals:
-#          guest image changed, initdata changed after launch, policy deny, KBS
-#          frozen, KBS down
+#          guest image changed, another initdata, initdata changed after
+#          launch, policy deny, KBS frozen, KBS down
 #   bench  5 pod starts each with runc, cloak and cloak-emulated, medians
 #          (BENCH_RUNS=N to change)
 #
@@ -245,29 +245,10 @@ kbsctl reference-value set snp_launch_measurement "$measurement"
 	cat "$WORK/kbs/tls/cert.pem"
 	printf '"""\n%s\n' "'''"
 } >"$WORK/initdata.toml"
-kbsctl reference-value set init_data "$(sha384sum "$WORK/initdata.toml" | cut -d' ' -f1)"
-cat >"$WORK/allow-emulated.rego" <<'REGO'
-package policy
-
-import rego.v1
-
-# Demo and CI only: release keys to emulated SEV-SNP guests whose
-# attestation every verifier affirms.
-default allow := false
-
-allow if {
-	every submod in input.submods {
-		submod["ear.status"] == "affirming"
-	}
-	some submod in input.submods
-	submod["ear.veraison.annotated-evidence"].snp.emulated == true
-}
-
-reasons contains sprintf("attestation status of %s is %s, not affirming", [name, submod["ear.status"]]) if {
-	some name, submod in input.submods
-	submod["ear.status"] != "affirming"
-}
-REGO
+init_data_digest=$(sha384sum "$WORK/initdata.toml" | cut -d' ' -f1)
+kbsctl reference-value set init_data "$init_data_digest"
+# Demo and CI only: release keys to emulated guests every verifier affirms.
+cp policy/examples/allow-emulated.rego "$WORK/allow-emulated.rego"
 kbsctl resource-policy set --file "$WORK/allow-emulated.rego"
 kbsctl reference-value list
 
@@ -311,19 +292,26 @@ EOF
 cloak_config "$WORK/cloak.toml" none
 cloak_config "$WORK/cloak-emulated.toml" emulated "[kbs]
 initdata_file = \"$WORK/initdata.toml\""
-# Two handlers for the refusals: a guest image whose kernel command line was
-# changed (so its launch measurement is not the reference value), and a host
-# that changes the initdata after launch.
+# Handlers for the refusals: a guest image whose kernel command line was
+# changed (so its launch measurement is not the reference value), a pod
+# initdata that is not the reference value, and a host that changes the
+# initdata after launch.
 mkdir -p "$WORK/image-changed"
 ln -s "$IMAGE_DIR/vmlinuz" "$IMAGE_DIR/initrd.img" "$WORK/image-changed/"
 sed 's/"cmdline": "\([^"]*\)"/"cmdline": "\1 cloak.changed=1"/' "$IMAGE_DIR/manifest.json" >"$WORK/image-changed/manifest.json"
 IMAGE_DIR_OVERRIDE=$WORK/image-changed cloak_config "$WORK/cloak-emulated-changed.toml" emulated "[kbs]
 initdata_file = \"$WORK/initdata.toml\""
+{
+	cat "$WORK/initdata.toml"
+	echo "# another initdata: not the reference value"
+} >"$WORK/initdata-other.toml"
+cloak_config "$WORK/cloak-emulated-initdata.toml" emulated "[kbs]
+initdata_file = \"$WORK/initdata-other.toml\""
 cloak_config "$WORK/cloak-emulated-attack.toml" emulated "emulated_host_attack = \"initdata-after-launch\"
 [kbs]
 initdata_file = \"$WORK/initdata.toml\""
 
-HANDLERS=(cloak cloak-emulated cloak-emulated-changed cloak-emulated-attack)
+HANDLERS=(cloak cloak-emulated cloak-emulated-changed cloak-emulated-initdata cloak-emulated-attack)
 {
 	cat <<EOF
 version = 3
@@ -512,26 +500,44 @@ no_container_ran() { # the container never started: CRI marks a failed start, an
 		[ -z "$(crictl logs "$CID" 2>/dev/null)" ]
 }
 
+# refused NAME HANDLER STEP PATTERN: a pod of the secret image must fail
+# at crictl STEP (runp or start) with an error matching PATTERN, and its
+# container must never run.
+refused() {
+	local t0
+	t0=$(date +%s)
+	if run_pod "$1" "$2" "$SECRET_IMAGE"; then
+		say "FAILED: pod $1 started"
+		FAILS=$((FAILS + 1))
+	fi
+	say "crictl $3 failed after $(($(date +%s) - t0)) s"
+	expect_refused "crictl $3" "$4"
+	check "the container never ran" no_container_ran
+}
+# audited FILE WHAT PATTERN...: the audit since $before, saved in FILE,
+# shows each PATTERN.
+audited() {
+	local file=$WORK/$1 what=$2
+	shift 2
+	kbsctl audit --after "$before" | tee "$file" | sed 's/^/    | /'
+	for p in "$@"; do check "the audit shows $what ($p)" grep -qF -- "$p" "$file"; done
+}
+
 bold "Refused: the guest image changed (its launch measurement is not the reference value)"
 before=$(audit_next)
-if run_pod changed cloak-emulated-changed "$SECRET_IMAGE"; then
-	say "FAILED: the pod of a changed guest image started"
-	FAILS=$((FAILS + 1))
-fi
-expect_refused "crictl start" "not affirming"
-check "the container never ran" no_container_ran
-kbsctl audit --after "$before" | tee "$WORK/audit-changed.txt" | sed 's/^/    | /'
-check "the audit names the failing claim" grep -q "snp.measurement" "$WORK/audit-changed.txt"
-check "the audit quotes the reference value" grep -q "$measurement" "$WORK/audit-changed.txt"
+refused changed cloak-emulated-changed start "not affirming"
+audited audit-changed.txt "the failing claim and its reference value" snp.measurement "$measurement"
+remove_pod
+
+bold "Refused: the pod's initdata is not the one the KBS expects (bound at launch, so the guest accepts it)"
+before=$(audit_next)
+refused other-initdata cloak-emulated-initdata start "not affirming"
+audited audit-initdata.txt "the failing claim and its reference value" init_data "$init_data_digest"
 remove_pod
 
 bold "Refused: the host changed the initdata after launch"
 before=$(audit_next)
-if run_pod attack cloak-emulated-attack "$SECRET_IMAGE"; then
-	say "FAILED: the pod whose initdata changed after launch started"
-	FAILS=$((FAILS + 1))
-fi
-expect_refused "crictl runp" "initdata refused"
+refused attack cloak-emulated-attack runp "initdata refused"
 check "the guest refused before asking the KBS (no audit entry)" test "$(audit_next)" = "$before"
 remove_pod
 
@@ -547,42 +553,22 @@ reasons contains "key release for this image is suspended by the security admin"
 REGO
 kbsctl resource-policy set --file "$WORK/deny.rego"
 before=$(audit_next)
-if run_pod denied "$HANDLER" "$SECRET_IMAGE"; then
-	say "FAILED: the pod started although the policy denies its key"
-	FAILS=$((FAILS + 1))
-fi
-expect_refused "crictl start" "suspended by the security admin"
-check "the container never ran" no_container_ran
-kbsctl audit --after "$before" | tee "$WORK/audit-deny.txt" | sed 's/^/    | /'
-check "the audit shows the denial and its reason" grep -q "suspended by the security admin" "$WORK/audit-deny.txt"
+refused denied "$HANDLER" start "suspended by the security admin"
+audited audit-deny.txt "the denial and its reason" "DENIED by the resource policy" "suspended by the security admin"
 remove_pod
 kbsctl resource-policy set --file "$WORK/allow-emulated.rego"
 
 bold "Refused: the KBS hangs (accepts connections, never answers): retried, then a clear timeout"
 kill -STOP "$KBS_PID"
-t0=$(date +%s)
-if run_pod kbs-frozen "$HANDLER" "$SECRET_IMAGE"; then
-	say "FAILED: the pod started with the KBS frozen"
-	FAILS=$((FAILS + 1))
-fi
-say "crictl gave up after $(($(date +%s) - t0)) s"
+refused kbs-frozen "$HANDLER" start "did not answer.*timed out after"
 kill -CONT "$KBS_PID"
-expect_refused "crictl start" "did not answer.*timed out after"
 check "the error names the KBS's address" grep -q "$GATEWAY:$KBS_PORT" "$WORK/err"
-check "the container never ran" no_container_ran
 remove_pod
 
 bold "Refused: the KBS is down (connections refused): retried, then a clear error"
 stop_pid "$KBS_PID"
-t0=$(date +%s)
-if run_pod kbs-down "$HANDLER" "$SECRET_IMAGE"; then
-	say "FAILED: the pod started with the KBS down"
-	FAILS=$((FAILS + 1))
-fi
-say "crictl gave up after $(($(date +%s) - t0)) s"
-expect_refused "crictl start" "did not answer: [0-9]+ attempts"
+refused kbs-down "$HANDLER" start "did not answer: [0-9]+ attempts"
 check "the error names the KBS's address" grep -q "$GATEWAY:$KBS_PORT" "$WORK/err"
-check "the container never ran" no_container_ran
 remove_pod
 
 check "no QEMU outlived its pod" test -z "$(qemus)"
