@@ -38,6 +38,7 @@ HANDLER=cloak-emulated
 
 bold() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 say() { printf '    %s\n' "$*"; }
+indent() { sed 's/^/    /'; }
 
 # ---------------------------------------------------------------------------
 # Outside the namespace: prerequisites, then run the rest inside a fresh one.
@@ -225,18 +226,18 @@ bold "Encrypt the image (ocicrypt); its key-encryption key goes into the KBS"
 # encrypt wraps the layer keys the same way (skopeo --encryption-key
 # provider:attestation-agent:... with kbsctl keyprovider serve, elsewhere).
 head -c 32 /dev/urandom >"$WORK/image.kek"
-kbsctl resource set "$KEY_PATH" --file "$WORK/image.kek"
+kbsctl resource set "$KEY_PATH" --file "$WORK/image.kek" | indent
 "$BIN/kbsctl" image encrypt --insecure --key-id "kbs:///$KEY_PATH" --kek "$WORK/image.kek" \
-	"$REGISTRY/demo/hello:plain" "$REGISTRY/demo/hello:encrypted" 2>&1 | sed 's/^/    /'
+	"$REGISTRY/demo/hello:plain" "$REGISTRY/demo/hello:encrypted" 2>&1 | indent
 SECRET_IMAGE=$REGISTRY/demo/hello:encrypted
-layer_types=$(crane manifest --insecure "$SECRET_IMAGE" | grep -o '"mediaType":"[^"]*layer[^"]*"' | sort -u | tr '\n' ' ')
-say "$SECRET_IMAGE: layers $layer_types"
+layer_types=$(crane manifest --insecure "$SECRET_IMAGE" | grep -o 'application/[^"]*layer[^"]*' | sort -u | tr '\n' ' ')
+say "$SECRET_IMAGE: layer media type $layer_types"
 [[ "$layer_types" == *encrypted* ]] || fail "kbsctl image encrypt did not encrypt the layer ($layer_types)"
 
 bold "Reference values and policy for the emulated SEV-SNP guest"
 measurement=$(sed -n 's/.*"emulated": *"\([0-9a-f]*\)".*/\1/p' "$IMAGE_DIR/manifest.json" | head -1)
 [ -n "$measurement" ] || fail "$IMAGE_DIR/manifest.json has no emulated launch measurement (rebuild with make image)"
-kbsctl reference-value set snp_launch_measurement "$measurement"
+kbsctl reference-value set snp_launch_measurement "$measurement" >/dev/null
 # The pod's initdata names the KBS and its certificate; its digest is bound
 # into the launch (HOST_DATA) and is a reference value too.
 {
@@ -246,11 +247,11 @@ kbsctl reference-value set snp_launch_measurement "$measurement"
 	printf '"""\n%s\n' "'''"
 } >"$WORK/initdata.toml"
 init_data_digest=$(sha384sum "$WORK/initdata.toml" | cut -d' ' -f1)
-kbsctl reference-value set init_data "$init_data_digest"
+kbsctl reference-value set init_data "$init_data_digest" >/dev/null
 # Demo and CI only: release keys to emulated guests every verifier affirms.
 cp policy/examples/allow-emulated.rego "$WORK/allow-emulated.rego"
-kbsctl resource-policy set --file "$WORK/allow-emulated.rego"
-kbsctl reference-value list
+kbsctl resource-policy set --file "$WORK/allow-emulated.rego" | indent
+kbsctl reference-value list | indent
 
 # ---------------------------------------------------------------------------
 bold "containerd v2 with runc, cloak and cloak-emulated, and the guest-pull snapshotter"
@@ -446,18 +447,20 @@ fi
 # ---------------------------------------------------------------------------
 bold "Run the encrypted image as a pod of the $HANDLER handler (crictl runp, create, start)"
 before=$(audit_next)
+t0=$(date +%s%N)
 run_pod confidential "$HANDLER" "$SECRET_IMAGE" || fail "the confidential pod did not start: $(cat "$WORK/err")"
+say "crictl runp + create + start: $(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN{printf "%.1f", (b-a)/1e9}') s"
 wait_exited "$CID"
 bold "The container's output (crictl logs)"
 crictl logs "$CID" | tee "$WORK/out.txt" | sed 's/^/    | /'
 grep -qxF "$SECRET_MESSAGE" "$WORK/out.txt" || fail "the container did not print the image's secret file"
 
-bold "Pod start timeline (shim log + KBS audit)"
+bold "Pod start timeline (the shim's log line and the KBS audit, host clock)"
 kbsctl -o json audit --limit 1000 >"$WORK/audit.json"
-"$TIMELINE" show --log "$WORK/containerd.log" --audit "$WORK/audit.json" --container "$CID"
+"$TIMELINE" show --log "$WORK/containerd.log" --audit "$WORK/audit.json" --container "$CID" | indent
 
-bold "KBS audit of this pod's attestation and key release"
-kbsctl audit --after "$before"
+bold "KBS audit of this pod's attestation and key release (kbsctl audit)"
+kbsctl audit --after "$before" | indent
 
 bold "The host never held the image's layers or plaintext"
 encrypted_layers=$(crane manifest --insecure "$SECRET_IMAGE" | grep -o 'sha256:[0-9a-f]\{64\}' | sort -u)
