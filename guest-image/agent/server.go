@@ -23,6 +23,7 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
 	"github.com/cloak-containers/cloak/guest-image/pull"
+	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Version is the agent's version, set at build time with
@@ -49,6 +50,9 @@ type Attester interface {
 // AttestationAgent is a running cloak-aa.
 type AttestationAgent interface {
 	KeyProviderSocket() string
+	// TEE is the TEE whose report bound the initdata: snp or tdx
+	// (hardware or emulated) make the sandbox confidential.
+	TEE() string
 	Stop() error
 }
 
@@ -158,12 +162,6 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 			return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "create sandbox %q: %v", req.GetSandboxId(), err)
 		}
 	}
-	if tag := req.GetSharedFsTag(); tag != "" && !s.sharedFS {
-		if err := s.mountSharedFS(tag); err != nil {
-			return nil, err
-		}
-		s.sharedFS = true
-	}
 	if err := s.cfg.Net.Apply(ctx, req); err != nil {
 		return nil, invalid("sandbox %q: network configuration: %v", req.GetSandboxId(), err)
 	}
@@ -181,9 +179,38 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		}
 		s.aa = aa
 	}
+	if tag := req.GetSharedFsTag(); tag != "" && !s.sharedFS {
+		// The guest enforces this itself: the shim's configuration check
+		// is the host's word, and the host is what a confidential guest
+		// does not trust.
+		if tee := s.teeOf(); tee == kbstypes.TeeSNP || tee == kbstypes.TeeTDX {
+			_ = s.aa.Stop()
+			s.aa = nil
+			return nil, agentErr(codes.PermissionDenied, agentapi.ReasonPolicy,
+				"sandbox %q: the host asked to mount its directory (virtio-fs tag %q) into a confidential %s guest: refused; a confidential runtime handler shares no host directory (shared_fs = \"none\")",
+				req.GetSandboxId(), tag, tee)
+		}
+		if err := s.mountSharedFS(tag); err != nil {
+			if s.aa != nil {
+				_ = s.aa.Stop()
+				s.aa = nil
+			}
+			return nil, err
+		}
+		s.sharedFS = true
+	}
 	s.sandbox = req
 	s.log.Info("sandbox created", "sandbox", req.GetSandboxId(), "hostname", req.GetHostname(), "attestation", s.aa != nil)
 	return &agentapi.CreateSandboxResponse{}, nil
+}
+
+// teeOf is the TEE the sandbox's attestation agent attests with, "" when
+// there is none.
+func (s *Server) teeOf() string {
+	if s.aa == nil {
+		return ""
+	}
+	return s.aa.TEE()
 }
 
 // sharedDir holds guest files containers may bind-mount.

@@ -71,12 +71,16 @@ func (n fakeNet) Apply(_ context.Context, req *agentapi.CreateSandboxRequest) er
 	return nil
 }
 
-type fakeAttester struct{ stopped chan struct{} }
+type fakeAttester struct {
+	stopped chan struct{}
+	tee     string
+}
 
 func (a fakeAttester) Start(context.Context, []byte, *slog.Logger) (AttestationAgent, error) {
 	return a, nil
 }
 func (a fakeAttester) KeyProviderSocket() string { return "/run/cloak-aa/keyprovider.sock" }
+func (a fakeAttester) TEE() string               { return a.tee }
 func (a fakeAttester) Stop() error               { close(a.stopped); return nil }
 
 type testAgent struct {

@@ -39,6 +39,7 @@ const (
 type Agent struct {
 	cmd    *exec.Cmd
 	socket string
+	tee    string // what cloak-aa attests with: snp, tdx, tpm or "" (its own detection)
 	stderr *tail
 	done   chan struct{} // closed when the process has been waited for
 	err    error         // its exit status, valid after done
@@ -115,7 +116,7 @@ func start(ctx context.Context, initdata []byte, log *slog.Logger, cfg config) (
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}
 
-	a := &Agent{socket: socket, stderr: &tail{max: stderrTail}, done: make(chan struct{})}
+	a := &Agent{socket: socket, tee: tee, stderr: &tail{max: stderrTail}, done: make(chan struct{})}
 	// Not CommandContext: the agent outlives the request that starts it.
 	a.cmd = exec.Command(cfg.binary, args...)
 	a.cmd.Stdout = a.stderr
@@ -164,6 +165,10 @@ func (a *Agent) waitReady(ctx context.Context) error {
 // KeyProviderSocket is the unix socket path of cloak-aa's ocicrypt
 // keyprovider (pull.Options.KeyProviderSocket).
 func (a *Agent) KeyProviderSocket() string { return a.socket }
+
+// TEE is the TEE whose report bound the initdata: snp or tdx (hardware or
+// emulated), tpm, or "" when none did.
+func (a *Agent) TEE() string { return a.tee }
 
 // Stop sends SIGTERM, waits for cloak-aa to exit (SIGKILL after 5 s) and
 // reports how it ended; a clean exit on SIGTERM is no error.
