@@ -105,18 +105,25 @@ func serveProvider(t testing.TB, kek []byte, kbs keyprovider.ResourceGetter) str
 	return sock
 }
 
-// ocicrypt's key wrappers are process-global; the encrypting side of the
-// tests registers one, once.
-var registerOnce sync.Once
+// ocicrypt's key wrappers are process-global: the encrypting side of the
+// tests points the provider at the socket of the test that runs (tests here
+// are not parallel; -count=N runs them again with new sockets).
+var registered struct {
+	sync.Mutex
+	sock string
+}
 
 // encryptedLayer encrypts a gzip layer of entries with ocicrypt through the
 // keyprovider on sock, as skopeo --encryption-key provider:attestation-agent
 // would.
 func encryptedLayer(t testing.TB, sock string, entries ...entry) mutate.Addendum {
 	t.Helper()
-	registerOnce.Do(func() {
+	registered.Lock()
+	if registered.sock != sock {
 		ocicrypt.RegisterKeyWrapper("provider."+providerName, ocikp.NewKeyWrapper(providerName, keyproviderconfig.KeyProviderAttrs{Grpc: "unix://" + sock}))
-	})
+		registered.sock = sock
+	}
+	registered.Unlock()
 	tarball := tarOf(t, entries...)
 	blob := gzipOf(t, tarball)
 	cc, err := config.EncryptWithKeyProvider([][]byte{[]byte(providerName + ":" + testKid)})
