@@ -18,17 +18,7 @@ func TestConfidentialGuestRefusesHostShare(t *testing.T) {
 	for _, tee := range []string{"snp", "tdx"} {
 		t.Run(tee, func(t *testing.T) {
 			aa := fakeAttester{stopped: make(chan struct{}), tee: tee}
-			srv := New(Config{
-				Log:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-				StateDir: t.TempDir(),
-				Puller:   &fakePuller{},
-				Net:      fakeNet{applied: make(chan *agentapi.CreateSandboxRequest, 1)},
-				Attester: aa,
-				PowerOff: func() {},
-			})
-			_, err := srv.CreateSandbox(context.Background(), &agentapi.CreateSandboxRequest{
-				SandboxId: "pod1", Hostname: "pod1", Initdata: []byte("version = \"0.1.0\"\n"), SharedFsTag: "cloakfs",
-			})
+			srv, err := createSharedSandbox(t, aa, "cloakfs")
 			wantErr(t, "CreateSandbox with a share", err, codes.PermissionDenied, agentapi.ReasonPolicy)
 			if msg := err.Error(); !strings.Contains(msg, "confidential "+tee+" guest") || !strings.Contains(msg, `"cloakfs"`) {
 				t.Errorf("refusal does not say why: %v", err)
@@ -50,17 +40,7 @@ func TestConfidentialGuestRefusesHostShare(t *testing.T) {
 // itself fails, which shows it was not refused.
 func TestNonConfidentialGuestMountsHostShare(t *testing.T) {
 	aa := fakeAttester{stopped: make(chan struct{}), tee: "tpm"}
-	srv := New(Config{
-		Log:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-		StateDir: t.TempDir(),
-		Puller:   &fakePuller{},
-		Net:      fakeNet{applied: make(chan *agentapi.CreateSandboxRequest, 1)},
-		Attester: aa,
-		PowerOff: func() {},
-	})
-	_, err := srv.CreateSandbox(context.Background(), &agentapi.CreateSandboxRequest{
-		SandboxId: "pod1", Hostname: "pod1", Initdata: []byte("version = \"0.1.0\"\n"), SharedFsTag: "cloak-test-no-such-tag",
-	})
+	_, err := createSharedSandbox(t, aa, "cloak-test-no-such-tag")
 	wantErr(t, "CreateSandbox with a share and a vTPM", err, codes.FailedPrecondition, agentapi.ReasonInvalidRequest)
 	if !strings.Contains(err.Error(), "mount the host's shared directory") {
 		t.Errorf("want the mount attempted, got: %v", err)
@@ -70,4 +50,21 @@ func TestNonConfidentialGuestMountsHostShare(t *testing.T) {
 	default:
 		t.Error("the attestation agent of the failed sandbox still runs")
 	}
+}
+
+// createSharedSandbox asks a fresh agent (no runc needed) for a sandbox
+// with initdata, attested by aa, and the host's share tag.
+func createSharedSandbox(t *testing.T, aa fakeAttester, tag string) (*Server, error) {
+	srv := New(Config{
+		Log:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		StateDir: t.TempDir(),
+		Puller:   &fakePuller{},
+		Net:      fakeNet{applied: make(chan *agentapi.CreateSandboxRequest, 1)},
+		Attester: aa,
+		PowerOff: func() {},
+	})
+	_, err := srv.CreateSandbox(context.Background(), &agentapi.CreateSandboxRequest{
+		SandboxId: "pod1", Hostname: "pod1", Initdata: []byte("version = \"0.1.0\"\n"), SharedFsTag: tag,
+	})
+	return srv, err
 }
