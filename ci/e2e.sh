@@ -208,17 +208,13 @@ bold "KBS: admin key, emulated SEV-SNP root, TLS for the guests at $GATEWAY:$KBS
 # The shim creates the same chain in emulated_snp_dir on first use; the KBS
 # must trust it (a test root: never give it to a KBS guarding real secrets).
 "$BIN/cloak-image" emulated-root --dir "$WORK/emulated-snp" >"$WORK/emulated-root.pem"
-start_kbs() {
-	start_bg "$WORK/kbs.log" "$BIN/kbs" --listen "0.0.0.0:$KBS_PORT" --data-dir "$WORK/kbs" \
-		--admin-public-key "$WORK/admin.pub" --tls-san "$GATEWAY" --tls-san 127.0.0.1 \
-		--snp-extra-root "$WORK/emulated-root.pem" --snp-crl if-available \
-		--collateral-offline --collateral-dir "$WORK/collateral"
-	KBS_PID=$LAST_PID
-	mkdir -p "$WORK/collateral"
-	wait_for 20 "the KBS answering" kbsctl resource list
-}
-mkdir -p "$WORK/collateral"
-start_kbs
+mkdir -p "$WORK/collateral" # empty: the KBS fetches nothing from AMD
+start_bg "$WORK/kbs.log" "$BIN/kbs" --listen "0.0.0.0:$KBS_PORT" --data-dir "$WORK/kbs" \
+	--admin-public-key "$WORK/admin.pub" --tls-san "$GATEWAY" --tls-san 127.0.0.1 \
+	--snp-extra-root "$WORK/emulated-root.pem" --snp-crl if-available \
+	--collateral-offline --collateral-dir "$WORK/collateral"
+KBS_PID=$LAST_PID
+wait_for 20 "the KBS answering" kbsctl resource list
 say "KBS pid $KBS_PID, data in $WORK/kbs (bbolt), certificate $WORK/kbs/tls/cert.pem"
 
 bold "Encrypt the image (ocicrypt); its key-encryption key goes into the KBS"

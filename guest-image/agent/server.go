@@ -184,17 +184,13 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		// is the host's word, and the host is what a confidential guest
 		// does not trust.
 		if tee := s.teeOf(); tee == kbstypes.TeeSNP || tee == kbstypes.TeeTDX {
-			_ = s.aa.Stop()
-			s.aa = nil
+			s.stopAttestation()
 			return nil, agentErr(codes.PermissionDenied, agentapi.ReasonPolicy,
 				"sandbox %q: the host asked to mount its directory (virtio-fs tag %q) into a confidential %s guest: refused; a confidential runtime handler shares no host directory (shared_fs = \"none\")",
 				req.GetSandboxId(), tag, tee)
 		}
 		if err := s.mountSharedFS(tag); err != nil {
-			if s.aa != nil {
-				_ = s.aa.Stop()
-				s.aa = nil
-			}
+			s.stopAttestation()
 			return nil, err
 		}
 		s.sharedFS = true
@@ -211,6 +207,15 @@ func (s *Server) teeOf() string {
 		return ""
 	}
 	return s.aa.TEE()
+}
+
+// stopAttestation stops the attestation agent of a sandbox that was not
+// created. The caller holds s.mu.
+func (s *Server) stopAttestation() {
+	if s.aa != nil {
+		_ = s.aa.Stop()
+		s.aa = nil
+	}
 }
 
 // sharedDir holds guest files containers may bind-mount.
