@@ -6,7 +6,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 export GOFLAGS := -buildvcs=false
-BINARIES := kbs kbsctl cloak-aa cloak-image containerd-shim-cloak-v2 cloak-snapshotter
+BINARIES := kbs kbsctl cloak cloak-aa cloak-image containerd-shim-cloak-v2 cloak-snapshotter
 # The guest image is rebuilt from source each time (cheap: the kernel package
 # and the static runc are cached under $$HOME/.cache/cloak).
 IMAGE_DIR := $(CURDIR)/.work/image

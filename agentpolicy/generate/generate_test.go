@@ -389,7 +389,9 @@ func FuzzGenerate(f *testing.F) {
 	f.Add([]byte("kind: Pod\napiVersion: v1\nmetadata: {name: x}\nspec: {containers: [{name: c, image: i, args: ['$(', '$$(A)', '$(A)']}]}\n"))
 	opts := Options{KBSURL: "https://kbs:8080", Resolver: fakeResolver{}}
 	f.Fuzz(func(t *testing.T, in []byte) {
+		slow := time.AfterFunc(5*time.Second, func() { panic("Generate took over 5 s") })
 		res, err := Generate(context.Background(), in, opts)
+		slow.Stop()
 		if err != nil {
 			var ge *Error
 			if errors.As(err, &ge) && ge.Hint == "" {
