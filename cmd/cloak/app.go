@@ -106,8 +106,8 @@ func (a *app) rootCmd() *cobra.Command {
 
 type generateFlags struct {
 	output, outputFile, namespace, runtimeClass, kbsURL, kbsCA, crictlDir string
-	mirrors, insecure                                                    []string
-	allowExec                                                            bool
+	mirrors, insecure                                                     []string
+	allowExec                                                             bool
 }
 
 func (a *app) generateCmd() *cobra.Command {
