@@ -276,9 +276,10 @@ func (a *app) report(res *generate.Result, f generateFlags) error {
 		if out.Warnings == nil {
 			out.Warnings = []string{}
 		}
-		b, _ := json.MarshalIndent(out, "", "  ")
-		fmt.Fprintf(a.stdout, "%s\n", b)
-		return nil
+		enc := json.NewEncoder(a.stdout)
+		enc.SetEscapeHTML(false)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
 	}
 	for _, w := range res.Warnings {
 		fmt.Fprintf(a.stderr, "cloak: warning: %s\n", w)
