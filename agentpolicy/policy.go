@@ -70,11 +70,11 @@ var methodRequests = func() map[string]string {
 
 // Policy is a compiled agent policy. It is safe for concurrent use.
 type Policy struct {
-	mu     sync.Mutex
-	allow  map[string]*rego.PreparedEvalQuery // per request: data.agent_policy.<Request>
-	why    map[string]*rego.PreparedEvalQuery // per request: data.agent_policy.reasons.<Request>
-	rules  map[string]bool
-	comp   *ast.Compiler
+	mu    sync.Mutex
+	allow map[string]*rego.PreparedEvalQuery // per request: data.agent_policy.<Request>
+	why   map[string]*rego.PreparedEvalQuery // per request: data.agent_policy.reasons.<Request>
+	rules map[string]bool
+	comp  *ast.Compiler
 }
 
 // Compile parses and compiles a policy module once: every request's

@@ -160,7 +160,9 @@ func TestCreateContainer(t *testing.T) {
 		{name: "kubelet's env", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) {
 			s.Process.Env = append(s.Process.Env, "KUBERNETES_SERVICE_HOST=10.0.0.1", "WEB_SERVICE_PORT=80", "WEB_PORT_80_TCP_ADDR=10.0.0.2")
 		}},
-		{name: "another command", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) { s.Process.Args = []string{"sh", "-c", "cat /secret"} },
+		{name: "another command", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) {
+			s.Process.Args = []string{"sh", "-c", "cat /secret"}
+		},
 			want: `command ["sh", "-c", "cat /secret"] is not the declared ["/app/run.sh"]`},
 		{name: "LD_PRELOAD", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) {
 			s.Process.Env = append(s.Process.Env, "LD_PRELOAD=/tmp/evil.so")
@@ -206,7 +208,9 @@ func TestCreateContainer(t *testing.T) {
 		}, want: `effective capabilities ["CAP_SYS_ADMIN"] are not declared`},
 		{name: "another user", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) { s.Process.User.UID = 1000 },
 			want: "uid 1000 is not the declared 0"},
-		{name: "extra group", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) { s.Process.User.AdditionalGids = []uint32{0, 6} },
+		{name: "extra group", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) {
+			s.Process.User.AdditionalGids = []uint32{0, 6}
+		},
 			want: "additional groups [6]"},
 		{name: "other cwd", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) { s.Process.Cwd = "/tmp" },
 			want: `working directory "/tmp"`},
@@ -220,7 +224,9 @@ func TestCreateContainer(t *testing.T) {
 		}, want: "joining the network namespace"},
 		{name: "no pid namespace", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) { s.Linux.Namespaces = s.Linux.Namespaces[1:] },
 			want: "its own pid namespace"},
-		{name: "sysctl", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) { s.Linux.Sysctl = map[string]string{"kernel.msgmax": "1"} },
+		{name: "sysctl", mutate: func(s *specs.Spec, _ *agentapi.CreateContainerRequest) {
+			s.Linux.Sysctl = map[string]string{"kernel.msgmax": "1"}
+		},
 			want: "sysctls"},
 		{name: "file outside any mount", mutate: func(_ *specs.Spec, r *agentapi.CreateContainerRequest) {
 			r.Files = append(r.Files, &agentapi.ContainerFile{Path: "m99/evil", Data: []byte("x")})
