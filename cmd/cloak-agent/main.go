@@ -115,23 +115,16 @@ func serve(o options, pid1 bool, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(
-		grpc.MaxRecvMsgSize(agentapi.MaxMessageSize),
-		grpc.MaxSendMsgSize(agentapi.MaxMessageSize),
-		// Pings find a host that vanished without closing the channel, so
-		// its streams end and it can reconnect.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	var gs *grpc.Server
 	var network agent.Network = netconfNetwork{}
 	if !o.applyNetwork {
 		network = loggedNetwork{log}
 	}
-	powerOff := func() { gs.Stop() }
+	powerOff := func() { gs.Stop() } // gs is set below, before any call
 	if pid1 {
 		powerOff = func() { guestinit.PowerOff(log) }
 	}
-	agentapi.RegisterAgentServiceServer(gs, agent.New(agent.Config{
+	srv := agent.New(agent.Config{
 		Log:         log,
 		StateDir:    o.stateDir,
 		RuncBinary:  o.runc,
@@ -140,7 +133,17 @@ func serve(o options, pid1 bool, log *slog.Logger) error {
 		Attester:    aaStarter{},
 		PowerOff:    powerOff,
 		NoPivotRoot: rootIsInitramfs(),
-	}))
+	})
+	// Every call passes the pod's agent policy first (agent.GRPCOptions).
+	gs = grpc.NewServer(append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(agentapi.MaxMessageSize),
+		grpc.MaxSendMsgSize(agentapi.MaxMessageSize),
+		// Pings find a host that vanished without closing the channel, so
+		// its streams end and it can reconnect.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}, agent.GRPCOptions(srv)...)...)
+	agentapi.RegisterAgentServiceServer(gs, srv)
 	go func() {
 		<-ctx.Done()
 		gs.Stop()

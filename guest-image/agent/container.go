@@ -44,6 +44,11 @@ type container struct {
 	// the OOM kills already published for it (guarded by mu).
 	cgroupDir   string
 	oomReported int
+
+	// policyName and policyProcess are what the agent policy compares later
+	// requests with (gate.go): set once at create.
+	policyName    string
+	policyProcess map[string]any
 }
 
 func (c *container) rootfs() string  { return filepath.Join(c.bundle, "rootfs") }
@@ -82,6 +87,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentapi.CreateContai
 		s.mu.Unlock()
 		return nil, err
 	}
+	recordForPolicy(c, req.GetOciSpec())
 	return resp, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	runc "github.com/containerd/go-runc"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/agentpolicy"
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
 	"github.com/cloak-containers/cloak/guest-image/pull"
@@ -92,6 +94,12 @@ type Server struct {
 	containers map[string]*container
 	destroyed  bool
 	sharedFS   bool // the host's virtio-fs share is mounted at virtiofsDir
+	// policy is the sandbox's agent policy (gate.go), nil until
+	// CreateSandbox installed it.
+	policy *agentpolicy.Policy
+	// policyTime is the time spent in policy decisions, for the pod start
+	// timeline.
+	policyTime atomic.Int64
 }
 
 var setMonitor sync.Once
@@ -162,9 +170,6 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 			return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "create sandbox %q: %v", req.GetSandboxId(), err)
 		}
 	}
-	if err := s.cfg.Net.Apply(ctx, req); err != nil {
-		return nil, invalid("sandbox %q: network configuration: %v", req.GetSandboxId(), err)
-	}
 	if len(req.GetInitdata()) > 0 {
 		// The attestation agent lives as long as the sandbox, not this call.
 		aa, err := s.cfg.Attester.Start(context.WithoutCancel(ctx), req.GetInitdata(), s.log)
@@ -178,6 +183,22 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 			return nil, agentErr(codes.FailedPrecondition, agentapi.ReasonAttestationAgent, "sandbox %q: start the attestation agent: %v", req.GetSandboxId(), err)
 		}
 		s.aa = aa
+	}
+	// The policy comes from the initdata the attestation agent just
+	// verified against the TEE report, and decides this very request before
+	// anything of it (network, share) is applied.
+	policy, err := s.installPolicy(req.GetSandboxId(), req.GetInitdata(), s.teeOf())
+	if err != nil {
+		s.stopAttestation()
+		return nil, err
+	}
+	if err := s.decideWith(ctx, policy, "CreateSandboxRequest", req, nil); err != nil {
+		s.stopAttestation()
+		return nil, err
+	}
+	if err := s.cfg.Net.Apply(ctx, req); err != nil {
+		s.stopAttestation()
+		return nil, invalid("sandbox %q: network configuration: %v", req.GetSandboxId(), err)
 	}
 	if tag := req.GetSharedFsTag(); tag != "" && !s.sharedFS {
 		// The guest enforces this itself: the shim's configuration check
@@ -196,6 +217,7 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		s.sharedFS = true
 	}
 	s.sandbox = req
+	s.policy = policy
 	s.log.Info("sandbox created", "sandbox", req.GetSandboxId(), "hostname", req.GetHostname(), "attestation", s.aa != nil)
 	return &agentapi.CreateSandboxResponse{}, nil
 }

@@ -143,7 +143,7 @@ func startAgent(t *testing.T) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(agentapi.MaxMessageSize), grpc.MaxSendMsgSize(agentapi.MaxMessageSize))
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(agentapi.MaxMessageSize), grpc.MaxSendMsgSize(agentapi.MaxMessageSize)}, GRPCOptions(srv)...)...)
 	agentapi.RegisterAgentServiceServer(gs, srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/agentpolicy"
 )
 
 // TestConfidentialGuestRefusesHostShare: a guest whose initdata an SNP or
@@ -52,6 +53,12 @@ func TestNonConfidentialGuestMountsHostShare(t *testing.T) {
 	}
 }
 
+// allowAllInitdata is an initdata whose agent policy allows everything: the
+// share refusal must hold whatever the policy says.
+func allowAllInitdata() []byte {
+	return []byte("version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"policy.rego\" = '''\n" + agentpolicy.AllowAll + "'''\n")
+}
+
 // createSharedSandbox asks a fresh agent (no runc needed) for a sandbox
 // with initdata, attested by aa, and the host's share tag.
 func createSharedSandbox(t *testing.T, aa fakeAttester, tag string) (*Server, error) {
@@ -64,7 +71,7 @@ func createSharedSandbox(t *testing.T, aa fakeAttester, tag string) (*Server, er
 		PowerOff: func() {},
 	})
 	_, err := srv.CreateSandbox(context.Background(), &agentapi.CreateSandboxRequest{
-		SandboxId: "pod1", Hostname: "pod1", Initdata: []byte("version = \"0.1.0\"\n"), SharedFsTag: tag,
+		SandboxId: "pod1", Hostname: "pod1", Initdata: allowAllInitdata(), SharedFsTag: tag,
 	})
 	return srv, err
 }
