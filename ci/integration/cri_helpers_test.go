@@ -186,6 +186,10 @@ func startCRI(t *testing.T, opts criOptions) *criEnv {
 			if handler == handlerCloakEmulated && opts.cloakExtra != "" {
 				extra = strings.TrimSuffix(opts.cloakExtra, "\n") + "\n"
 			}
+			if handler == handlerCloakEmulated && !strings.Contains(opts.cloakExtra, "[kbs]") {
+				// A confidential handler runs only pods with an agent policy.
+				extra += fmt.Sprintf("[kbs]\ninitdata_file = %q\n", write("cloak-emulated-initdata.toml", string(emulatedInitdata("CRI pods without a KBS"))))
+			}
 			// The guest is on the pod network: it reaches the registry
 			// through the proxy on the bridge gateway.
 			e.cloakConfigs[handler] = write(handler+".toml", fmt.Sprintf(`image_dir = %q

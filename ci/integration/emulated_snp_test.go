@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
 
+	"github.com/cloak-containers/cloak/agentpolicy"
 	"github.com/cloak-containers/cloak/measurements"
 	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
@@ -35,8 +36,13 @@ algorithm = "sha256"
 [token_configs.kbs]
 url = "http://` + hostFromGuest + `:9"
 '''
-`)
+` + allowAllPolicyEntry)
 }
+
+// allowAllPolicyEntry is an initdata [data] entry with the allow-all agent
+// policy: a confidential guest refuses initdata without a policy, and these
+// tests are about attestation and pulls, not about what a policy allows.
+var allowAllPolicyEntry = "\"policy.rego\" = '''\n" + agentpolicy.AllowAll + "'''\n"
 
 // recorder keeps what the SP wrote to the guest.
 type recorder struct {

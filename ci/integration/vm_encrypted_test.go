@@ -30,7 +30,7 @@ url = "%s"
 cert = """
 %s"""
 '''
-`, kbsURL, caPEM))
+%s`, kbsURL, caPEM, allowAllPolicyEntry))
 }
 
 // TestVMEncryptedImage runs an ocicrypt-encrypted image whose key sits in a

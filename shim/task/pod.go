@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/pelletier/go-toml/v2"
 
 	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/shim/config"
@@ -167,6 +168,11 @@ func vmSettingsFor(cfg config.Config, annotations map[string]string) (vmSettings
 			return vs, fmt.Errorf("pod initdata: %w: %w", err, errdefs.ErrInvalidArgument)
 		}
 	}
+	if cfg.Confidential() {
+		if err := requirePolicy(cfg.TEE, vs.initdata); err != nil {
+			return vs, err
+		}
+	}
 	var err error
 	vs.tee, err = teeFor(cfg, vs.initdata)
 	return vs, err
@@ -206,6 +212,27 @@ func decodeInitdata(v string) ([]byte, error) {
 		return nil, fmt.Errorf("annotation %s: empty initdata: %w", AnnotationInitdata, errdefs.ErrInvalidArgument)
 	}
 	return raw, nil
+}
+
+// requirePolicy refuses, before a VM boots, a confidential pod whose
+// initdata carries no agent policy: its guest would refuse it anyway
+// (guest-image/agent), and a pod that ran without one would let the host
+// exec into it.
+func requirePolicy(tee string, initdata []byte) error {
+	const hint = "generate the pod's initdata with `cloak generate pod.yaml --kbs-url URL` (docs/agent-policy.md) and pass it in the io.cloak.initdata annotation, or in the handler's [kbs] initdata_file"
+	if initdata == nil {
+		return fmt.Errorf("tee = %q is a confidential handler and this pod has no initdata, so no agent policy: %s: %w", tee, hint, errdefs.ErrInvalidArgument)
+	}
+	var doc struct {
+		Data map[string]string `toml:"data"`
+	}
+	if err := toml.Unmarshal(initdata, &doc); err != nil {
+		return fmt.Errorf("pod initdata is not TOML: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if strings.TrimSpace(doc.Data["policy.rego"]) == "" {
+		return fmt.Errorf("tee = %q is a confidential handler and the pod's initdata has no agent policy ([data] \"policy.rego\"): %s: %w", tee, hint, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // defaultInitdata is the handler's initdata: the configured file, or a

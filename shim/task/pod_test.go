@@ -72,7 +72,7 @@ func gzipped(t *testing.T, s string) string {
 	return base64.StdEncoding.EncodeToString(buf.Bytes())
 }
 
-const testInitdata = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n"
+const testInitdata = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"policy.rego\" = \"package agent_policy\"\n"
 
 func TestVMSettingsFor(t *testing.T) {
 	allowAll := config.Config{VCPUs: 1, MemoryMiB: 512, TEE: config.TEENone,
@@ -108,7 +108,10 @@ func TestVMSettingsFor(t *testing.T) {
 		{name: "initdata too large", cfg: allowAll, annotations: map[string]string{AnnotationInitdata: b64(strings.Repeat("a", maxInitdataSize+1))}, wantErr: "larger than"},
 		{name: "gzip bomb", cfg: allowAll, annotations: map[string]string{AnnotationInitdata: gzipped(t, strings.Repeat("a", maxInitdataSize+10))}, wantErr: "larger than"},
 		{name: "broken gzip", cfg: allowAll, annotations: map[string]string{AnnotationInitdata: base64.StdEncoding.EncodeToString([]byte{0x1f, 0x8b, 1})}, wantErr: "bad gzip"},
-		{name: "snp without initdata", cfg: config.Config{VCPUs: 1, MemoryMiB: 512, TEE: config.TEESNP}, wantErr: "needs initdata"},
+		{name: "snp without initdata", cfg: config.Config{VCPUs: 1, MemoryMiB: 512, TEE: config.TEESNP}, wantErr: "no initdata, so no agent policy"},
+		{name: "emulated initdata without policy", cfg: config.Config{VCPUs: 1, MemoryMiB: 512, TEE: config.TEEEmulated, AllowedAnnotations: []string{"initdata"}},
+			annotations: map[string]string{AnnotationInitdata: b64("version = \"0.1.0\"\n[data]\n\"aa.toml\" = \"\"\n")},
+			wantErr: "`cloak generate pod.yaml", errKind: errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,8 +148,17 @@ func TestDefaultInitdataFromKBS(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := config.Config{VCPUs: 1, MemoryMiB: 512, TEE: config.TEESNP, KBS: config.KBS{URL: "https://10.88.0.1:8080", CAFile: ca}}
-	vs, err := vmSettingsFor(cfg, nil)
-	if err != nil {
+	// A confidential pod needs a policy, which a document built from [kbs]
+	// url never has: its pods must bring their own initdata.
+	if _, err := vmSettingsFor(cfg, nil); err == nil || !strings.Contains(err.Error(), "has no agent policy") {
+		t.Fatalf("snp pod with the handler's url-only initdata: err %v, want refused for its missing policy", err)
+	}
+	var vs vmSettings
+	var err error
+	if vs.initdata, err = defaultInitdata(cfg.KBS); err != nil {
+		t.Fatal(err)
+	}
+	if vs.tee, err = teeFor(cfg, vs.initdata); err != nil {
 		t.Fatal(err)
 	}
 	var doc struct {
@@ -176,8 +188,7 @@ func TestDefaultInitdataFromKBS(t *testing.T) {
 	}
 
 	cfg.TEE = config.TEETDX
-	vs, err = vmSettingsFor(cfg, nil)
-	if err != nil {
+	if vs.tee, err = teeFor(cfg, vs.initdata); err != nil {
 		t.Fatal(err)
 	}
 	want384 := sha512.Sum384(vs.initdata)
