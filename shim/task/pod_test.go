@@ -111,7 +111,7 @@ func TestVMSettingsFor(t *testing.T) {
 		{name: "snp without initdata", cfg: config.Config{VCPUs: 1, MemoryMiB: 512, TEE: config.TEESNP}, wantErr: "no initdata, so no agent policy"},
 		{name: "emulated initdata without policy", cfg: config.Config{VCPUs: 1, MemoryMiB: 512, TEE: config.TEEEmulated, AllowedAnnotations: []string{"initdata"}},
 			annotations: map[string]string{AnnotationInitdata: b64("version = \"0.1.0\"\n[data]\n\"aa.toml\" = \"\"\n")},
-			wantErr: "`cloak generate pod.yaml", errKind: errdefs.ErrInvalidArgument},
+			wantErr:     "`cloak generate pod.yaml", errKind: errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
