@@ -343,7 +343,13 @@ func TestProcessIOAndSandbox(t *testing.T) {
 		{name: "stdin to a container without stdin", req: stdin, want: `stdin to container "app" is not declared`},
 		{name: "sandbox as declared", req: sandbox(nil)},
 		{name: "another hostname", req: sandbox(func(r *agentapi.CreateSandboxRequest) { r.Hostname = "x" }), want: `hostname "x"`},
-		{name: "other sysctls", req: sandbox(func(r *agentapi.CreateSandboxRequest) { r.Sysctls = nil }), want: "sysctls"},
+		{name: "the pod's sysctl missing", req: sandbox(func(r *agentapi.CreateSandboxRequest) { r.Sysctls = nil }), want: `the pod's sysctl net.ipv4.ip_forward="1" is missing`},
+		{name: "containerd's default sysctls", req: sandbox(func(r *agentapi.CreateSandboxRequest) {
+			r.Sysctls["net.ipv4.ip_unprivileged_port_start"] = "0"
+			r.Sysctls["net.ipv4.ping_group_range"] = "0 2147483647"
+		})},
+		{name: "another sysctl", req: sandbox(func(r *agentapi.CreateSandboxRequest) { r.Sysctls["net.ipv4.conf.all.route_localnet"] = "1" }),
+			want: `sysctl net.ipv4.conf.all.route_localnet="1" is not the pod's`},
 		{name: "route on lo", req: sandbox(func(r *agentapi.CreateSandboxRequest) {
 			r.Routes = append(r.Routes, &agentapi.Route{Destination: "127.0.0.0/8", Device: "lo"})
 		}), want: "touches the loopback"},

@@ -63,11 +63,27 @@ reasons.CreateSandboxRequest contains msg if {
 	msg := sprintf("hostname %q is not the pod's (%s)", [object.get(input, "hostname", ""), policy_data.sandbox.hostname])
 }
 
+# containerd's CRI sets these for every pod unless the pod sets them itself
+# (enable_unprivileged_ports, enable_unprivileged_icmp).
+containerd_sysctls := {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"}
+
 reasons.CreateSandboxRequest contains msg if {
-	got := object.get(input, "sysctls", {})
-	want := object.get(policy_data.sandbox, "sysctls", {})
-	got != want
-	msg := sprintf("sysctls %v are not the pod's %v", [got, want])
+	some k, v in object.get(input, "sysctls", {})
+	not sandbox_sysctl_ok(k, v)
+	msg := sprintf("sysctl %s=%q is not the pod's", [k, v])
+}
+
+reasons.CreateSandboxRequest contains msg if {
+	some k, v in object.get(policy_data.sandbox, "sysctls", {})
+	object.get(object.get(input, "sysctls", {}), k, null) != v
+	msg := sprintf("the pod's sysctl %s=%q is missing", [k, v])
+}
+
+sandbox_sysctl_ok(k, v) if policy_data.sandbox.sysctls[k] == v
+
+sandbox_sysctl_ok(k, v) if {
+	not policy_data.sandbox.sysctls[k]
+	containerd_sysctls[k] == v
 }
 
 reasons.CreateSandboxRequest contains msg if {
@@ -307,18 +323,20 @@ mounts := object.get(spec, "mounts", [])
 # The sources the host asks for, by mount index.
 mount_source := {ms.mount_index: ms | some ms in object.get(input, "mount_sources", [])}
 
+# The mounts every container gets, with what may back each: a kernel
+# filesystem, files copied into the guest, or the pod's /dev/shm.
 standard_mounts := {
-	"/proc": "proc",
-	"/dev": "tmpfs",
-	"/dev/pts": "devpts",
-	"/dev/mqueue": "mqueue",
-	"/sys": "sysfs",
-	"/sys/fs/cgroup": "cgroup",
-	"/etc/hostname": "files",
-	"/etc/hosts": "files",
-	"/etc/resolv.conf": "files",
-	"/dev/termination-log": "files",
-	"/dev/shm": "shm",
+	"/proc": {"proc"},
+	"/dev": {"tmpfs"},
+	"/dev/pts": {"devpts"},
+	"/dev/mqueue": {"mqueue"},
+	"/sys": {"sysfs"},
+	"/sys/fs/cgroup": {"cgroup", "cgroup2"},
+	"/etc/hostname": {"files"},
+	"/etc/hosts": {"files"},
+	"/etc/resolv.conf": {"files"},
+	"/dev/termination-log": {"files"},
+	"/dev/shm": {"shm", "tmpfs"},
 }
 
 # source_kind is what backs mount i: its type for kernel filesystems,
@@ -352,8 +370,8 @@ reasons.CreateContainerRequest contains msg if {
 	some i, m in mounts
 	want := standard_mounts[m.destination]
 	got := source_kind(i, m)
-	got != want
-	msg := sprintf("mount at %s is %s, want %s", [m.destination, got, want])
+	not got in want
+	msg := sprintf("mount at %s is %s, want %s", [m.destination, got, concat(" or ", sort(want))])
 }
 
 reasons.CreateContainerRequest contains msg if {

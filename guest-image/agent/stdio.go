@@ -10,6 +10,7 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
 )
@@ -233,10 +234,16 @@ func (s *Server) ProcessIO(stream agentapi.AgentService_ProcessIOServer) error {
 	}
 	defer p.detach()
 
+	// A stdin message the agent policy denies ends the call with the
+	// denial (the gate answers it from Recv), so the host learns why.
+	denied := make(chan error, 1)
 	go func() {
 		for {
 			m, err := stream.Recv()
 			if err != nil {
+				if status.Code(err) == codes.PermissionDenied {
+					denied <- err
+				}
 				return
 			}
 			if data := m.GetStdin(); len(data) > 0 {
@@ -251,11 +258,11 @@ func (s *Server) ProcessIO(stream agentapi.AgentService_ProcessIOServer) error {
 			}
 		}
 	}()
-	return sendOutput(stream, streams)
+	return sendOutput(stream, streams, denied)
 }
 
 // sendOutput forwards the streams' chunks in order until each has ended.
-func sendOutput(stream agentapi.AgentService_ProcessIOServer, streams []*outStream) error {
+func sendOutput(stream agentapi.AgentService_ProcessIOServer, streams []*outStream, stop <-chan error) error {
 	chunk := func(kind agentapi.ProcessIOResponse_Stream, b []byte) *agentapi.ProcessIOResponse {
 		if kind == agentapi.ProcessIOResponse_STREAM_STDERR {
 			return &agentapi.ProcessIOResponse{Msg: &agentapi.ProcessIOResponse_Stderr{Stderr: b}}
@@ -292,6 +299,8 @@ func sendOutput(stream agentapi.AgentService_ProcessIOServer, streams []*outStre
 			i = 1
 		case <-stream.Context().Done():
 			return stream.Context().Err()
+		case err := <-stop:
+			return err
 		}
 		st := owners[i]
 		if !ok {
