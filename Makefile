@@ -11,7 +11,7 @@ BINARIES := kbs kbsctl cloak cloak-aa cloak-image containerd-shim-cloak-v2 cloak
 # and the static runc are cached under $$HOME/.cache/cloak).
 IMAGE_DIR := $(CURDIR)/.work/image
 
-.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo demo-kbs e2e bench-e2e generate clean deps vm-deps install bench-pod
+.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo demo-kbs e2e bench-e2e demo-up demo-down generate clean deps vm-deps install bench-pod
 
 all: build
 
@@ -69,6 +69,15 @@ install: build image
 # through containerd's CRI, with the pod start timeline.
 demo: image
 	./ci/e2e.sh demo
+
+# demo, but the pod (and containerd, the KBS, the registry) keep running:
+# writes .work/demo/env (CRICTL, POD_ID, CONTAINER_ID, POD_CONFIG,
+# CONTAINER_CONFIG, KBSCTL); `make demo-down` stops everything.
+demo-up: image
+	./ci/e2e.sh up
+
+demo-down:
+	./ci/e2e.sh down
 
 # demo, then: no plaintext on the host, and the refusals (guest image
 # changed, another initdata, initdata changed after launch, policy deny, KBS

@@ -1339,8 +1339,11 @@ func (x *GuestDir) GetMemory() bool {
 }
 
 type CreateContainerResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"` // pid of the init process in the guest
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pid   uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"` // pid of the init process in the guest
+	// policy_ns is the time the guest has spent in agent policy decisions for
+	// this sandbox so far (this request's included), for the timeline.
+	PolicyNs      int64 `protobuf:"varint,2,opt,name=policy_ns,json=policyNs,proto3" json:"policy_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1378,6 +1381,13 @@ func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
 func (x *CreateContainerResponse) GetPid() uint32 {
 	if x != nil {
 		return x.Pid
+	}
+	return 0
+}
+
+func (x *CreateContainerResponse) GetPolicyNs() int64 {
+	if x != nil {
+		return x.PolicyNs
 	}
 	return 0
 }
@@ -2813,9 +2823,10 @@ const file_agent_proto_rawDesc = "" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eKIND_EMPTY_DIR\x10\x01\x12\f\n" +
-	"\bKIND_SHM\x10\x02\"+\n" +
+	"\bKIND_SHM\x10\x02\"H\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\":\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1b\n" +
+	"\tpolicy_ns\x18\x02 \x01(\x03R\bpolicyNs\":\n" +
 	"\x15StartContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x18\n" +
 	"\x16StartContainerResponse\"Z\n" +

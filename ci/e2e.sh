@@ -7,13 +7,22 @@
 # a QEMU guest with an emulated SEV-SNP platform that attests to the KBS, gets
 # the key, pulls and decrypts the image itself.
 #
-# Usage: ci/e2e.sh [demo|test|bench]
-#   demo   the happy path: the container's output and its start timeline
+# The pod is docs/examples/confidential-pod.yaml: `cloak generate` turns it
+# into the pod's initdata (KBS and agent policy) and the crictl configs.
+#
+# Usage: ci/e2e.sh [demo|test|bench|up|down]
+#   demo   the happy path: the container's output, its start timeline, the
+#          host's exec refused by the agent policy, the probe's exec allowed
 #   test   demo, then checks that the host holds no plaintext, and the refusals:
-#          guest image changed, another initdata, initdata changed after
-#          launch, policy deny, KBS frozen, KBS down
+#          a container with another command, guest image changed, another
+#          initdata, initdata changed after launch, policy deny, KBS frozen,
+#          KBS down
 #   bench  5 pod starts each with runc, cloak and cloak-emulated, medians
 #          (BENCH_RUNS=N to change)
+#   up     demo, but the pod and everything it needs keep running; writes
+#          .work/demo/env (CRICTL, POD_ID, CONTAINER_ID, POD_CONFIG,
+#          CONTAINER_CONFIG, KBSCTL) and returns
+#   down   stops what `up` started and removes its files
 #
 # Needs root (network namespace, TAP devices, QEMU) and `make build image`.
 # Everything runs in a network namespace of its own, so its fixed ports
@@ -22,11 +31,71 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-demo}
-case "$MODE" in demo | test | bench) ;; *)
-	echo "usage: $0 [demo|test|bench]" >&2
+case "$MODE" in demo | test | bench | up | down) ;; *)
+	echo "usage: $0 [demo|test|bench|up|down]" >&2
 	exit 2
 	;;
 esac
+DEMO_DIR=$PWD/.work/demo # what `up` leaves for `down` (and for the user)
+
+if [ "$MODE" = down ]; then
+	if [ ! -f "$DEMO_DIR/inner.pid" ]; then
+		echo "demo-down: nothing is up (no $DEMO_DIR/inner.pid)"
+		rm -rf "$DEMO_DIR"
+		exit 0
+	fi
+	inner=$(cat "$DEMO_DIR/inner.pid")
+	outer=$(cat "$DEMO_DIR/outer.pid" 2>/dev/null || true)
+	echo "demo-down: stopping the demo (pid $inner): pod, containerd, KBS, registry, network namespace"
+	kill -TERM "$inner" 2>/dev/null || true
+	for _ in $(seq 600); do
+		kill -0 "$inner" 2>/dev/null || { [ -n "$outer" ] && kill -0 "$outer" 2>/dev/null; } || break
+		sleep 0.1
+	done
+	if [ -n "$outer" ] && kill -0 "$outer" 2>/dev/null; then
+		echo "demo-down: the demo did not stop within 60 s; killing it" >&2
+		kill -9 "$outer" "$inner" 2>/dev/null || true
+	fi
+	tail -3 "$DEMO_DIR/log" 2>/dev/null | sed 's/^/    /'
+	rm -rf "$DEMO_DIR"
+	echo "demo-down: done"
+	exit 0
+fi
+
+if [ "$MODE" = up ] && [ -z "${CLOAK_E2E_BG:-}" ]; then
+	if [ -f "$DEMO_DIR/inner.pid" ] && kill -0 "$(cat "$DEMO_DIR/inner.pid")" 2>/dev/null; then
+		echo "demo-up: the demo is already up ($DEMO_DIR/env); \`make demo-down\` stops it" >&2
+		exit 1
+	fi
+	rm -rf "$DEMO_DIR" && mkdir -p "$DEMO_DIR"
+	CLOAK_E2E_BG=1 setsid "$0" up >"$DEMO_DIR/log" 2>&1 </dev/null &
+	echo $! >"$DEMO_DIR/outer.pid"
+	echo "demo-up: starting (log: $DEMO_DIR/log)"
+	shown=0
+	while [ ! -f "$DEMO_DIR/env" ]; do
+		if ! kill -0 "$(cat "$DEMO_DIR/outer.pid")" 2>/dev/null; then
+			tail -n +$((shown + 1)) "$DEMO_DIR/log"
+			echo "demo-up: FAILED (see above; log $DEMO_DIR/log)" >&2
+			rm -f "$DEMO_DIR/outer.pid"
+			exit 1
+		fi
+		n=$(wc -l <"$DEMO_DIR/log")
+		[ "$n" -gt "$shown" ] && { sed -n "$((shown + 1)),${n}p" "$DEMO_DIR/log"; shown=$n; }
+		sleep 0.5
+	done
+	tail -n +$((shown + 1)) "$DEMO_DIR/log"
+	cat <<EOF
+
+demo-up: the confidential pod is running. Try:
+    . $DEMO_DIR/env
+    \$CRICTL logs \$CONTAINER_ID
+    \$CRICTL exec -s \$CONTAINER_ID cat /tmp/healthy    # the liveness probe: allowed
+    \$CRICTL exec -s \$CONTAINER_ID sh                  # refused by the pod's agent policy
+    \$KBSCTL audit
+make demo-down stops it.
+EOF
+	exit 0
+fi
 BIN=${BIN:-$PWD/bin}
 IMAGE_DIR=${IMAGE_DIR:-$PWD/.work/image}
 CACHE=${CLOAK_CACHE:-$HOME/.cache/cloak}
@@ -86,7 +155,7 @@ if [ -z "${CLOAK_E2E_NS:-}" ]; then
 	ip -n "$NS" link set lo up
 	say "network namespace $NS (the registry, the KBS, containerd and the pods live in it)"
 	status=0
-	CLOAK_E2E_NS=$NS TOOLS=$TOOLS CTRD_DIR=$CTRD_DIR CRI_DIR=$CRI_DIR CRANE=$CRANE BIN=$BIN IMAGE_DIR=$IMAGE_DIR \
+	CLOAK_E2E_NS=$NS DEMO_DIR=$DEMO_DIR TOOLS=$TOOLS CTRD_DIR=$CTRD_DIR CRI_DIR=$CRI_DIR CRANE=$CRANE BIN=$BIN IMAGE_DIR=$IMAGE_DIR \
 		nsenter --net=/run/netns/"$NS" "$0" "$MODE" || status=$?
 	exit $status
 fi
@@ -182,14 +251,18 @@ bold "Registry on loopback ($REGISTRY), a small image, and the pod sandbox image
 start_bg "$WORK/registry.log" "$CRANE" registry serve --address "0.0.0.0:5000"
 wait_for 10 "the registry answering" "$CRANE" catalog --insecure "$REGISTRY"
 SECRET_MESSAGE="the secret recipe: 3 parts trust, 1 part attestation"
-mkdir -p "$WORK/rootfs"/{bin,app,etc}
+mkdir -p "$WORK/rootfs"/{bin,app,etc,tmp}
 cp "$(command -v busybox)" "$WORK/rootfs/bin/busybox"
-for a in sh cat uname; do ln -s busybox "$WORK/rootfs/bin/$a"; done
+for a in sh cat uname sleep; do ln -s busybox "$WORK/rootfs/bin/$a"; done
 printf '%s\n' "$SECRET_MESSAGE" >"$WORK/rootfs/etc/recipe.txt"
 cat >"$WORK/rootfs/app/run.sh" <<'EOF'
 #!/bin/sh
 echo "hello from a confidential pod (guest kernel $(uname -r))"
 cat /etc/recipe.txt
+: >/tmp/healthy # what the liveness probe reads
+# With --stay (the demo's pod) the container stays up after printing.
+[ "${1:-}" = --stay ] && exec sleep 2147483647
+exit 0
 EOF
 chmod 755 "$WORK/rootfs/app/run.sh"
 tar -C "$WORK/rootfs" -cf "$WORK/app.tar" .
@@ -234,15 +307,26 @@ bold "Reference values and policy for the emulated SEV-SNP guest"
 measurement=$(sed -n 's/.*"emulated": *"\([0-9a-f]*\)".*/\1/p' "$IMAGE_DIR/manifest.json" | head -1)
 [ -n "$measurement" ] || fail "$IMAGE_DIR/manifest.json has no emulated launch measurement (rebuild with make image)"
 kbsctl reference-value set snp_launch_measurement "$measurement" >/dev/null
-# The pod's initdata names the KBS and its certificate; its digest is bound
-# into the launch (HOST_DATA) and is a reference value too.
-{
-	printf 'version = "0.1.0"\nalgorithm = "sha384"\n\n[data]\n"aa.toml" = %s\n' "'''"
-	printf '[token_configs.kbs]\nurl = "https://%s:%s"\ncert = """\n' "$GATEWAY" "$KBS_PORT"
-	cat "$WORK/kbs/tls/cert.pem"
-	printf '"""\n%s\n' "'''"
-} >"$WORK/initdata.toml"
-init_data_digest=$(sha384sum "$WORK/initdata.toml" | cut -d' ' -f1)
+# The pod's initdata: the KBS and its certificate, and the agent policy
+# generated from the pod's YAML (image digest, command, env, the probe's
+# exec). Its digest is bound into the launch (HOST_DATA) and is a reference
+# value too. The --allow-exec variant (debugging) has another digest, so
+# this KBS releases nothing to it.
+POD_YAML=docs/examples/confidential-pod.yaml
+generate() { # generate DIR [FLAGS]: cloak generate the demo pod into DIR; prints its initdata digest
+	local dir=$1
+	shift
+	mkdir -p "$dir"
+	"$BIN/cloak" generate "$POD_YAML" --kbs-url "https://$GATEWAY:$KBS_PORT" --kbs-ca "$WORK/kbs/tls/cert.pem" \
+		--insecure-registry "$REGISTRY" --crictl "$dir" -w "$dir/pod.yaml" "$@" 2>"$dir/generate.log" ||
+		fail "cloak generate $POD_YAML: $(cat "$dir/generate.log")"
+	sed -n 's/.*initdata sha384 \([0-9a-f]*\).*/\1/p' "$dir/generate.log" | head -1
+}
+init_data_digest=$(generate "$WORK/gen")
+debug_digest=$(generate "$WORK/gen-debug" --allow-exec)
+[ -n "$init_data_digest" ] && [ -n "$debug_digest" ] || fail "cloak generate printed no initdata digest"
+say "cloak generate $POD_YAML:"
+indent <"$WORK/gen/generate.log"
 kbsctl reference-value set init_data "$init_data_digest" >/dev/null
 # Demo and CI only: release keys to emulated guests every verifier affirms.
 cp policy/examples/allow-emulated.rego "$WORK/allow-emulated.rego"
@@ -287,8 +371,9 @@ mirrors = { "$REGISTRY" = "http://$GATEWAY:5000" }
 EOF
 }
 cloak_config "$WORK/cloak.toml" none
-cloak_config "$WORK/cloak-emulated.toml" emulated "[kbs]
-initdata_file = \"$WORK/initdata.toml\""
+# The confidential handlers take the pod's own initdata (the annotation
+# cloak generate wrote).
+cloak_config "$WORK/cloak-emulated.toml" emulated 'allowed_annotations = ["initdata"]'
 # Handlers for the refusals: a guest image whose kernel command line was
 # changed (so its launch measurement is not the reference value), a pod
 # initdata that is not the reference value, and a host that changes the
@@ -296,19 +381,11 @@ initdata_file = \"$WORK/initdata.toml\""
 mkdir -p "$WORK/image-changed"
 ln -s "$IMAGE_DIR/vmlinuz" "$IMAGE_DIR/initrd.img" "$WORK/image-changed/"
 sed 's/"cmdline": "\([^"]*\)"/"cmdline": "\1 cloak.changed=1"/' "$IMAGE_DIR/manifest.json" >"$WORK/image-changed/manifest.json"
-IMAGE_DIR_OVERRIDE=$WORK/image-changed cloak_config "$WORK/cloak-emulated-changed.toml" emulated "[kbs]
-initdata_file = \"$WORK/initdata.toml\""
-{
-	cat "$WORK/initdata.toml"
-	echo "# another initdata: not the reference value"
-} >"$WORK/initdata-other.toml"
-cloak_config "$WORK/cloak-emulated-initdata.toml" emulated "[kbs]
-initdata_file = \"$WORK/initdata-other.toml\""
-cloak_config "$WORK/cloak-emulated-attack.toml" emulated "emulated_host_attack = \"initdata-after-launch\"
-[kbs]
-initdata_file = \"$WORK/initdata.toml\""
+IMAGE_DIR_OVERRIDE=$WORK/image-changed cloak_config "$WORK/cloak-emulated-changed.toml" emulated 'allowed_annotations = ["initdata"]'
+cloak_config "$WORK/cloak-emulated-attack.toml" emulated 'allowed_annotations = ["initdata"]
+emulated_host_attack = "initdata-after-launch"'
 
-HANDLERS=(cloak cloak-emulated cloak-emulated-changed cloak-emulated-initdata cloak-emulated-attack)
+HANDLERS=(cloak cloak-emulated cloak-emulated-changed cloak-emulated-attack)
 {
 	cat <<EOF
 version = 3
@@ -359,6 +436,7 @@ EOF
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.$h]
       runtime_type = "io.containerd.cloak.v2"
       snapshotter = "cloak-snapshotter"
+      pod_annotations = ["io.cloak.*"]
       options = { ConfigPath = "$WORK/$h.toml" }
 EOF
 	done
@@ -386,15 +464,32 @@ ctr_json() { # ctr_json NAME IMAGE
 EOF
 	echo "$WORK/ctr-$1.json"
 }
-# run_pod NAME HANDLER IMAGE: runp, create, start; sets POD and CID, and
-# leaves crictl's stderr of the step that failed in $WORK/err.
+# confidential_json NAME HANDLER [GENDIR]: the generated pod config (default
+# $WORK/gen) for one run: the policy pins the pod's name, namespace and
+# hostname, so runs differ by uid and handler only.
+confidential_json() {
+	mkdir -p "$WORK/logs/$1"
+	sed -e "s|\"uid\": \"[^\"]*\"|\"uid\": \"$1-uid\"|" \
+		-e "s|\"log_directory\": \"[^\"]*\"|\"log_directory\": \"$WORK/logs/$1\"|" \
+		-e "s|\"io.containerd.cri.runtime-handler\": \"[^\"]*\"|\"io.containerd.cri.runtime-handler\": \"$2\"|" \
+		"${3:-$WORK/gen}/pod.json" >"$WORK/pod-$1.json"
+	echo "$WORK/pod-$1.json"
+}
+# run_confidential NAME HANDLER [GENDIR]: run_pod of the generated pod.
+run_confidential() {
+	start_pod "$2" "$(confidential_json "$1" "$2" "${3:-}")" "${3:-$WORK/gen}/container-app.json"
+}
+# run_pod NAME HANDLER IMAGE: runp, create, start of a pod without a
+# policy (runc and cloak); sets POD and CID, and leaves crictl's stderr of
+# the step that failed in $WORK/err.
 run_pod() {
-	local pod ctr
-	pod=$(pod_json "$1" "$2")
-	ctr=$(ctr_json "$1" "$3")
+	start_pod "$2" "$(pod_json "$1" "$2")" "$(ctr_json "$1" "$3")"
+}
+start_pod() { # start_pod HANDLER POD_JSON CONTAINER_JSON
+	local pod=$2 ctr=$3
 	POD= CID=
 	: >"$WORK/err"
-	POD=$(crictl runp --runtime "$2" "$pod" 2>"$WORK/err") || return 1
+	POD=$(crictl runp --runtime "$1" "$pod" 2>"$WORK/err") || return 1
 	CID=$(crictl create "$POD" "$ctr" "$pod" 2>"$WORK/err") || return 1
 	crictl start "$CID" >/dev/null 2>"$WORK/err" || return 1
 }
@@ -403,6 +498,7 @@ remove_pod() {
 	POD=
 }
 state_of() { crictl inspect -o go-template --template '{{.status.state}}' "$1" 2>/dev/null; }
+printed() { crictl logs "$1" 2>/dev/null | grep -qxF "$SECRET_MESSAGE"; }
 exited() { state_of "$1" | grep -q EXITED; }
 wait_exited() { wait_for 120 "container $1 exiting" exited "$1"; }
 # audit_next: the newest audit entry's number (kbsctl audit --after it
@@ -418,12 +514,21 @@ if [ "$MODE" = bench ]; then
 		img=$REGISTRY/demo/hello:plain
 		[ "$h" = cloak-emulated ] && img=$SECRET_IMAGE
 		# CRI pulls (for cloak: manifest and config only) before timing.
-		crictl pull --pod-config "$(pod_json pull-$h "$h")" "$img" >/dev/null
+		if [ "$h" = cloak-emulated ]; then
+			crictl pull --pod-config "$(confidential_json pull-$h "$h")" "$img" >/dev/null
+		else
+			crictl pull --pod-config "$(pod_json pull-$h "$h")" "$img" >/dev/null
+		fi
 		for i in $(seq "$RUNS"); do
 			t0=$(date +%s%N)
-			run_pod "bench-$h-$i" "$h" "$img" || fail "$h run $i: $(cat "$WORK/err")"
+			if [ "$h" = cloak-emulated ]; then
+				run_confidential "bench-$h-$i" "$h" || fail "$h run $i: $(cat "$WORK/err")"
+			else
+				run_pod "bench-$h-$i" "$h" "$img" || fail "$h run $i: $(cat "$WORK/err")"
+			fi
 			t1=$(date +%s%N)
-			wait_exited "$CID"
+			# The confidential pod stays up: it is done once it printed.
+			if [ "$h" = cloak-emulated ]; then wait_for 120 "pod $i printing" printed "$CID"; else wait_exited "$CID"; fi
 			total=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)/1e9}')
 			printf '%s\ttotal\t%s\n' "$h" "$total" >>"$WORK/bench.tsv"
 			if [ "$h" != runc ]; then
@@ -444,12 +549,12 @@ fi
 bold "Run the encrypted image as a pod of the $HANDLER handler (crictl runp, create, start)"
 before=$(audit_next)
 t0=$(date +%s%N)
-run_pod confidential "$HANDLER" "$SECRET_IMAGE" || fail "the confidential pod did not start: $(cat "$WORK/err")"
+run_confidential confidential "$HANDLER" || fail "the confidential pod did not start: $(cat "$WORK/err")"
 say "crictl runp + create + start: $(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN{printf "%.1f", (b-a)/1e9}') s"
-wait_exited "$CID"
+wait_for 60 "the container printing the image's secret file" printed "$CID"
 bold "The container's output (crictl logs)"
 crictl logs "$CID" | tee "$WORK/out.txt" | sed 's/^/    | /'
-grep -qxF "$SECRET_MESSAGE" "$WORK/out.txt" || fail "the container did not print the image's secret file"
+
 
 bold "Pod start timeline (the shim's log line and the KBS audit, host clock)"
 kbsctl -o json audit --limit 1000 >"$WORK/audit.json"
@@ -457,6 +562,20 @@ kbsctl -o json audit --limit 1000 >"$WORK/audit.json"
 
 bold "KBS audit of this pod's attestation and key release (kbsctl audit)"
 kbsctl audit --after "$before" | indent
+
+bold "The agent policy at work: the host may run the liveness probe, nothing else"
+if crictl exec -s "$CID" cat /tmp/healthy >"$WORK/probe.out" 2>"$WORK/err"; then
+	say "ok: crictl exec $CID cat /tmp/healthy (the pod's liveness probe) is allowed"
+else
+	fail "the liveness probe's exec was refused: $(cat "$WORK/err")"
+fi
+if crictl exec -s "$CID" sh -c 'cat /etc/recipe.txt' >"$WORK/exec.out" 2>"$WORK/err"; then
+	fail "crictl exec sh ran in the confidential pod: $(cat "$WORK/exec.out")"
+fi
+grep -q "ExecProcess denied by the pod's agent policy" "$WORK/err" || fail "crictl exec sh failed, but not for the policy: $(cat "$WORK/err")"
+! grep -qF "$SECRET_MESSAGE" "$WORK/exec.out" "$WORK/err" || fail "the refused exec printed the secret"
+say "ok: crictl exec $CID sh -c 'cat /etc/recipe.txt' is refused:"
+say "    $(grep -o "ExecProcess denied.*" "$WORK/err" | head -1)"
 
 bold "The host never held the image's layers or plaintext"
 encrypted_layers=$(crane manifest --insecure "$SECRET_IMAGE" | grep -o 'sha256:[0-9a-f]\{64\}' | sort -u)
@@ -474,12 +593,28 @@ done
 leaks=$(grep -rlF "$SECRET_MESSAGE" "$WORK/root" "$WORK/snapshotter" 2>/dev/null || true)
 say "content store: $(wc -l <<<"$content") blobs (manifests, configs, the pause image); files with the plaintext under containerd's and the snapshotter's roots: ${leaks:-none}"
 [ "$held" = 0 ] && [ -z "$leaks" ] || fail "the host holds a layer or the plaintext of the encrypted image"
-remove_pod
+
+if [ "$MODE" = up ]; then
+	{
+		printf '# make demo-up: the running confidential pod (make demo-down stops it)\n'
+		printf 'CRICTL=%q\n' "nsenter --net=/run/netns/$CLOAK_E2E_NS $CRI_DIR/crictl --config $WORK/crictl.yaml"
+		printf 'POD_ID=%q\nCONTAINER_ID=%q\n' "$POD" "$CID"
+		printf 'POD_CONFIG=%q\nCONTAINER_CONFIG=%q\n' "$WORK/pod-confidential.json" "$WORK/gen/container-app.json"
+		printf 'KBSCTL=%q\n' "nsenter --net=/run/netns/$CLOAK_E2E_NS $BIN/kbsctl --url https://127.0.0.1:$KBS_PORT --cacert $WORK/kbs/tls/cert.pem --admin-key $WORK/admin.key"
+	} >"$DEMO_DIR/env.tmp"
+	echo $$ >"$DEMO_DIR/inner.pid"
+	mv "$DEMO_DIR/env.tmp" "$DEMO_DIR/env"
+	bold "Up: $DEMO_DIR/env describes the running pod; make demo-down stops it"
+	trap 'exit 0' TERM INT
+	while :; do sleep 1; done
+fi
 
 if [ "$MODE" = demo ]; then
+	remove_pod
 	bold "Done: the pod is removed; everything started here stops now"
 	exit 0
 fi
+
 
 # ---------------------------------------------------------------------------
 # The refusals. Each must fail the pod with a reason the user can act on,
@@ -499,13 +634,13 @@ no_container_ran() { # the container never started: CRI marks a failed start, an
 		[ -z "$(crictl logs "$CID" 2>/dev/null)" ]
 }
 
-# refused NAME HANDLER STEP PATTERN: a pod of the secret image must fail
+# refused NAME HANDLER STEP PATTERN [GENDIR]: the confidential pod must fail
 # at crictl STEP (runp or start) with an error matching PATTERN, and its
 # container must never run.
 refused() {
 	local t0
 	t0=$(date +%s)
-	if run_pod "$1" "$2" "$SECRET_IMAGE"; then
+	if run_confidential "$1" "$2" "${5:-}"; then
 		say "FAILED: pod $1 started"
 		FAILS=$((FAILS + 1))
 	fi
@@ -522,15 +657,36 @@ audited() {
 	for p in "$@"; do check "the audit shows $what ($p)" grep -qF -- "$p" "$file"; done
 }
 
+bold "Refused: a container with another command in the confidential pod"
+# kubelet's restart of the same container would be attempt 1 with the same
+# spec; this one asks for a shell that prints the secret instead.
+cat >"$WORK/ctr-other-command.json" <<EOF
+{"metadata": {"name": "app", "attempt": 1}, "image": {"image": "$SECRET_IMAGE"},
+ "command": ["/bin/sh", "-c", "cat /etc/recipe.txt"], "log_path": "app-other.log", "linux": {}}
+EOF
+# CRI creates the task, and so asks the guest, at start.
+OTHER=$(crictl create "$POD" "$WORK/ctr-other-command.json" "$WORK/pod-confidential.json" 2>"$WORK/err") ||
+	fail "crictl create of the other container: $(cat "$WORK/err")"
+if crictl start "$OTHER" >/dev/null 2>"$WORK/err"; then
+	say "FAILED: crictl start of another command succeeded"
+	FAILS=$((FAILS + 1))
+fi
+expect_refused "crictl start" 'CreateContainer denied by the pod.s agent policy: .*command \["/bin/sh", "-c", "cat /etc/recipe.txt"\] is not the declared \["/app/run.sh", "--stay"\]'
+check "the other container never ran" test -z "$(crictl logs "$OTHER" 2>/dev/null)"
+check "the pod keeps running its container" test "$(state_of "$CID")" = CONTAINER_RUNNING
+check "and its probe still runs" crictl exec -s "$CID" cat /tmp/healthy
+check "the pod still runs one container" test "$(crictl ps -q --pod "$POD" | wc -l)" = 1
+remove_pod
+
 bold "Refused: the guest image changed (its launch measurement is not the reference value)"
 before=$(audit_next)
 refused changed cloak-emulated-changed start "not affirming"
 audited audit-changed.txt "the failing claim and its reference value" snp.measurement "$measurement"
 remove_pod
 
-bold "Refused: the pod's initdata is not the one the KBS expects (bound at launch, so the guest accepts it)"
+bold "Refused: the pod's initdata is not the one the KBS expects (the --allow-exec debug policy: bound at launch, so the guest accepts it)"
 before=$(audit_next)
-refused other-initdata cloak-emulated-initdata start "not affirming"
+refused other-initdata "$HANDLER" start "not affirming" "$WORK/gen-debug"
 audited audit-initdata.txt "the failing claim and its reference value" init_data "$init_data_digest"
 remove_pod
 

@@ -113,6 +113,9 @@ func buildTimeline(p podStart, audit []adminapi.AuditEntry) timeline {
 		add("layers", pullDone, layersDetail(tl.Encrypted, guestDur))
 	}
 	if t, ok := hostTime("created"); ok {
+		if d, ok := guestDur("policy_us"); ok {
+			add("policy", t, fmt.Sprintf("agent policy: %.3f s of guest time deciding the pod's requests so far", d.Seconds()))
+		}
 		add("created", t, "container created")
 	}
 	if t, ok := hostTime("started"); ok {

@@ -88,6 +88,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentapi.CreateContai
 		return nil, err
 	}
 	recordForPolicy(c, req.GetOciSpec())
+	resp.PolicyNs = s.policyTime.Load()
 	return resp, nil
 }
 

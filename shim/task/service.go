@@ -284,6 +284,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, fmt.Errorf("create container %s in the guest: %w", r.ID, err)
 	}
 	times.created = time.Now()
+	times.policyNs = created.GetPolicyNs()
 	io, err := openStdio(ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
 	if err != nil {
 		_, _ = client.RemoveContainer(context.WithoutCancel(ctx), &agentapi.RemoveContainerRequest{ContainerId: r.ID})

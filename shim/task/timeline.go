@@ -29,6 +29,7 @@ type vmTimes struct {
 type startTimes struct {
 	pullStarted, pullDone, created time.Time
 	pull                           *agentapi.PullImageResponse
+	policyNs                       int64 // the guest's agent policy decisions so far
 }
 
 // teeLabel names what the handler's guest runs on, for the timeline.
@@ -50,6 +51,7 @@ func logTimeline(ctx context.Context, sb *sandbox, sandboxID string, c *containe
 		"agent_ready": at(sb.times.agentReady), "sandbox_ready": at(sb.times.ready),
 		"pull_started": at(c.times.pullStarted), "pull_done": at(c.times.pullDone),
 		"created": at(c.times.created), "started": at(started),
+		"policy_us": us(c.times.policyNs),
 	}
 	if p := c.times.pull; p != nil {
 		f["encrypted"] = p.GetEncrypted()
