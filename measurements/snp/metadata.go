@@ -121,7 +121,8 @@ func parseSections(fw []byte, offsetFromEnd uint32) ([]Section, error) {
 			Size: binary.LittleEndian.Uint32(d[4:]),
 			Type: SectionType(binary.LittleEndian.Uint32(d[8:])),
 		}
-		if secs[i].GPA%pageSize != 0 || secs[i].Size%pageSize != 0 || secs[i].Size == 0 {
+		// A zero-size section (the IntelTdx build's SVSM_CAA) measures nothing.
+		if secs[i].GPA%pageSize != 0 || secs[i].Size%pageSize != 0 {
 			return nil, fmt.Errorf("SEV metadata section %d (%s) at %#x size %#x is not page-aligned", i, secs[i].Type, secs[i].GPA, secs[i].Size)
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cloak-containers/cloak/measurements/internal/kat"
+	"github.com/cloak-containers/cloak/internal/kat"
 )
 
 var katDump = flag.String("snp-kat-dump", "", "write the synthetic known-answer inputs (firmware.fd, kernel, initrd) into this directory, for sev-snp-measure")

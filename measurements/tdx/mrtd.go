@@ -100,7 +100,7 @@ func MRTD(fw []byte) ([48]byte, error) {
 }
 
 // RTMR0Reason says why RTMR0 is not computed, for the CLI and the docs.
-const RTMR0Reason = "RTMR0 is not computed: TDVF extends it with QEMU's ACPI tables (etc/acpi/tables, rsdp, " +
+const RTMR0Reason = "TDVF extends it with QEMU's ACPI tables (etc/acpi/tables, rsdp, " +
 	"table-loader), which QEMU generates at start from the machine type, vCPUs, memory and devices, and with " +
 	"the TD HOB, the variable store and the Secure Boot variables; reproducing them needs the TDX-capable QEMU " +
 	"(10.1+) that built them. Take RTMR0 from a known-good TD's evidence (kbsctl evidence verify)"

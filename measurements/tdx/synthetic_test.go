@@ -5,7 +5,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/cloak-containers/cloak/measurements/internal/kat"
+	"github.com/cloak-containers/cloak/internal/kat"
 	"github.com/cloak-containers/cloak/measurements/ovmf"
 )
 

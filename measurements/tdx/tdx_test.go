@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cloak-containers/cloak/measurements/internal/kat"
+	"github.com/cloak-containers/cloak/internal/kat"
 )
 
 var katDump = flag.String("tdx-kat-dump", "", "write the synthetic known-answer inputs (firmware.fd, kernel.efi, initrd) into this directory")
