@@ -287,6 +287,21 @@ func (c *Client) ListReferenceValues(ctx context.Context) (map[string][]string, 
 	return rv.ReferenceValues, nil
 }
 
+// ImportReferenceValues sends a signed reference-value bundle
+// (reference-values.cose); the KBS verifies it and stores all its values or
+// none.
+func (c *Client) ImportReferenceValues(ctx context.Context, cose []byte) (adminapi.ImportResult, error) {
+	var res adminapi.ImportResult
+	data, err := c.do(ctx, http.MethodPost, adminapi.PathReferenceImport, nil, adminapi.ContentTypeCOSE, cose, kbstypes.MaxResponseBody)
+	if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		return res, fmt.Errorf("POST %s: decode response: %w", adminapi.PathReferenceImport, err)
+	}
+	return res, nil
+}
+
 // Audit returns up to limit audit entries with seq greater than after
 // (limit 0 lets the KBS choose).
 func (c *Client) Audit(ctx context.Context, after uint64, limit int) (adminapi.AuditPage, error) {
