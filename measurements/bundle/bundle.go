@@ -39,7 +39,12 @@ const (
 	MaxStringSize = 4096 // the command line and other text
 )
 
-var nameRE = regexp.MustCompile(`^[a-z0-9_]{1,64}$`)
+var (
+	nameRE = regexp.MustCompile(`^[a-z0-9_]{1,64}$`)
+	// Measurements are lowercase hex; other reference values (an SVN) are
+	// short tokens.
+	valueRE = regexp.MustCompile(`^[\x21-\x7e]+$`)
+)
 
 // Document is the signed payload.
 type Document struct {
@@ -59,7 +64,7 @@ type Image struct {
 // Value is one reference value and the launch configuration it belongs to.
 type Value struct {
 	Name   string `cbor:"name"`  // e.g. snp_launch_measurement, tdx_mr_td
-	Value  string `cbor:"value"` // lowercase hex
+	Value  string `cbor:"value"` // measurements in lowercase hex
 	Config Config `cbor:"config"`
 }
 
@@ -128,8 +133,8 @@ func (d *Document) Validate() error {
 		if !nameRE.MatchString(v.Name) {
 			return bad("value %d: name %q: use 1-64 characters of [a-z0-9_]", i, v.Name)
 		}
-		if v.Value == "" || len(v.Value) > MaxValueSize || !isHex(v.Value) {
-			return bad("value %d (%s): not 1-%d bytes of lowercase hex", i, v.Name, MaxValueSize)
+		if !valueRE.MatchString(v.Value) || len(v.Value) > MaxValueSize {
+			return bad("value %d (%s): not 1-%d bytes of printable ASCII without spaces", i, v.Name, MaxValueSize)
 		}
 		if len(v.Config.TEE) > 64 || len(v.Config.CPUType) > 64 || (v.Config.FirmwareSHA256 != "" && (len(v.Config.FirmwareSHA256) != 64 || !isHex(v.Config.FirmwareSHA256))) {
 			return bad("value %d (%s): malformed configuration", i, v.Name)

@@ -65,7 +65,6 @@ func TestSignVerify(t *testing.T) {
 	}
 }
 
-
 func TestRefusals(t *testing.T) {
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	_, stranger, _ := ed25519.GenerateKey(rand.Reader)
@@ -156,11 +155,12 @@ func signWith(t *testing.T, key crypto.Signer, extra map[any]any, d Document) []
 func TestSignRefusesInvalidDocuments(t *testing.T) {
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	for name, mod := range map[string]func(*Document){
-		"no values":      func(d *Document) { d.Values = nil },
-		"upper-case hex": func(d *Document) { d.Values[0].Value = strings.Repeat("AB", 48) },
-		"odd hex":        func(d *Document) { d.Values[0].Value = "abc" },
-		"bad digest":     func(d *Document) { d.Image.KernelSHA256 = "xyz" },
-		"huge value":     func(d *Document) { d.Values[0].Value = strings.Repeat("00", MaxValueSize) },
+		"no values":             func(d *Document) { d.Values = nil },
+		"space in value":        func(d *Document) { d.Values[0].Value = "ab cd" },
+		"empty value":           func(d *Document) { d.Values[0].Value = "" },
+		"upper-case hex digest": func(d *Document) { d.Values[0].Config.FirmwareSHA256 = strings.Repeat("AB", 32) },
+		"bad digest":            func(d *Document) { d.Image.KernelSHA256 = "xyz" },
+		"huge value":            func(d *Document) { d.Values[0].Value = strings.Repeat("00", MaxValueSize) },
 	} {
 		d := testDoc()
 		mod(&d)
