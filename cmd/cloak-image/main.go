@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -86,6 +87,11 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 		Example: `  # from the checkout, newest kernel in bookworm-backports
   cloak-image build --out out/image
 
+  # record the real SNP and TDX values and sign them for kbsctl reference-value import
+  cloak-image build --out out/image --sign-key builder.key \
+      --snp-firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.amdsev.fd \
+      --tdx-firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.inteltdx.fd
+
   # pin the kernel and use prebuilt static binaries
   cloak-image build --out out/image --kernel-version 6.12.95-1~bpo12+1 \
       --agent bin/cloak-agent --aa bin/cloak-aa --runc /usr/local/bin/runc --output json`,
@@ -107,6 +113,15 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 			fmt.Fprintf(stdout, "  initrd    %s zstd, %d modules, runc %s\n", mib(m.Initrd.Size), len(m.Modules), m.RuncVersion)
 			fmt.Fprintf(stdout, "  cmdline   %s\n", m.Cmdline)
 			fmt.Fprintf(stdout, "  emulated launch measurement %s\n", m.Measurements.Emulated)
+			if sm := m.Measurements.SNP; sm != nil {
+				fmt.Fprintf(stdout, "  snp       %d measurements (%s, sha256 %.16s...)\n", len(sm.Values), sm.Firmware.File, sm.Firmware.SHA256)
+			}
+			if t := m.Measurements.TDX; t != nil {
+				fmt.Fprintf(stdout, "  tdx       mr_td %.16s... (%s)\n", t.MRTD, t.Firmware.File)
+			}
+			if o.SignKey != "" {
+				fmt.Fprintf(stdout, "  signed reference values in %s\n", filepath.Join(o.OutDir, build.BundleFile))
+			}
 			return nil
 		},
 	}
@@ -118,6 +133,10 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 	f.StringVar(&o.Runc, "runc", "", "prebuilt static runc (default: build runc "+build.DefaultRuncVersion+" from its Go module, cached)")
 	f.StringVar(&o.CABundle, "ca-bundle", build.HostCABundle, "PEM CA bundle for the guest (pin it to build the same image on another machine)")
 	f.StringVar(&o.CacheDir, "cache", "", "cache directory (default: $CLOAK_CACHE or ~/.cache/cloak)")
+	f.StringVar(&o.SNPFirmware, "snp-firmware", "", "OVMF AMDSEV image: record the SEV-SNP measurement of every CPU model and vCPU count in the manifest")
+	f.IntVar(&o.SNPMaxVCPUs, "snp-max-vcpus", build.DefaultSNPMaxVCPUs, "largest vCPU count to record SNP measurements for")
+	f.StringVar(&o.TDXFirmware, "tdx-firmware", "", "OVMF IntelTdx image: record MRTD, RTMR1 and RTMR2 in the manifest")
+	f.StringVar(&o.SignKey, "sign-key", "", "PEM private key (Ed25519, ECDSA P-256/P-384; kbsctl keygen makes one): also write the signed "+build.BundleFile)
 	return cmd
 }
 

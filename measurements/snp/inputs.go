@@ -15,6 +15,7 @@
 package snp
 
 import (
+	"crypto/sha512"
 	"errors"
 	"fmt"
 	"sort"
@@ -126,4 +127,29 @@ func Measure(in Inputs) ([]byte, error) {
 	}
 	d := Digest(pages)
 	return d[:], nil
+}
+
+// MeasureVCPURange returns the measurement for every vCPU count from 1 to
+// max (index n-1 holds n vCPUs), in.VCPUs ignored. The firmware pages are
+// hashed once and each further vCPU adds one AP VMSA to the chain, so a
+// build can record every count a handler may launch for the cost of one.
+func MeasureVCPURange(in Inputs, max int) ([][]byte, error) {
+	if max < 1 || max > MaxVCPUs {
+		return nil, fmt.Errorf("%w: vCPU range 1..%d, want an upper bound in 1..%d", ErrInput, max, MaxVCPUs)
+	}
+	in.VCPUs = 2
+	pages, err := Pages(in)
+	if err != nil {
+		return nil, err
+	}
+	ap := pages[len(pages)-1]
+	d := Digest(pages[:len(pages)-1])
+	out := make([][]byte, 0, max)
+	for n := 1; ; n++ {
+		out = append(out, append([]byte(nil), d[:]...))
+		if n == max {
+			return out, nil
+		}
+		d = sha512.Sum384(PageInfo(d, ap))
+	}
 }

@@ -329,3 +329,28 @@ func FuzzParseFirmware(f *testing.F) {
 		_, _ = ParseFirmware(b)
 	})
 }
+
+func TestMeasureVCPURangeMatchesMeasure(t *testing.T) {
+	fw := syntheticFirmware(syntheticSections)
+	in := Inputs{Firmware: fw, Kernel: katKernel, Initrd: katInitrd, Cmdline: katCmdline, CPU: EPYCMilan, GuestFeatures: 1}
+	all, err := MeasureVCPURange(in, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 64 {
+		t.Fatalf("%d values, want 64", len(all))
+	}
+	for _, n := range []int{1, 2, 3, 64} {
+		in.VCPUs = n
+		want, _ := Measure(in)
+		if !bytes.Equal(all[n-1], want) {
+			t.Errorf("%d vCPUs: range gives %x, Measure %x", n, all[n-1], want)
+		}
+	}
+	if bytes.Equal(all[0], all[1]) {
+		t.Error("1 and 2 vCPUs measure the same")
+	}
+	if _, err := MeasureVCPURange(in, 0); !errors.Is(err, ErrInput) {
+		t.Errorf("range 1..0: err %v", err)
+	}
+}
