@@ -6,6 +6,10 @@ package kat
 import (
 	"crypto/sha256"
 	"encoding/binary"
+
+	"github.com/google/uuid"
+
+	"github.com/cloak-containers/cloak/measurements/ovmf"
 )
 
 // Stream returns n pseudo-random bytes: SHA-256(label || u64le(i)) for
@@ -22,4 +26,29 @@ func Stream(label string, n int) []byte {
 		out = append(out, s[:]...)
 	}
 	return out[:n]
+}
+
+// Entry is one OVMF footer-table entry for PutFooterTable.
+type Entry struct {
+	GUID uuid.UUID
+	Data []byte
+}
+
+// PutFooterTable writes an OVMF footer table of entries (first entry lowest
+// in the image) so that it ends 32 bytes before the end of fw, as edk2's
+// ResetVectorVtf0.asm lays it out: each entry data || u16 size || GUID, then
+// the footer (u16 table size, footer GUID).
+func PutFooterTable(fw []byte, entries ...Entry) {
+	var table []byte
+	put := func(g uuid.UUID, size int) {
+		table = binary.LittleEndian.AppendUint16(table, uint16(size))
+		le := ovmf.GUIDLE(g)
+		table = append(table, le[:]...)
+	}
+	for _, e := range entries {
+		table = append(table, e.Data...)
+		put(e.GUID, len(e.Data)+18)
+	}
+	put(ovmf.FooterGUID, len(table)+18)
+	copy(fw[len(fw)-32-len(table):], table)
 }

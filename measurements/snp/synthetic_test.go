@@ -3,8 +3,6 @@ package snp
 import (
 	"encoding/binary"
 
-	"github.com/google/uuid"
-
 	"github.com/cloak-containers/cloak/internal/kat"
 	"github.com/cloak-containers/cloak/measurements/ovmf"
 )
@@ -46,13 +44,6 @@ func syntheticFirmware(sections []Section) []byte {
 		binary.LittleEndian.PutUint32(d[4:], s.Size)
 		binary.LittleEndian.PutUint32(d[8:], uint32(s.Type))
 	}
-	var table []byte
-	entry := func(g uuid.UUID, data []byte) {
-		table = append(table, data...)
-		table = binary.LittleEndian.AppendUint16(table, uint16(len(data)+18))
-		le := ovmf.GUIDLE(g)
-		table = append(table, le[:]...)
-	}
 	u32 := func(vs ...uint32) []byte {
 		var b []byte
 		for _, v := range vs {
@@ -60,12 +51,9 @@ func syntheticFirmware(sections []Section) []byte {
 		}
 		return b
 	}
-	entry(ovmf.SEVMetadataGUID, u32(metaOff))
-	entry(ovmf.SEVESResetBlockGUID, u32(syntheticResetEIP))
-	entry(ovmf.SEVHashTableRVGUID, u32(syntheticHashesGPA, 0x400))
-	table = binary.LittleEndian.AppendUint16(table, uint16(len(table)+18))
-	le := ovmf.GUIDLE(ovmf.FooterGUID)
-	table = append(table, le[:]...)
-	copy(fw[len(fw)-32-len(table):], table)
+	kat.PutFooterTable(fw,
+		kat.Entry{GUID: ovmf.SEVMetadataGUID, Data: u32(metaOff)},
+		kat.Entry{GUID: ovmf.SEVESResetBlockGUID, Data: u32(syntheticResetEIP)},
+		kat.Entry{GUID: ovmf.SEVHashTableRVGUID, Data: u32(syntheticHashesGPA, 0x400)})
 	return fw
 }

@@ -3,8 +3,6 @@ package tdx
 import (
 	"encoding/binary"
 
-	"github.com/google/uuid"
-
 	"github.com/cloak-containers/cloak/internal/kat"
 	"github.com/cloak-containers/cloak/measurements/ovmf"
 )
@@ -40,18 +38,7 @@ func syntheticFirmware(sections []Section) []byte {
 		binary.LittleEndian.PutUint32(d[24:], uint32(s.Type))
 		binary.LittleEndian.PutUint32(d[28:], s.Attributes)
 	}
-	var table []byte
-	entry := func(g uuid.UUID, data []byte) {
-		table = append(table, data...)
-		table = binary.LittleEndian.AppendUint16(table, uint16(len(data)+18))
-		le := ovmf.GUIDLE(g)
-		table = append(table, le[:]...)
-	}
-	entry(ovmf.TDXMetadataGUID, binary.LittleEndian.AppendUint32(nil, metaOff))
-	table = binary.LittleEndian.AppendUint16(table, uint16(len(table)+18))
-	le := ovmf.GUIDLE(ovmf.FooterGUID)
-	table = append(table, le[:]...)
-	copy(fw[len(fw)-32-len(table):], table)
+	kat.PutFooterTable(fw, kat.Entry{GUID: ovmf.TDXMetadataGUID, Data: binary.LittleEndian.AppendUint32(nil, metaOff)})
 	return fw
 }
 
