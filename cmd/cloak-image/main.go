@@ -142,9 +142,9 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 
 func measureCmd(output *string, stdout io.Writer) *cobra.Command {
 	var (
-		dir              string
-		c                launch.Config
-		memory, features string
+		dir                   string
+		c                     launch.Config
+		memory, features, sig string
 	)
 	cmd := &cobra.Command{
 		Use:   "measure --dir DIR | --tee snp|tdx --firmware FW --kernel K [flags]",
@@ -153,7 +153,8 @@ func measureCmd(output *string, stdout io.Writer) *cobra.Command {
 for QEMU booting --kernel (and --initrd, --cmdline) directly from --firmware:
 
   snp: snp_launch_measurement, for an OVMF AMDSEV build (OVMF.amdsev.fd) with kernel-hashes=on;
-       it depends on --vcpus (the vCPUs at launch), --cpu-type and --guest-features.
+       it depends on --vcpus (the vCPUs at launch), --cpu-type (or, for -cpu host, the host's
+       --cpu-signature) and --guest-features.
   tdx: tdx_mr_td, tdx_rtmr1, tdx_rtmr2, for an OVMF IntelTdx build (OVMF.inteltdx.fd). RTMR0 is
        not computed (it covers QEMU's ACPI tables; docs/attestation.md says why).
 
@@ -177,7 +178,7 @@ or the manifest does not describe these files.`,
 				if dir != "" {
 					return errors.New("--dir checks an image against its manifest, --tee computes launch values: give one of them")
 				}
-				return measureLaunch(cmd, c, memory, features, *output, stdout)
+				return measureLaunch(cmd, c, memory, features, sig, *output, stdout)
 			}
 			if dir == "" {
 				return errors.New("--dir or --tee is required")
@@ -194,13 +195,14 @@ or the manifest does not describe these files.`,
 	f.StringVar(&c.Cmdline, "cmdline", "", "kernel command line QEMU passes with -append (default: none)")
 	f.IntVar(&c.VCPUs, "vcpus", 0, "snp: vCPUs QEMU starts the guest with (-smp)")
 	f.StringVar(&c.CPUType, "cpu-type", "", "snp: QEMU -cpu model: "+strings.Join(snp.CPUTypes(), ", "))
+	f.StringVar(&sig, "cpu-signature", "", "snp: for QEMU -cpu host, the host's CPUID leaf 1 EAX in hex (family/model/stepping of /proc/cpuinfo; e.g. 0xa10f11 for family 25 model 17 stepping 1)")
 	f.StringVar(&features, "guest-features", "", "snp: SEV_FEATURES of the VMSA, hex (default 0x1)")
 	f.StringVar(&memory, "memory", "", "tdx: guest memory (-m), e.g. 2G")
 	f.BoolVar(&c.LegacySetupHeader, "tdx-legacy-setup-header", false, "tdx: measure the kernel with QEMU's setup-header patches (OVMF before 2025.05 or QEMU before 10.0)")
 	return cmd
 }
 
-func measureLaunch(cmd *cobra.Command, c launch.Config, memory, features, output string, stdout io.Writer) error {
+func measureLaunch(cmd *cobra.Command, c launch.Config, memory, features, sig, output string, stdout io.Writer) error {
 	f := cmd.Flags()
 	switch c.TEE {
 	case launch.TEESNP:
@@ -212,6 +214,16 @@ func measureLaunch(cmd *cobra.Command, c launch.Config, memory, features, output
 		if c.VCPUs == 0 {
 			return errors.New("--vcpus is required for snp: one VMSA is measured per vCPU")
 		}
+		if sig != "" {
+			v, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(sig), "0x"), 16, 32)
+			if err != nil || v == 0 {
+				return fmt.Errorf("--cpu-signature %q: want the hex CPUID leaf 1 EAX, such as 0xa10f11", sig)
+			}
+			c.CPUSignature = uint32(v)
+		}
+		if (c.CPUType == "") == (c.CPUSignature == 0) {
+			return errors.New("give --cpu-type (QEMU -cpu MODEL) or --cpu-signature (QEMU -cpu host: the host's CPUID leaf 1 EAX), not both")
+		}
 		c.GuestFeatures = snp.DefaultGuestFeatures
 		if features != "" {
 			v, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(features), "0x"), 16, 64)
@@ -221,7 +233,7 @@ func measureLaunch(cmd *cobra.Command, c launch.Config, memory, features, output
 			c.GuestFeatures = v
 		}
 	case launch.TEETDX:
-		for _, n := range []string{"vcpus", "cpu-type", "guest-features"} {
+		for _, n := range []string{"vcpus", "cpu-type", "cpu-signature", "guest-features"} {
 			if f.Changed(n) {
 				return fmt.Errorf("--%s is an snp setting; MRTD and the RTMRs do not depend on it", n)
 			}

@@ -98,8 +98,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"measure", "--tee", "sev"}, `--tee "sev": want snp or tdx`},
 		{[]string{"measure", "--tee", "snp", "--firmware", "f", "--kernel", "k", "--cpu-type", "EPYC-v4"}, "--vcpus is required"},
 		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--memory", "2G"}, "--memory is a tdx setting"},
-		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--guest-features", "zz"}, "want a hex number"},
-		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--kernel", "k"}, "--firmware and --kernel are required"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--cpu-type", "EPYC-v4", "--guest-features", "zz"}, "want a hex number"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--kernel", "k", "--cpu-type", "EPYC-v4"}, "--firmware and --kernel are required"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--cpu-type", "EPYC-v4", "--cpu-signature", "0xa00f11"}, "not both"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1"}, "give --cpu-type"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--cpu-signature", "zz"}, "want the hex CPUID leaf 1 EAX"},
 		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--firmware", "/nonexistent", "--kernel", "k", "--cpu-type", "EPYC-v4"}, "read firmware"},
 		{[]string{"measure", "--tee", "tdx", "--firmware", "f", "--kernel", "k"}, "--memory is required"},
 		{[]string{"measure", "--tee", "tdx", "--memory", "2X"}, `memory "2X"`},
@@ -215,6 +218,7 @@ func TestMeasureSNP(t *testing.T) {
 		{[]string{"--vcpus", "64", "--cpu-type", "EPYC-Genoa"}, "snp_launch_measurement 8118cedf312aacebca58c8d4c87543d39be46bbd69b2d5dce8b7e4cd323041531fcf19459db97794fcb7ade4c9d263cb\n"},
 		{[]string{"--vcpus", "2", "--cpu-type", "EPYC-Milan", "--guest-features", "0x21"}, "snp_launch_measurement 8f9177d7cef996a53a073598e7b3345e68924681849bf69515fe7a5a4a2bbd7c7f2c09eea4494f0f363eaec4b9df3c05\n"},
 		{[]string{"--vcpus", "1", "--cpu-type", "EPYC-v4", "--cmdline", ""}, "snp_launch_measurement 7209b6f34ddf2f22428bf9560424ec416ac613b832d35d5429232770c6fb5eb970a47b5004940710c0be059af698cc00\n"},
+		{[]string{"--vcpus", "2", "--cpu-signature", "0xa10f11"}, "snp_launch_measurement b7b3f69152e67a992012949cc61f4805d0be50a756e11210294b2285c1cae73c56e345235bb14b12c8228d1ee04b334c\n"},
 		{[]string{"--vcpus", "4", "--cpu-type", "EPYC-Genoa", "--initrd", initrd, "--cmdline", "console=ttyS0 root=/dev/vda ro"}, "snp_launch_measurement e21ee48c462a131ce698efafeb2d5c3ef7d785c493327b19da687e3e5e49129331e5f53af0cd728ee99b3f4061900ad5\n"},
 	} {
 		var stdout, stderr bytes.Buffer

@@ -45,6 +45,7 @@ type Config struct {
 	// SNP only.
 	VCPUs         int    `json:"vcpus,omitempty"`
 	CPUType       string `json:"cpu_type,omitempty"`
+	CPUSignature  uint32 `json:"cpu_signature,omitempty"` // instead of CPUType, for -cpu host
 	GuestFeatures uint64 `json:"guest_features,omitempty"`
 	// TDX only: guest RAM in bytes, and the pre-2025.05 kernel loading.
 	Memory            uint64 `json:"memory,omitempty"`
@@ -106,17 +107,17 @@ func MeasureBytes(c Config, fw, kernel, initrd []byte) (*Result, error) {
 		if c.Memory != 0 || c.LegacySetupHeader {
 			return nil, fmt.Errorf("%w: memory and the legacy setup header are TDX settings; the SNP measurement does not depend on them", ErrConfig)
 		}
-		if c.CPUType == "" {
-			return nil, fmt.Errorf("%w: SNP needs the CPU model (%s): it sets the CPUID signature in each VMSA", ErrConfig, strings.Join(snp.CPUTypes(), ", "))
+		if c.CPUType == "" && c.CPUSignature == 0 {
+			return nil, fmt.Errorf("%w: SNP needs the CPU model (%s), or for -cpu host the host's CPU signature: it is in each VMSA", ErrConfig, strings.Join(snp.CPUTypes(), ", "))
 		}
 		m, err := snp.Measure(snp.Inputs{Firmware: fw, Kernel: kernel, Initrd: initrd, Cmdline: c.Cmdline,
-			VCPUs: c.VCPUs, CPU: snp.CPUType(c.CPUType), GuestFeatures: c.GuestFeatures})
+			VCPUs: c.VCPUs, CPU: snp.CPUType(c.CPUType), CPUSignature: c.CPUSignature, GuestFeatures: c.GuestFeatures})
 		if err != nil {
 			return nil, err
 		}
 		r.Values = []Value{{SNPLaunchMeasurement, hex.EncodeToString(m)}}
 	case TEETDX:
-		if c.VCPUs != 0 || c.CPUType != "" || c.GuestFeatures != 0 {
+		if c.VCPUs != 0 || c.CPUType != "" || c.CPUSignature != 0 || c.GuestFeatures != 0 {
 			return nil, fmt.Errorf("%w: vCPUs, CPU model and guest features are SNP settings; MRTD/RTMR1/RTMR2 do not depend on them", ErrConfig)
 		}
 		regs, err := tdx.Measure(tdx.Inputs{Firmware: fw, Kernel: kernel, Initrd: initrd, Cmdline: c.Cmdline,

@@ -85,11 +85,24 @@ type Inputs struct {
 	Cmdline string
 	// VCPUs is the number of vCPUs QEMU creates at launch (-smp).
 	VCPUs int
-	// CPU is the -cpu model.
+	// CPU is the -cpu model. With -cpu host the signature is the host's:
+	// leave CPU empty and set CPUSignature instead.
 	CPU CPUType
+	// CPUSignature, when not zero, is the CPUID Fn0000_0001_EAX value QEMU
+	// puts in each VMSA (abi.FmsToCpuid1Eax of the host's family, model
+	// and stepping for -cpu host), instead of CPU's.
+	CPUSignature uint32
 	// GuestFeatures is the VMSA SEV_FEATURES value (sev-snp-guest's
 	// guest features; DefaultGuestFeatures unless configured).
 	GuestFeatures uint64
+}
+
+func (in *Inputs) signature() uint32 {
+	if in.CPUSignature != 0 {
+		return in.CPUSignature
+	}
+	s, _ := in.CPU.Signature()
+	return s
 }
 
 // ErrInput marks inputs that cannot describe a launch; errors.Is tells a
@@ -100,7 +113,11 @@ func (in *Inputs) validate() error {
 	if in.VCPUs < 1 || in.VCPUs > MaxVCPUs {
 		return fmt.Errorf("%w: %d vCPUs, want 1..%d", ErrInput, in.VCPUs, MaxVCPUs)
 	}
-	if _, err := in.CPU.Signature(); err != nil {
+	if in.CPUSignature != 0 {
+		if in.CPU != "" {
+			return fmt.Errorf("%w: both a CPU model (%s) and a CPU signature (%#x): give one", ErrInput, in.CPU, in.CPUSignature)
+		}
+	} else if _, err := in.CPU.Signature(); err != nil {
 		return fmt.Errorf("%w: %v", ErrInput, err)
 	}
 	if in.Kernel == nil && (len(in.Initrd) > 0 || in.Cmdline != "") {

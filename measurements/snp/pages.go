@@ -35,7 +35,7 @@ func Pages(in Inputs) ([]Page, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig, _ := in.CPU.Signature()
+	sig := in.signature()
 	pages := make([]Page, 0, len(in.Firmware)/pageSize+in.VCPUs+16)
 	pages = appendNormal(pages, fw.GPA, in.Firmware)
 

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/google/go-sev-guest/abi"
+
 	"github.com/cloak-containers/cloak/internal/kat"
 )
 
@@ -110,7 +112,16 @@ func debianOVMF(t *testing.T) []byte {
 }
 
 func TestKnownAnswersDebianOVMF(t *testing.T) {
-	runKAT(t, debianOVMF(t), debianOVMFCases)
+	fw := debianOVMF(t)
+	runKAT(t, fw, debianOVMFCases)
+	// -cpu host on a Genoa B1 host (family 25, model 17, stepping 1):
+	// sev-snp-measure.py ... --vcpus 2 --vcpu-sig 0xa10f11 --kernel kernel
+	// (the same with --vcpu-family 25 --vcpu-model 17 --vcpu-stepping 1).
+	got, err := Measure(Inputs{Firmware: fw, Kernel: katKernel, VCPUs: 2, CPUSignature: abi.FmsToCpuid1Eax(25, 17, 1), GuestFeatures: 1})
+	const want = "b7b3f69152e67a992012949cc61f4805d0be50a756e11210294b2285c1cae73c56e345235bb14b12c8228d1ee04b334c"
+	if err != nil || hex.EncodeToString(got) != want {
+		t.Errorf("CPU signature 0xa10f11: %x (%v), want %s", got, err, want)
+	}
 }
 
 // Known answers on syntheticFirmware(syntheticSections), from the same
@@ -298,6 +309,7 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"zero vCPUs", Inputs{Firmware: fw, Kernel: katKernel, CPU: EPYCv4}, ErrInput},
 		{"unknown CPU", Inputs{Firmware: fw, Kernel: katKernel, VCPUs: 1, CPU: "EPYC-Turin"}, ErrInput},
+		{"CPU model and signature", Inputs{Firmware: fw, Kernel: katKernel, VCPUs: 1, CPU: EPYCv4, CPUSignature: 0xa00f11}, ErrInput},
 		{"cmdline without kernel", Inputs{Firmware: fw, Cmdline: "x", VCPUs: 1, CPU: EPYCv4}, ErrInput},
 		{"odd firmware size", Inputs{Firmware: fw[1:], Kernel: katKernel, VCPUs: 1, CPU: EPYCv4}, ErrInput},
 		{"no footer table", Inputs{Firmware: noFooter, Kernel: katKernel, VCPUs: 1, CPU: EPYCv4}, ErrFirmware},
