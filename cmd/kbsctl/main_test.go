@@ -553,7 +553,7 @@ func TestReferenceValueImport(t *testing.T) {
 	if !strings.HasPrefix(out, "imported bundle sha256:") || !strings.Contains(out, "snp_launch_measurement "+meas+" (new)") {
 		t.Fatalf("import output %q", out)
 	}
-	if out := mustRun(t, k, "", "reference-value", "list"); !strings.Contains(out, meas) {
+	if out := mustRun(t, k, "", "reference-value", "list"); !strings.Contains(out, meas) || !strings.Contains(out, "snp_launch_measurement: 1 value(s) from bundle sha256:") {
 		t.Fatalf("list after import: %q", out)
 	}
 	if _, errOut, code := run(t, k, "", "reference-value", "import"); code != exitUsage || !strings.Contains(errOut, "--file is required") {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -131,11 +132,12 @@ policies as data.reference.<name>. Names are 1-64 characters of [a-z0-9_].`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, func(ctx context.Context, c *adminclient.Client) error {
-				rv, err := c.ListReferenceValues(ctx)
+				all, err := c.ReferenceValues(ctx)
 				if err != nil {
 					return err
 				}
-				return a.emit(adminapi.ReferenceValues{ReferenceValues: rv}, func(w io.Writer) {
+				rv := all.ReferenceValues
+				return a.emit(all, func(w io.Writer) {
 					if len(rv) == 0 {
 						fmt.Fprintln(w, "no reference values set")
 						return
@@ -151,6 +153,11 @@ policies as data.reference.<name>. Names are 1-64 characters of [a-z0-9_].`,
 						fmt.Fprintf(tw, "%s\t%s\n", n, quoteList(rv[n]))
 					}
 					tw.Flush()
+					for _, n := range names {
+						for _, b := range bundleCounts(all.Sources[n]) {
+							fmt.Fprintf(w, "%s: %s\n", n, b)
+						}
+					}
 				})
 			})
 		},
@@ -193,6 +200,22 @@ or untrusted bundle is refused and nothing is stored.`,
 	importCmd.Flags().StringVarP(&file, "file", "f", "", `bundle file ("-" reads standard input)`)
 	cmd.AddCommand(setCmd, listCmd, importCmd)
 	return cmd
+}
+
+// bundleCounts summarises the sources of one name: "N values from bundle B
+// (NAME), signer S", one line per bundle, sorted.
+func bundleCounts(src map[string]adminapi.ReferenceValueSource) []string {
+	n := map[adminapi.ReferenceValueSource]int{}
+	for _, s := range src {
+		s.Imported = s.Imported.UTC()
+		n[s]++
+	}
+	var out []string
+	for s, c := range n {
+		out = append(out, fmt.Sprintf("%d value(s) from bundle %s (%s), signer %s, imported %s", c, s.Bundle, s.BundleName, s.Signer, s.Imported.Format(time.RFC3339)))
+	}
+	slices.Sort(out)
+	return out
 }
 
 func quoteList(values []string) string {

@@ -277,14 +277,21 @@ func (c *Client) SetReferenceValue(ctx context.Context, name string, values []st
 
 // ListReferenceValues returns every reference value name with its values.
 func (c *Client) ListReferenceValues(ctx context.Context) (map[string][]string, error) {
+	rv, err := c.ReferenceValues(ctx)
+	return rv.ReferenceValues, err
+}
+
+// ReferenceValues returns every reference value and, for those imported
+// from a signed bundle, the bundle and signer.
+func (c *Client) ReferenceValues(ctx context.Context) (adminapi.ReferenceValues, error) {
 	var rv adminapi.ReferenceValues
 	if err := c.getJSON(ctx, adminapi.PathReferenceValues, nil, &rv); err != nil {
-		return nil, err
+		return rv, err
 	}
 	if rv.ReferenceValues == nil {
 		rv.ReferenceValues = map[string][]string{}
 	}
-	return rv.ReferenceValues, nil
+	return rv, nil
 }
 
 // ImportReferenceValues sends a signed reference-value bundle
