@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloak-containers/cloak/guest-image/build"
+	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/measurements/launch"
 	"github.com/cloak-containers/cloak/measurements/snp"
 	"github.com/cloak-containers/cloak/shim/emulatedsnp"
@@ -60,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), trivialCmd(stderr), emulatedRootCmd(&output, stdout))
+	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), signCmd(&output, stdout), trivialCmd(stderr), emulatedRootCmd(&output, stdout))
 
 	err := root.ExecuteContext(ctx)
 	switch {
@@ -295,6 +296,49 @@ func verifyDir(dir, output string, stdout io.Writer) error {
 		return fmt.Errorf("%w: %s", errMismatch, strings.Join(v.Mismatches, "; "))
 	}
 	return nil
+}
+
+func signCmd(output *string, stdout io.Writer) *cobra.Command {
+	var dir, key, out string
+	cmd := &cobra.Command{
+		Use:   "sign --dir DIR --sign-key KEY.pem [--out FILE]",
+		Short: "Sign the reference values of a built image (what build --sign-key writes)",
+		Long: `Sign checks DIR against its manifest.json (as measure --dir does) and writes the signed
+reference-value bundle of its values - the emulated measurement and, if the build recorded them,
+the SNP and TDX values - to FILE (default DIR/` + build.BundleFile + `), for kbsctl reference-value
+import. The key is PEM Ed25519 or ECDSA P-256/P-384 (kbsctl keygen makes one).`,
+		Example: `  cloak-image sign --dir out/image --sign-key builder.key
+  kbsctl reference-value import --file out/image/` + build.BundleFile,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if dir == "" || key == "" {
+				return errors.New("--dir and --sign-key are required")
+			}
+			signer, err := bundle.LoadSigner(key)
+			if err != nil {
+				return err
+			}
+			if out == "" {
+				out = filepath.Join(dir, build.BundleFile)
+			}
+			d, err := build.SignDir(dir, out, signer)
+			if err != nil {
+				return err
+			}
+			if *output == "json" {
+				return writeJSON(stdout, struct {
+					File   string `json:"file"`
+					Values int    `json:"values"`
+				}{out, len(d.Values)})
+			}
+			fmt.Fprintf(stdout, "signed %d reference values into %s\n", len(d.Values), out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "image directory holding vmlinuz, initrd.img and manifest.json")
+	cmd.Flags().StringVar(&key, "sign-key", "", "PEM private key")
+	cmd.Flags().StringVar(&out, "out", "", "bundle file (default DIR/"+build.BundleFile+")")
+	return cmd
 }
 
 func emulatedRootCmd(output *string, stdout io.Writer) *cobra.Command {

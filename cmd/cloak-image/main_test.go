@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
@@ -17,6 +20,7 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/build"
 	"github.com/cloak-containers/cloak/internal/kat"
 	"github.com/cloak-containers/cloak/measurements"
+	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/measurements/launch"
 )
 
@@ -271,5 +275,39 @@ func TestMeasureTDX(t *testing.T) {
 	if names["tdx_mr_td"] != "a7a1f751abc454f9cbab198ca8d2edb2821935df525c74182b5e776cb0929e8c59aefecce725b0d08a5e9d3d3183bd08" ||
 		len(names["tdx_rtmr1"]) != 96 || len(names["tdx_rtmr2"]) != 96 || len(r.NotComputed) != 2 || !strings.HasPrefix(r.NotComputed[0], "tdx_rtmr0") {
 		t.Errorf("json = %s", stdout.String())
+	}
+}
+
+func TestSign(t *testing.T) {
+	dir, measurement := imageDir(t)
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyFile := filepath.Join(t.TempDir(), "k.pem")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"sign", "--dir", dir, "--sign-key", keyFile}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, build.BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := bundle.Verify(b, []crypto.PublicKey{key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Document.Values) != 1 || v.Document.Values[0].Value != measurement || v.Document.Values[0].Name != "snp_launch_measurement" {
+		t.Errorf("signed %+v", v.Document)
+	}
+	// A tampered image is not signed.
+	os.WriteFile(filepath.Join(dir, build.InitrdFile), []byte("other"), 0o644)
+	stderr.Reset()
+	if code := run(context.Background(), []string{"sign", "--dir", dir, "--sign-key", keyFile, "--out", filepath.Join(t.TempDir(), "x.cose")}, &stdout, &stderr); code != exitError || !strings.Contains(stderr.String(), "does not match its manifest") {
+		t.Errorf("tampered image: exit %d, %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := run(context.Background(), []string{"sign", "--dir", dir}, &stdout, &stderr); code != exitError || !strings.Contains(stderr.String(), "--sign-key are required") {
+		t.Errorf("no key: exit %d, %s", code, stderr.String())
 	}
 }

@@ -125,6 +125,36 @@ func ReferenceDocument(m *Manifest) bundle.Document {
 	return d
 }
 
+// SignDir signs the reference values of the image in dir (its verified
+// manifest.json) into out, default dir/BundleFile: an image built without a
+// key, or on a machine that does not hold the key, can be signed later.
+// An image whose files do not match its manifest is refused.
+func SignDir(dir, out string, key crypto.Signer) (*bundle.Document, error) {
+	v, err := VerifyDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	if len(v.Mismatches) > 0 {
+		return nil, fmt.Errorf("image in %s does not match its manifest, not signing: %v", dir, v.Mismatches)
+	}
+	if out == "" {
+		out = filepath.Join(dir, BundleFile)
+	}
+	return signTo(out, v.Manifest, key)
+}
+
+func signTo(path string, m *Manifest, key crypto.Signer) (*bundle.Document, error) {
+	d := ReferenceDocument(m)
+	b, err := bundle.Sign(d, key)
+	if err != nil {
+		return nil, fmt.Errorf("sign reference values: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return nil, fmt.Errorf("write %s: %w", path, err)
+	}
+	return &d, nil
+}
+
 // writeBundle signs the manifest's reference values into DIR/BundleFile,
 // or removes a stale one when there is no key: a bundle must never describe
 // other artifacts than those beside it.
@@ -136,12 +166,6 @@ func writeBundle(dir string, m *Manifest, key crypto.Signer) error {
 		}
 		return nil
 	}
-	b, err := bundle.Sign(ReferenceDocument(m), key)
-	if err != nil {
-		return fmt.Errorf("sign reference values: %w", err)
-	}
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", BundleFile, err)
-	}
-	return nil
+	_, err := signTo(p, m, key)
+	return err
 }
