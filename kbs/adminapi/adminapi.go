@@ -124,6 +124,9 @@ type Finding struct {
 	// Source is the signed bundle of the value that matched, if the value
 	// was imported from one (audit entries only).
 	Source *ReferenceValueSource `json:"source,omitempty"`
+	// ReferenceBundles, when the claim matched none, are the bundles the
+	// values it was compared with came from (audit entries only).
+	ReferenceBundles []string `json:"reference_bundles,omitempty"`
 }
 
 // AuditEntry records one attestation or release decision.

@@ -295,12 +295,26 @@ func (s *Server) handleImportReferenceValues(w http.ResponseWriter, r *http.Requ
 }
 
 // withSources returns findings with the bundle of each matched reference
-// value that was imported from one, for the audit record.
+// value that was imported from one and, for a claim that matched none, the
+// bundles of the values it was compared with, for the audit record.
 func (s *Server) withSources(findings []adminapi.Finding) []adminapi.Finding {
 	out := slices.Clone(findings)
 	for i, f := range out {
+		if f.ReferenceName == "" {
+			continue
+		}
+		if !f.OK {
+			b, err := s.store.ReferenceBundles(f.ReferenceName)
+			if err != nil {
+				s.log.Warn("reference bundles lookup failed", "name", f.ReferenceName, "err", err)
+			}
+			if len(b) > 0 {
+				out[i].ReferenceBundles = b
+			}
+			continue
+		}
 		v, ok := f.Value.(string)
-		if !f.OK || !ok || f.ReferenceName == "" {
+		if !ok {
 			continue
 		}
 		src, err := s.store.ReferenceSource(f.ReferenceName, v)

@@ -120,6 +120,26 @@ func TestReferenceValueImport(t *testing.T) {
 		t.Fatalf("attest finding %+v: want sample.svn matched from bundle %s", svn, res.Bundle)
 	}
 
+	// A claim that matches none of the imported values: the audit line
+	// names the bundles of the values it was compared with.
+	other := signBundle(t, signer, refDoc(bundle.Value{Name: "sample_svn", Value: "7"}))
+	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"sample_svn","values":[]}`))
+	var res2 adminapi.ImportResult
+	json.Unmarshal(k.mustAdmin("POST", adminapi.PathReferenceImport, adminapi.ContentTypeCOSE, other), &res2)
+	g2 := k.ecGuest()
+	g2.mustAttest()
+	json.Unmarshal(k.mustAdmin("GET", adminapi.PathAudit+"?limit=20", "", nil), &page)
+	last := page.Entries[len(page.Entries)-1]
+	var miss *adminapi.Finding
+	for i, f := range last.Findings {
+		if f.Claim == "sample.svn" {
+			miss = &last.Findings[i]
+		}
+	}
+	if miss == nil || miss.OK || len(miss.ReferenceBundles) != 1 || miss.ReferenceBundles[0] != res2.Bundle || miss.Source != nil {
+		t.Fatalf("mismatching finding %+v: want reference_bundles [%s]", miss, res2.Bundle)
+	}
+
 	// Setting a name by hand forgets its bundle.
 	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"sample_svn","values":["1"]}`))
 	if _, ok := k.referenceValues().Sources["sample_svn"]; ok {

@@ -341,6 +341,30 @@ func (s *Store) ReferenceSource(name, value string) (*adminapi.ReferenceValueSou
 	return src, err
 }
 
+// ReferenceBundles returns the distinct bundles that values of name were
+// imported from, sorted.
+func (s *Store) ReferenceBundles(name string) ([]string, error) {
+	seen := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketSources).Cursor()
+		prefix := []byte(name + "\x00")
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var src adminapi.ReferenceValueSource
+			if err := json.Unmarshal(v, &src); err != nil {
+				return fmt.Errorf("reference source %s: %w", k, err)
+			}
+			seen[src.Bundle] = true
+		}
+		return nil
+	})
+	out := make([]string, 0, len(seen))
+	for b := range seen {
+		out = append(out, b)
+	}
+	slices.Sort(out)
+	return out, err
+}
+
 // ReferenceSources returns the sources of every imported value:
 // [name][value].
 func (s *Store) ReferenceSources() (map[string]map[string]adminapi.ReferenceValueSource, error) {
