@@ -21,7 +21,10 @@ import (
 
 // Reference value limits.
 const (
-	maxReferenceValues    = 1024
+	maxReferenceValues = 1024
+	// An imported image build brings one SNP measurement per CPU model and
+	// vCPU count (769 for Cloak's image): room for a few builds per name.
+	maxImportedValues     = 4096
 	maxReferenceValueSize = 1 << 10
 	defaultAuditLimit     = 100
 	maxAuditLimit         = 1000
@@ -279,7 +282,7 @@ func (s *Server) handleImportReferenceValues(w http.ResponseWriter, r *http.Requ
 		values[rv.Name] = append(values[rv.Name], rv.Value)
 	}
 	src := adminapi.ReferenceValueSource{Bundle: v.ID, BundleName: v.Document.Name, Signer: v.Signer, Imported: s.now().UTC()}
-	added, err := s.store.ImportReferenceValues(values, src, maxReferenceValues)
+	added, err := s.store.ImportReferenceValues(values, src, maxImportedValues)
 	if errors.Is(err, store.ErrTooManyValues) {
 		return fail(http.StatusBadRequest, checkBundle, "bundle %s not imported: %v", v.ID, err)
 	} else if err != nil {

@@ -53,8 +53,16 @@ func TestReferenceValueImport(t *testing.T) {
 	tampered := bytes.Clone(good)
 	tampered[bytes.Index(tampered, []byte(meas))] = 'f'
 	bare := bytes.Clone(good)[10:] // not a COSE_Sign1 any more
+	// "many" holds the most a hand-set name may; the bundle's values would
+	// take it past the import limit.
+	var handSet []string
+	for i := 0; i < maxReferenceValues; i++ {
+		handSet = append(handSet, fmt.Sprintf("h%04x", i))
+	}
+	hs, _ := json.Marshal(adminapi.ReferenceValue{Name: "many", Values: handSet})
+	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", hs)
 	tooMany := refDoc()
-	for i := 0; i <= maxReferenceValues; i++ {
+	for i := 0; i <= maxImportedValues-maxReferenceValues; i++ {
 		tooMany.Values = append(tooMany.Values, bundle.Value{Name: "many", Value: fmt.Sprintf("%04x", i)})
 	}
 	for _, c := range []struct {
@@ -73,7 +81,7 @@ func TestReferenceValueImport(t *testing.T) {
 	} {
 		st, b := k.adminDo(adminapi.RoleAdmin, "POST", adminapi.PathReferenceImport, adminapi.ContentTypeCOSE, c.body)
 		p := wantProblem(t, st, b, c.status, c.check)
-		if rv := k.referenceValues(); len(rv.ReferenceValues) != 0 || len(rv.Sources) != 0 {
+		if rv := k.referenceValues(); len(rv.ReferenceValues) != 1 || len(rv.ReferenceValues["many"]) != maxReferenceValues || len(rv.Sources) != 0 {
 			t.Fatalf("%s (%s): stored %+v", c.name, p.Detail, rv)
 		}
 	}
@@ -89,6 +97,7 @@ func TestReferenceValueImport(t *testing.T) {
 	if !strings.HasPrefix(res.Bundle, "sha256:") || res.BundleName != "test image" || len(res.Values) != 2 || !res.Values[0].New || res.Signer != hex.EncodeToString(kid) {
 		t.Fatalf("import result %+v", res)
 	}
+	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"many","values":[]}`))
 	rv := k.referenceValues()
 	if got := rv.ReferenceValues["snp_launch_measurement"]; len(got) != 1 || got[0] != meas {
 		t.Fatalf("stored %+v", rv.ReferenceValues)
