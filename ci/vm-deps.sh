@@ -83,8 +83,13 @@ fetch_ovmf() {
 		-o APT::Get::List-Cleanup=0)
 	echo "vm-deps: fetching ovmf-amdsev and ovmf-inteltdx ${OVMF_VERSION} from unstable"
 	apt-get "${opts[@]}" update -qq
-	(cd "$state/debs" && apt-get "${opts[@]}" download -qq \
-		"ovmf-amdsev=${OVMF_VERSION}" "ovmf-inteltdx=${OVMF_VERSION}")
+	if ! (cd "$state/debs" && apt-get "${opts[@]}" download -qq \
+		"ovmf-amdsev=${OVMF_VERSION}" "ovmf-inteltdx=${OVMF_VERSION}"); then
+		echo "vm-deps: ovmf-amdsev/ovmf-inteltdx ${OVMF_VERSION} not in unstable any more: pick the new version" \
+			"(OVMF_VERSION=...) and recompute the known answers in measurements/snp and measurements/tdx" >&2
+		rm -rf "$state"
+		exit 1
+	fi
 	mkdir -p "$state/root"
 	for deb in "$state"/debs/*.deb; do dpkg -x "$deb" "$state/root"; done
 	mkdir -p "$dest"
