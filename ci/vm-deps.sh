@@ -75,6 +75,8 @@ fetch_ovmf() {
 	chmod 0755 "$state" # apt downloads as _apt
 	mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/etc/sources.list.d" "$state/debs"
 	printf 'deb [signed-by=%s] %s unstable main\n' "$keyring" "$uri" >"$state/etc/sources.list"
+	# apt-get download writes into the current directory as _apt.
+	chown _apt "$state/debs" 2>/dev/null || true
 	local opts=(-o Dir::Etc::sourcelist="$state/etc/sources.list"
 		-o Dir::Etc::sourceparts="$state/etc/sources.list.d"
 		-o Dir::State::lists="$state/lists"
