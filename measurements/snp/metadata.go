@@ -64,7 +64,7 @@ const (
 	maxMetadataSecs   = 64
 	fourGiB           = 1 << 32
 	sevMetadataMagic  = "ASEV"
-	sevMetadataVerion = 1
+	sevMetadataVersion = 1
 )
 
 // ErrFirmware marks a firmware image that is not a usable OVMF AMDSEV build.
@@ -102,8 +102,8 @@ func parseSections(fw []byte, offsetFromEnd uint32) ([]Section, error) {
 	if string(hdr[:4]) != sevMetadataMagic {
 		return nil, fmt.Errorf("SEV metadata signature %q, want %q", hdr[:4], sevMetadataMagic)
 	}
-	if v := binary.LittleEndian.Uint32(hdr[8:]); v != sevMetadataVerion {
-		return nil, fmt.Errorf("SEV metadata version %d, want %d", v, sevMetadataVerion)
+	if v := binary.LittleEndian.Uint32(hdr[8:]); v != sevMetadataVersion {
+		return nil, fmt.Errorf("SEV metadata version %d, want %d", v, sevMetadataVersion)
 	}
 	n := binary.LittleEndian.Uint32(hdr[12:])
 	if n > maxMetadataSecs {

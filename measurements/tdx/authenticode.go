@@ -4,6 +4,7 @@ import (
 	"crypto/sha512"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"sort"
 )
 
@@ -23,17 +24,17 @@ const maxPESections = 96
 func AuthenticodeSHA384(img []byte) ([48]byte, error) {
 	var d [48]byte
 	if len(img) < 0x40 || img[0] != 'M' || img[1] != 'Z' {
-		return d, errf("%w: no MZ header", ErrNotPE)
+		return d, fmt.Errorf("%w: no MZ header", ErrNotPE)
 	}
 	pe := int(binary.LittleEndian.Uint32(img[0x3c:]))
 	if pe < 0x40 || pe > len(img)-24 || string(img[pe:pe+4]) != "PE\x00\x00" {
-		return d, errf("%w: no PE signature at the e_lfanew offset", ErrNotPE)
+		return d, fmt.Errorf("%w: no PE signature at the e_lfanew offset", ErrNotPE)
 	}
 	nsec := int(binary.LittleEndian.Uint16(img[pe+6:]))
 	optSize := int(binary.LittleEndian.Uint16(img[pe+20:]))
 	opt := pe + 24
 	if opt+optSize > len(img) || optSize < 96 {
-		return d, errf("%w: optional header (%d bytes) outside the image", ErrNotPE, optSize)
+		return d, fmt.Errorf("%w: optional header (%d bytes) outside the image", ErrNotPE, optSize)
 	}
 	var dirs, ndirsOff int
 	switch binary.LittleEndian.Uint16(img[opt:]) {
@@ -42,19 +43,19 @@ func AuthenticodeSHA384(img []byte) ([48]byte, error) {
 	case 0x20b: // PE32+
 		ndirsOff, dirs = opt+108, opt+112
 	default:
-		return d, errf("%w: unknown optional header magic", ErrNotPE)
+		return d, fmt.Errorf("%w: unknown optional header magic", ErrNotPE)
 	}
 	if dirs > opt+optSize {
-		return d, errf("%w: optional header too short for its data directories", ErrNotPE)
+		return d, fmt.Errorf("%w: optional header too short for its data directories", ErrNotPE)
 	}
 	checksum := opt + 64
 	hdrSize := int(binary.LittleEndian.Uint32(img[opt+60:]))
 	if hdrSize > len(img) || hdrSize < opt+optSize {
-		return d, errf("%w: SizeOfHeaders %#x outside the image", ErrNotPE, hdrSize)
+		return d, fmt.Errorf("%w: SizeOfHeaders %#x outside the image", ErrNotPE, hdrSize)
 	}
 	secTable := opt + optSize
 	if nsec > maxPESections || secTable+40*nsec > len(img) {
-		return d, errf("%w: %d sections, table outside the image", ErrNotPE, nsec)
+		return d, fmt.Errorf("%w: %d sections, table outside the image", ErrNotPE, nsec)
 	}
 
 	h := sha512.New384()
@@ -80,7 +81,7 @@ func AuthenticodeSHA384(img []byte) ([48]byte, error) {
 			continue
 		}
 		if off < 0 || size < 0 || off+size > len(img) || off+size < off {
-			return d, errf("%w: section %d (%#x bytes at %#x) outside the image", ErrNotPE, i, size, off)
+			return d, fmt.Errorf("%w: section %d (%#x bytes at %#x) outside the image", ErrNotPE, i, size, off)
 		}
 		secs = append(secs, sec{off, size})
 	}
@@ -94,7 +95,7 @@ func AuthenticodeSHA384(img []byte) ([48]byte, error) {
 	// sections, without the certificate table and without the zero padding
 	// to 8 bytes that signing tools add for a file size not a multiple of 8.
 	if certSize < 0 || len(img) < certSize+hashed {
-		return d, errf("%w: certificate table (%d bytes) overlaps the sections", ErrNotPE, certSize)
+		return d, fmt.Errorf("%w: certificate table (%d bytes) overlaps the sections", ErrNotPE, certSize)
 	}
 	if extra := len(img) - certSize - hashed; extra > 0 {
 		h.Write(img[hashed : hashed+extra])

@@ -19,7 +19,6 @@ package tdx
 import (
 	"crypto/sha512"
 	"encoding/binary"
-	"fmt"
 )
 
 // OpKind is a TDX module call that extends MRTD.
@@ -104,5 +103,3 @@ const RTMR0Reason = "TDVF extends it with QEMU's ACPI tables (etc/acpi/tables, r
 	"table-loader), which QEMU generates at start from the machine type, vCPUs, memory and devices, and with " +
 	"the TD HOB, the variable store and the Secure Boot variables; reproducing them needs the TDX-capable QEMU " +
 	"(10.1+) that built them. Take RTMR0 from a known-good TD's evidence (kbsctl evidence verify)"
-
-func errf(format string, a ...any) error { return fmt.Errorf(format, a...) }
