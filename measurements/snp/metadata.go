@@ -58,12 +58,12 @@ type Firmware struct {
 }
 
 const (
-	pageSize          = 4096
-	metadataHdrSize   = 16 // "ASEV", size, version, count
-	sectionDescSize   = 12
-	maxMetadataSecs   = 64
-	fourGiB           = 1 << 32
-	sevMetadataMagic  = "ASEV"
+	pageSize           = 4096
+	metadataHdrSize    = 16 // "ASEV", size, version, count
+	sectionDescSize    = 12
+	maxMetadataSecs    = 64
+	fourGiB            = 1 << 32
+	sevMetadataMagic   = "ASEV"
 	sevMetadataVersion = 1
 )
 
