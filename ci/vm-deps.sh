@@ -9,6 +9,8 @@
 #     (test images), ca-certificates (the guest's CA bundle), swtpm +
 #     swtpm-tools (the vTPM: swtpm, swtpm_setup and its local EK CA); apt-get
 #     and dpkg (kernel download and unpacking) come with Debian
+#   - the SEV-SNP and TDX OVMF builds (ovmf-amdsev, ovmf-inteltdx) from Debian
+#     unstable, unpacked into $HOME/.cache/cloak/ovmf-<version>/ (fetch_ovmf)
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -50,6 +52,60 @@ if [ "$need_update" = 1 ]; then
 	apt-get update -qq
 fi
 
+# Debian 12 ships neither an AMDSEV nor a TDX OVMF build; unstable does, as
+# separate packages. They are fetched with apt-get download under a private apt
+# state (own sources list, lists and cache) so the system's sources never gain
+# unstable, and unpacked with dpkg -x (never installed). The launch
+# measurements (measurements/snp, measurements/tdx) are computed over exactly
+# these files, so the version is pinned.
+OVMF_VERSION=${OVMF_VERSION:-2026.08+ds-2}
+fetch_ovmf() {
+	local dest="${HOME}/.cache/cloak/ovmf-${OVMF_VERSION}"
+	if [ -f "$dest/OVMF.amdsev.fd" ] && [ -f "$dest/OVMF.inteltdx.fd" ]; then
+		return 0
+	fi
+	local uri=http://deb.debian.org/debian
+	local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+	if [ -f "$base" ]; then
+		uri=$(awk '/^URIs:/ {print $2; exit}' "$base")
+		keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$base")
+	fi
+	local state
+	state=$(mktemp -d)
+	chmod 0755 "$state" # apt downloads as _apt
+	mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/etc/sources.list.d" "$state/debs"
+	printf 'deb [signed-by=%s] %s unstable main\n' "$keyring" "$uri" >"$state/etc/sources.list"
+	# apt-get download writes into the current directory as _apt.
+	chown _apt "$state/debs" 2>/dev/null || true
+	local opts=(-o Dir::Etc::sourcelist="$state/etc/sources.list"
+		-o Dir::Etc::sourceparts="$state/etc/sources.list.d"
+		-o Dir::State::lists="$state/lists"
+		-o Dir::Cache="$state/cache"
+		-o Dir::State::status=/dev/null
+		-o APT::Get::List-Cleanup=0)
+	echo "vm-deps: fetching ovmf-amdsev and ovmf-inteltdx ${OVMF_VERSION} from unstable"
+	apt-get "${opts[@]}" update -qq
+	if ! (cd "$state/debs" && apt-get "${opts[@]}" download -qq \
+		"ovmf-amdsev=${OVMF_VERSION}" "ovmf-inteltdx=${OVMF_VERSION}"); then
+		echo "vm-deps: ovmf-amdsev/ovmf-inteltdx ${OVMF_VERSION} not in unstable any more: pick the new version" \
+			"(OVMF_VERSION=...) and recompute the known answers in measurements/snp and measurements/tdx" >&2
+		rm -rf "$state"
+		exit 1
+	fi
+	mkdir -p "$state/root"
+	for deb in "$state"/debs/*.deb; do dpkg -x "$deb" "$state/root"; done
+	mkdir -p "$dest"
+	cp "$state/root/usr/share/ovmf/OVMF.amdsev.fd" "$dest/OVMF.amdsev.fd"
+	# The inteltdx package's image has Microsoft's Secure Boot keys enrolled
+	# (.ms.fd); keep one stable name for the TDX firmware.
+	local tdx
+	tdx=$(find "$state/root/usr/share/ovmf" -name 'OVMF.inteltdx*.fd' | sort | head -1)
+	cp "$tdx" "$dest/OVMF.inteltdx.fd"
+	(cd "$dest" && sha256sum OVMF.amdsev.fd OVMF.inteltdx.fd >SHA256SUMS)
+	rm -rf "$state"
+	echo "vm-deps: OVMF in $dest ($(basename "$tdx") as OVMF.inteltdx.fd)"
+}
+
 installed=()
 install_missing() { # pkg...
 	local missing=()
@@ -67,6 +123,8 @@ if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q 'bpo12'
 	installed+=("qemu-system-x86 (bookworm-backports)")
 fi
 install_missing kmod gcc libc6-dev libseccomp-dev busybox-static ca-certificates swtpm swtpm-tools
+
+fetch_ovmf
 
 if [ ${#installed[@]} -gt 0 ]; then
 	echo "vm-deps: installed ${installed[*]}"

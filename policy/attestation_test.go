@@ -217,7 +217,7 @@ func TestDefaultAttestationFindingFields(t *testing.T) {
 		t.Fatalf("no sample.svn finding in %+v", got.Findings)
 	}
 	want := adminapi.Finding{Claim: "sample.svn", Group: "hardware", Value: "1", Reference: []any{"2", "3"},
-		OK: false, Message: `sample.svn "1" is not among reference values ["2","3"]`}
+		OK: false, Message: `sample.svn "1" is not among reference values ["2","3"]`, ReferenceName: "sample_svn"}
 	if !reflect.DeepEqual(f, want) {
 		t.Errorf("finding = %#v, want %#v", f, want)
 	}

@@ -322,6 +322,7 @@ compare(claim, group, value, refname) := {
 	"group": group,
 	"value": value,
 	"reference": refs,
+	"reference_name": refname,
 	"ok": ok,
 	"message": comparison_message(claim, value, refs, refname),
 } if {

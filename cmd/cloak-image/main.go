@@ -12,6 +12,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +21,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloak-containers/cloak/guest-image/build"
+	"github.com/cloak-containers/cloak/measurements/bundle"
+	"github.com/cloak-containers/cloak/measurements/launch"
+	"github.com/cloak-containers/cloak/measurements/snp"
 	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
@@ -52,11 +57,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVar(&output, "output", "text", "output format: text or json")
+	root.PersistentFlags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), trivialCmd(stderr), emulatedRootCmd(&output, stdout))
+	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), signCmd(&output, stdout), trivialCmd(stderr), emulatedRootCmd(&output, stdout))
 
 	err := root.ExecuteContext(ctx)
 	switch {
@@ -83,6 +88,11 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 		Example: `  # from the checkout, newest kernel in bookworm-backports
   cloak-image build --out out/image
 
+  # record the real SNP and TDX values and sign them for kbsctl reference-value import
+  cloak-image build --out out/image --sign-key builder.key \
+      --snp-firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.amdsev.fd \
+      --tdx-firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.inteltdx.fd
+
   # pin the kernel and use prebuilt static binaries
   cloak-image build --out out/image --kernel-version 6.12.95-1~bpo12+1 \
       --agent bin/cloak-agent --aa bin/cloak-aa --runc /usr/local/bin/runc --output json`,
@@ -104,6 +114,15 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 			fmt.Fprintf(stdout, "  initrd    %s zstd, %d modules, runc %s\n", mib(m.Initrd.Size), len(m.Modules), m.RuncVersion)
 			fmt.Fprintf(stdout, "  cmdline   %s\n", m.Cmdline)
 			fmt.Fprintf(stdout, "  emulated launch measurement %s\n", m.Measurements.Emulated)
+			if sm := m.Measurements.SNP; sm != nil {
+				fmt.Fprintf(stdout, "  snp       %d measurements (%s, sha256 %.16s...)\n", len(sm.Values), sm.Firmware.File, sm.Firmware.SHA256)
+			}
+			if t := m.Measurements.TDX; t != nil {
+				fmt.Fprintf(stdout, "  tdx       mr_td %.16s... (%s)\n", t.MRTD, t.Firmware.File)
+			}
+			if o.SignKey != "" {
+				fmt.Fprintf(stdout, "  signed reference values in %s\n", filepath.Join(o.OutDir, build.BundleFile))
+			}
 			return nil
 		},
 	}
@@ -115,54 +134,210 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 	f.StringVar(&o.Runc, "runc", "", "prebuilt static runc (default: build runc "+build.DefaultRuncVersion+" from its Go module, cached)")
 	f.StringVar(&o.CABundle, "ca-bundle", build.HostCABundle, "PEM CA bundle for the guest (pin it to build the same image on another machine)")
 	f.StringVar(&o.CacheDir, "cache", "", "cache directory (default: $CLOAK_CACHE or ~/.cache/cloak)")
+	f.StringVar(&o.SNPFirmware, "snp-firmware", "", "OVMF AMDSEV image: record the SEV-SNP measurement of every CPU model and vCPU count in the manifest")
+	f.IntVar(&o.SNPMaxVCPUs, "snp-max-vcpus", build.DefaultSNPMaxVCPUs, "largest vCPU count to record SNP measurements for")
+	f.StringVar(&o.TDXFirmware, "tdx-firmware", "", "OVMF IntelTdx image: record MRTD, RTMR1 and RTMR2 in the manifest")
+	f.StringVar(&o.SignKey, "sign-key", "", "PEM private key (Ed25519, ECDSA P-256/P-384; kbsctl keygen makes one): also write the signed "+build.BundleFile)
 	return cmd
 }
 
 func measureCmd(output *string, stdout io.Writer) *cobra.Command {
-	var dir string
+	var (
+		dir                   string
+		c                     launch.Config
+		memory, features, sig string
+	)
 	cmd := &cobra.Command{
-		Use:   "measure --dir DIR",
-		Short: "Recompute an image's digests and emulated launch measurement and compare them with its manifest",
-		Long: `Measure hashes DIR/vmlinuz and DIR/initrd.img, recomputes the emulated launch measurement
-from them and the manifest's kernel command line (encoding: measurements/README.md), and compares
-everything with DIR/manifest.json. Exit status 2 means a mismatch: a file was changed or the
-manifest does not describe these files.`,
-		Example: `  cloak-image measure --dir out/image
+		Use:   "measure --dir DIR | --tee snp|tdx --firmware FW --kernel K [flags]",
+		Short: "Compute a guest's SEV-SNP or TDX launch values, or check an image against its manifest",
+		Long: `With --tee, measure computes the reference values a KBS compares a real guest's evidence with,
+for QEMU booting --kernel (and --initrd, --cmdline) directly from --firmware:
+
+  snp: snp_launch_measurement, for an OVMF AMDSEV build (OVMF.amdsev.fd) with kernel-hashes=on;
+       it depends on --vcpus (the vCPUs at launch), --cpu-type (or, for -cpu host, the host's
+       --cpu-signature) and --guest-features.
+  tdx: tdx_mr_td, tdx_rtmr1, tdx_rtmr2, for an OVMF IntelTdx build (OVMF.inteltdx.fd). RTMR0 is
+       not computed (it covers QEMU's ACPI tables; docs/attestation.md says why).
+
+Without --initrd or --cmdline the values are those of QEMU without -initrd or -append. The
+firmware is what "make vm-deps" caches in ~/.cache/cloak/ovmf-<version>/.
+
+With --dir, measure hashes DIR/vmlinuz and DIR/initrd.img, recomputes the emulated launch
+measurement from them and the manifest's kernel command line (encoding: measurements/README.md),
+and compares everything with DIR/manifest.json. Exit status 2 means a mismatch: a file was changed
+or the manifest does not describe these files.`,
+		Example: `  cloak-image measure --tee snp --firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.amdsev.fd \
+      --kernel out/image/vmlinuz --initrd out/image/initrd.img --cmdline "$(jq -r .cmdline out/image/manifest.json)" \
+      --vcpus 2 --cpu-type EPYC-Milan
+  cloak-image measure --tee tdx --firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.inteltdx.fd \
+      --kernel out/image/vmlinuz --initrd out/image/initrd.img --memory 2G -o json
+  cloak-image measure --dir out/image
   cloak-image measure --dir out/image --output json | jq -r .emulated`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if dir == "" {
-				return errors.New("--dir is required")
+			if c.TEE != "" {
+				if dir != "" {
+					return errors.New("--dir checks an image against its manifest, --tee computes launch values: give one of them")
+				}
+				return measureLaunch(cmd, c, memory, features, sig, *output, stdout)
 			}
-			v, err := build.VerifyDir(dir)
+			if dir == "" {
+				return errors.New("--dir or --tee is required")
+			}
+			return verifyDir(dir, *output, stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "", "image directory holding vmlinuz, initrd.img and manifest.json")
+	f.StringVar(&c.TEE, "tee", "", "compute launch values for this TEE: snp or tdx")
+	f.StringVar(&c.Firmware, "firmware", "", "OVMF image QEMU boots (-bios): OVMF.amdsev.fd for snp, OVMF.inteltdx.fd for tdx")
+	f.StringVar(&c.Kernel, "kernel", "", "kernel (bzImage) QEMU boots with -kernel")
+	f.StringVar(&c.Initrd, "initrd", "", "initrd QEMU loads with -initrd (default: none)")
+	f.StringVar(&c.Cmdline, "cmdline", "", "kernel command line QEMU passes with -append (default: none)")
+	f.IntVar(&c.VCPUs, "vcpus", 0, "snp: vCPUs QEMU starts the guest with (-smp)")
+	f.StringVar(&c.CPUType, "cpu-type", "", "snp: QEMU -cpu model: "+strings.Join(snp.CPUTypes(), ", "))
+	f.StringVar(&sig, "cpu-signature", "", "snp: for QEMU -cpu host, the host's CPUID leaf 1 EAX in hex (family/model/stepping of /proc/cpuinfo; e.g. 0xa10f11 for family 25 model 17 stepping 1)")
+	f.StringVar(&features, "guest-features", "", "snp: SEV_FEATURES of the VMSA, hex (default 0x1)")
+	f.StringVar(&memory, "memory", "", "tdx: guest memory (-m), e.g. 2G")
+	f.BoolVar(&c.LegacySetupHeader, "tdx-legacy-setup-header", false, "tdx: measure the kernel with QEMU's setup-header patches (OVMF before 2025.05 or QEMU before 10.0)")
+	return cmd
+}
+
+func measureLaunch(cmd *cobra.Command, c launch.Config, memory, features, sig, output string, stdout io.Writer) error {
+	f := cmd.Flags()
+	switch c.TEE {
+	case launch.TEESNP:
+		for _, n := range []string{"memory", "tdx-legacy-setup-header"} {
+			if f.Changed(n) {
+				return fmt.Errorf("--%s is a tdx setting; the SNP measurement does not depend on it", n)
+			}
+		}
+		if c.VCPUs == 0 {
+			return errors.New("--vcpus is required for snp: one VMSA is measured per vCPU")
+		}
+		if sig != "" {
+			v, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(sig), "0x"), 16, 32)
+			if err != nil || v == 0 {
+				return fmt.Errorf("--cpu-signature %q: want the hex CPUID leaf 1 EAX, such as 0xa10f11", sig)
+			}
+			c.CPUSignature = uint32(v)
+		}
+		if (c.CPUType == "") == (c.CPUSignature == 0) {
+			return errors.New("give --cpu-type (QEMU -cpu MODEL) or --cpu-signature (QEMU -cpu host: the host's CPUID leaf 1 EAX), not both")
+		}
+		c.GuestFeatures = snp.DefaultGuestFeatures
+		if features != "" {
+			v, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(features), "0x"), 16, 64)
+			if err != nil {
+				return fmt.Errorf("--guest-features %q: want a hex number such as 0x1", features)
+			}
+			c.GuestFeatures = v
+		}
+	case launch.TEETDX:
+		for _, n := range []string{"vcpus", "cpu-type", "cpu-signature", "guest-features"} {
+			if f.Changed(n) {
+				return fmt.Errorf("--%s is an snp setting; MRTD and the RTMRs do not depend on it", n)
+			}
+		}
+		if memory == "" {
+			return errors.New("--memory is required for tdx (QEMU -m, e.g. 2G)")
+		}
+		m, err := launch.ParseMemory(memory)
+		if err != nil {
+			return err
+		}
+		c.Memory = m
+	default:
+		return fmt.Errorf("--tee %q: want snp or tdx", c.TEE)
+	}
+	if c.Firmware == "" || c.Kernel == "" {
+		return errors.New("--firmware and --kernel are required with --tee")
+	}
+	r, err := launch.Measure(c)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		return writeJSON(stdout, r)
+	}
+	for _, v := range r.Values {
+		fmt.Fprintf(stdout, "%s %s\n", v.Name, v.Value)
+	}
+	for _, n := range r.NotComputed {
+		fmt.Fprintf(stdout, "# not computed: %s\n", n)
+	}
+	return nil
+}
+
+func verifyDir(dir, output string, stdout io.Writer) error {
+	v, err := build.VerifyDir(dir)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		err = writeJSON(stdout, struct {
+			Emulated   string   `json:"emulated"`
+			Match      bool     `json:"match"`
+			Mismatches []string `json:"mismatches,omitempty"`
+		}{v.Emulated, len(v.Mismatches) == 0, v.Mismatches})
+	} else {
+		fmt.Fprintf(stdout, "emulated launch measurement %s\n", v.Emulated)
+		for _, m := range v.Mismatches {
+			fmt.Fprintf(stdout, "MISMATCH %s\n", m)
+		}
+		if len(v.Mismatches) == 0 {
+			fmt.Fprintln(stdout, "matches manifest.json")
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(v.Mismatches) > 0 {
+		return fmt.Errorf("%w: %s", errMismatch, strings.Join(v.Mismatches, "; "))
+	}
+	return nil
+}
+
+func signCmd(output *string, stdout io.Writer) *cobra.Command {
+	var dir, key, out string
+	cmd := &cobra.Command{
+		Use:   "sign --dir DIR --sign-key KEY.pem [--out FILE]",
+		Short: "Sign the reference values of a built image (what build --sign-key writes)",
+		Long: `Sign checks DIR against its manifest.json (as measure --dir does) and writes the signed
+reference-value bundle of its values - the emulated measurement and, if the build recorded them,
+the SNP and TDX values - to FILE (default DIR/` + build.BundleFile + `), for kbsctl reference-value
+import. The key is PEM Ed25519 or ECDSA P-256/P-384 (kbsctl keygen makes one).`,
+		Example: `  cloak-image sign --dir out/image --sign-key builder.key
+  kbsctl reference-value import --file out/image/` + build.BundleFile,
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if dir == "" || key == "" {
+				return errors.New("--dir and --sign-key are required")
+			}
+			signer, err := bundle.LoadSigner(key)
+			if err != nil {
+				return err
+			}
+			if out == "" {
+				out = filepath.Join(dir, build.BundleFile)
+			}
+			d, err := build.SignDir(dir, out, signer)
 			if err != nil {
 				return err
 			}
 			if *output == "json" {
-				err = writeJSON(stdout, struct {
-					Emulated   string   `json:"emulated"`
-					Match      bool     `json:"match"`
-					Mismatches []string `json:"mismatches,omitempty"`
-				}{v.Emulated, len(v.Mismatches) == 0, v.Mismatches})
-			} else {
-				fmt.Fprintf(stdout, "emulated launch measurement %s\n", v.Emulated)
-				for _, m := range v.Mismatches {
-					fmt.Fprintf(stdout, "MISMATCH %s\n", m)
-				}
-				if len(v.Mismatches) == 0 {
-					fmt.Fprintln(stdout, "matches manifest.json")
-				}
+				return writeJSON(stdout, struct {
+					File   string `json:"file"`
+					Values int    `json:"values"`
+				}{out, len(d.Values)})
 			}
-			if err != nil {
-				return err
-			}
-			if len(v.Mismatches) > 0 {
-				return fmt.Errorf("%w: %s", errMismatch, strings.Join(v.Mismatches, "; "))
-			}
+			fmt.Fprintf(stdout, "signed %d reference values into %s\n", len(d.Values), out)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "image directory holding vmlinuz, initrd.img and manifest.json")
+	cmd.Flags().StringVar(&key, "sign-key", "", "PEM private key")
+	cmd.Flags().StringVar(&out, "out", "", "bundle file (default DIR/"+build.BundleFile+")")
 	return cmd
 }
 

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
@@ -15,7 +18,10 @@ import (
 	"testing"
 
 	"github.com/cloak-containers/cloak/guest-image/build"
+	"github.com/cloak-containers/cloak/internal/kat"
 	"github.com/cloak-containers/cloak/measurements"
+	"github.com/cloak-containers/cloak/measurements/bundle"
+	"github.com/cloak-containers/cloak/measurements/launch"
 )
 
 // imageDir writes a small image directory with a correct manifest.
@@ -91,7 +97,20 @@ func TestUsageErrors(t *testing.T) {
 		wantErr string
 	}{
 		{[]string{"build"}, "--out is required"},
-		{[]string{"measure"}, "--dir is required"},
+		{[]string{"measure"}, "--dir or --tee is required"},
+		{[]string{"measure", "--dir", ".", "--tee", "snp"}, "give one of them"},
+		{[]string{"measure", "--tee", "sev"}, `--tee "sev": want snp or tdx`},
+		{[]string{"measure", "--tee", "snp", "--firmware", "f", "--kernel", "k", "--cpu-type", "EPYC-v4"}, "--vcpus is required"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--memory", "2G"}, "--memory is a tdx setting"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--cpu-type", "EPYC-v4", "--guest-features", "zz"}, "want a hex number"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--kernel", "k", "--cpu-type", "EPYC-v4"}, "--firmware and --kernel are required"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--cpu-type", "EPYC-v4", "--cpu-signature", "0xa00f11"}, "not both"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1"}, "give --cpu-type"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--cpu-signature", "zz"}, "want the hex CPUID leaf 1 EAX"},
+		{[]string{"measure", "--tee", "snp", "--vcpus", "1", "--firmware", "/nonexistent", "--kernel", "k", "--cpu-type", "EPYC-v4"}, "read firmware"},
+		{[]string{"measure", "--tee", "tdx", "--firmware", "f", "--kernel", "k"}, "--memory is required"},
+		{[]string{"measure", "--tee", "tdx", "--memory", "2X"}, `memory "2X"`},
+		{[]string{"measure", "--tee", "tdx", "--memory", "2G", "--vcpus", "2"}, "--vcpus is an snp setting"},
 		{[]string{"measure", "--dir", "/nonexistent"}, "read manifest"},
 		{[]string{"build-trivial", "--init", "x"}, "--init and --out are required"},
 		{[]string{"measure", "--dir", ".", "--output", "yaml"}, "want text or json"},
@@ -169,5 +188,126 @@ func TestEmulatedRoot(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"emulated-root", "--dir", dir, "--output", "json"}, &out, &stderr); code != 0 || !strings.Contains(out.String(), `"chip_id"`) {
 		t.Errorf("json: exit %d %s", code, out.String())
+	}
+}
+
+// launchFiles writes the known-answer inputs of measurements/snp and
+// measurements/tdx next to the cached Debian firmware, or skips.
+func launchFiles(t *testing.T, fwName string) (fw, kernel, initrd string) {
+	t.Helper()
+	home, _ := os.UserHomeDir()
+	fw = filepath.Join(home, ".cache/cloak/ovmf-2026.08+ds-2", fwName)
+	if _, err := os.Stat(fw); err != nil {
+		t.Skipf("%s absent: run `make vm-deps`", fw)
+	}
+	dir := t.TempDir()
+	kernel, initrd = filepath.Join(dir, "kernel"), filepath.Join(dir, "initrd")
+	if err := os.WriteFile(kernel, kat.Stream("kernel", 1048675), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(initrd, kat.Stream("initrd", 65543), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return fw, kernel, initrd
+}
+
+// The expected values are the sev-snp-measure known answers of
+// measurements/snp (debianOVMFCases), so the command adds nothing to them.
+func TestMeasureSNP(t *testing.T) {
+	fw, kernel, initrd := launchFiles(t, "OVMF.amdsev.fd")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--vcpus", "64", "--cpu-type", "EPYC-Genoa"}, "snp_launch_measurement 8118cedf312aacebca58c8d4c87543d39be46bbd69b2d5dce8b7e4cd323041531fcf19459db97794fcb7ade4c9d263cb\n"},
+		{[]string{"--vcpus", "2", "--cpu-type", "EPYC-Milan", "--guest-features", "0x21"}, "snp_launch_measurement 8f9177d7cef996a53a073598e7b3345e68924681849bf69515fe7a5a4a2bbd7c7f2c09eea4494f0f363eaec4b9df3c05\n"},
+		{[]string{"--vcpus", "1", "--cpu-type", "EPYC-v4", "--cmdline", ""}, "snp_launch_measurement 7209b6f34ddf2f22428bf9560424ec416ac613b832d35d5429232770c6fb5eb970a47b5004940710c0be059af698cc00\n"},
+		{[]string{"--vcpus", "2", "--cpu-signature", "0xa10f11"}, "snp_launch_measurement b7b3f69152e67a992012949cc61f4805d0be50a756e11210294b2285c1cae73c56e345235bb14b12c8228d1ee04b334c\n"},
+		{[]string{"--vcpus", "4", "--cpu-type", "EPYC-Genoa", "--initrd", initrd, "--cmdline", "console=ttyS0 root=/dev/vda ro"}, "snp_launch_measurement e21ee48c462a131ce698efafeb2d5c3ef7d785c493327b19da687e3e5e49129331e5f53af0cd728ee99b3f4061900ad5\n"},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"measure", "--tee", "snp", "--firmware", fw, "--kernel", kernel}, tt.args...)
+		if code := run(context.Background(), args, &stdout, &stderr); code != 0 || stdout.String() != tt.want {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %q", tt.args, code, stdout.String(), stderr.String(), tt.want)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	args := []string{"measure", "--tee", "snp", "--firmware", fw, "--kernel", kernel, "--vcpus", "1", "--cpu-type", "EPYC-Milan", "-o", "json"}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var r launch.Result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Values) != 1 || r.Values[0].Name != "snp_launch_measurement" ||
+		r.Values[0].Value != "95733f44ff36b1df4383a1823758fe4839e4bbab2b9b2609e0a88b7c1286ae569bbb25e3fad90fee07e7e59d4763468c" ||
+		r.FirmwareSHA256 != "3e4fd0b3fe3b2dbe481c3d9e99418a034174f26cbe1f55aa212b0f18c12d2d6f" || r.Config.VCPUs != 1 || r.Config.GuestFeatures != 1 {
+		t.Errorf("json = %s", stdout.String())
+	}
+}
+
+func TestMeasureTDX(t *testing.T) {
+	fw, kernel, _ := launchFiles(t, "OVMF.inteltdx.fd")
+	var stdout, stderr bytes.Buffer
+	// The pseudo-random kernel is no PE image: the error must say so.
+	if code := run(context.Background(), []string{"measure", "--tee", "tdx", "--firmware", fw, "--kernel", kernel, "--memory", "2G"}, &stdout, &stderr); code != exitError || !strings.Contains(stderr.String(), "not a PE/COFF (EFI stub) image") {
+		t.Errorf("non-PE kernel: exit %d, stderr %q", code, stderr.String())
+	}
+	home, _ := os.UserHomeDir()
+	real := filepath.Join(home, ".cache/cloak/kernel/6.12.95-1~bpo12+1/root/boot/vmlinuz-6.12.95+deb12-cloud-amd64")
+	if _, err := os.Stat(real); err != nil {
+		t.Skipf("%s absent", real)
+	}
+	stdout.Reset()
+	if code := run(context.Background(), []string{"measure", "--tee", "tdx", "--firmware", fw, "--kernel", real, "--memory", "2G", "-o", "json"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var r launch.Result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]string{}
+	for _, v := range r.Values {
+		names[v.Name] = v.Value
+	}
+	// tdx_mr_td: measurements/tdx's reproduce-mr known answer for Debian's TDVF.
+	if names["tdx_mr_td"] != "a7a1f751abc454f9cbab198ca8d2edb2821935df525c74182b5e776cb0929e8c59aefecce725b0d08a5e9d3d3183bd08" ||
+		len(names["tdx_rtmr1"]) != 96 || len(names["tdx_rtmr2"]) != 96 || len(r.NotComputed) != 2 || !strings.HasPrefix(r.NotComputed[0], "tdx_rtmr0") {
+		t.Errorf("json = %s", stdout.String())
+	}
+}
+
+func TestSign(t *testing.T) {
+	dir, measurement := imageDir(t)
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyFile := filepath.Join(t.TempDir(), "k.pem")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"sign", "--dir", dir, "--sign-key", keyFile}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, build.BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := bundle.Verify(b, []crypto.PublicKey{key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Document.Values) != 1 || v.Document.Values[0].Value != measurement || v.Document.Values[0].Name != "snp_launch_measurement" {
+		t.Errorf("signed %+v", v.Document)
+	}
+	// A tampered image is not signed.
+	os.WriteFile(filepath.Join(dir, build.InitrdFile), []byte("other"), 0o644)
+	stderr.Reset()
+	if code := run(context.Background(), []string{"sign", "--dir", dir, "--sign-key", keyFile, "--out", filepath.Join(t.TempDir(), "x.cose")}, &stdout, &stderr); code != exitError || !strings.Contains(stderr.String(), "does not match its manifest") {
+		t.Errorf("tampered image: exit %d, %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := run(context.Background(), []string{"sign", "--dir", dir}, &stdout, &stderr); code != exitError || !strings.Contains(stderr.String(), "--sign-key are required") {
+		t.Errorf("no key: exit %d, %s", code, stderr.String())
 	}
 }

@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
@@ -28,11 +29,12 @@ import (
 	"github.com/cloak-containers/cloak/kbs/verifier/tdx"
 	"github.com/cloak-containers/cloak/kbs/verifier/tpm"
 	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/measurements/bundle"
 )
 
 type options struct {
 	listen, dataDir, tlsCert, tlsKey, maxBody, logLevel string
-	adminKeys, tlsSANs                                  []string
+	adminKeys, tlsSANs, refSigners                      []string
 	insecureHTTP                                        bool
 	collateralDir, collateralCache, snpCRL              string
 	collateralOffline                                   bool
@@ -78,6 +80,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database, keys and TLS certificate (required)")
 	f.StringArrayVar(&o.adminKeys, "admin-public-key", nil, "PEM Ed25519 public key allowed to sign admin tokens (repeatable); none disables the admin API")
+	f.StringArrayVar(&o.refSigners, "reference-value-signer", nil, "PEM public key (Ed25519, ECDSA P-256/P-384) trusted to sign reference-value bundles for kbsctl reference-value import (repeatable)")
 	f.BoolVar(&o.insecureHTTP, "insecure-http", false, "serve plain HTTP (development only)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain (default: self-signed in DATA_DIR/tls)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
@@ -141,6 +144,14 @@ func run(ctx context.Context, o options) error {
 	if len(keys) == 0 {
 		log.Warn("no --admin-public-key given: the admin API is disabled")
 	}
+	var refSigners []crypto.PublicKey
+	for _, path := range o.refSigners {
+		k, err := bundle.LoadPublicKey(path)
+		if err != nil {
+			return fmt.Errorf("--reference-value-signer: %w", err)
+		}
+		refSigners = append(refSigners, k)
+	}
 	crlMode, err := snp.ParseCRLMode(o.snpCRL)
 	if err != nil {
 		return fmt.Errorf("--snp-crl: %w", err)
@@ -176,7 +187,7 @@ func run(ctx context.Context, o options) error {
 		DataDir: o.dataDir, AdminKeys: keys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
 		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
-		TDX: tdxOpts, TPM: tpmCfg,
+		TDX: tdxOpts, TPM: tpmCfg, ReferenceValueSigners: refSigners,
 	})
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -30,6 +31,7 @@ import (
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbs/server"
 	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/measurements/bundle"
 )
 
 // testKBS is the real KBS server in-process behind loopback TLS, plus the
@@ -49,7 +51,9 @@ func startKBS(t *testing.T) *testKBS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{DataDir: filepath.Join(dir, "data"), AdminKeys: []ed25519.PublicKey{pub}})
+	// The admin key pair, made by keygen, also signs reference-value bundles.
+	srv, err := server.New(server.Config{DataDir: filepath.Join(dir, "data"), AdminKeys: []ed25519.PublicKey{pub},
+		ReferenceValueSigners: []crypto.PublicKey{pub}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,5 +525,38 @@ func TestHelp(t *testing.T) {
 	out, _, code := run(t, nil, "", "audit", "--help")
 	if code != exitOK || !strings.Contains(out, "kbsctl audit --follow") {
 		t.Errorf("audit --help: exit %d\n%s", code, out)
+	}
+}
+
+func TestReferenceValueImport(t *testing.T) {
+	k := startKBS(t)
+	key, err := bundle.LoadSigner(k.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meas := strings.Repeat("5a", 48)
+	signed, err := bundle.Sign(bundle.Document{Name: "img", Image: bundle.Image{Cmdline: "c"},
+		Values: []bundle.Value{{Name: "snp_launch_measurement", Value: meas, Config: bundle.Config{TEE: "snp", VCPUs: 2, CPUType: "EPYC-Genoa"}}}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := bytes.Clone(signed)
+	tampered[bytes.Index(tampered, []byte(meas))] = '6'
+	_, errOut, code := run(t, k, "", "reference-value", "import", "--file", writeFile(t, string(tampered)))
+	if code != exitFailure || !strings.Contains(errOut, "signature does not verify") {
+		t.Fatalf("tampered: exit %d: %s", code, errOut)
+	}
+	if out := mustRun(t, k, "", "reference-value", "list"); out != "no reference values set\n" {
+		t.Fatalf("tampered bundle stored something: %q", out)
+	}
+	out := mustRun(t, k, string(signed), "reference-value", "import", "--file", "-")
+	if !strings.HasPrefix(out, "imported bundle sha256:") || !strings.Contains(out, "snp_launch_measurement "+meas+" (new)") {
+		t.Fatalf("import output %q", out)
+	}
+	if out := mustRun(t, k, "", "reference-value", "list"); !strings.Contains(out, meas) || !strings.Contains(out, "snp_launch_measurement: 1 value(s) from bundle sha256:") {
+		t.Fatalf("list after import: %q", out)
+	}
+	if _, errOut, code := run(t, k, "", "reference-value", "import"); code != exitUsage || !strings.Contains(errOut, "--file is required") {
+		t.Fatalf("no --file: exit %d: %s", code, errOut)
 	}
 }

@@ -7,12 +7,14 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cloak-containers/cloak/kbs/adminapi"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/measurements/bundle"
 )
 
 // maxPolicySize keeps a policy's base64 form (a third larger) plus its JSON
@@ -130,11 +132,12 @@ policies as data.reference.<name>. Names are 1-64 characters of [a-z0-9_].`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, func(ctx context.Context, c *adminclient.Client) error {
-				rv, err := c.ListReferenceValues(ctx)
+				all, err := c.ReferenceValues(ctx)
 				if err != nil {
 					return err
 				}
-				return a.emit(adminapi.ReferenceValues{ReferenceValues: rv}, func(w io.Writer) {
+				rv := all.ReferenceValues
+				return a.emit(all, func(w io.Writer) {
 					if len(rv) == 0 {
 						fmt.Fprintln(w, "no reference values set")
 						return
@@ -150,12 +153,69 @@ policies as data.reference.<name>. Names are 1-64 characters of [a-z0-9_].`,
 						fmt.Fprintf(tw, "%s\t%s\n", n, quoteList(rv[n]))
 					}
 					tw.Flush()
+					for _, n := range names {
+						for _, b := range bundleCounts(all.Sources[n]) {
+							fmt.Fprintf(w, "%s: %s\n", n, b)
+						}
+					}
 				})
 			})
 		},
 	}
-	cmd.AddCommand(setCmd, listCmd)
+	var file string
+	importCmd := &cobra.Command{
+		Use:   "import --file reference-values.cose",
+		Short: "Import a signed reference-value bundle (cloak-image build --sign-key)",
+		Long: `import sends a signed bundle to the KBS, which checks its signature against the keys
+it was started with (--reference-value-signer) and adds every value in it to the stored
+ones, each remembering the bundle and signer; an unsigned, tampered, truncated, oversized
+or untrusted bundle is refused and nothing is stored.`,
+		Example: `  kbsctl reference-value import --file out/image/reference-values.cose
+  kbsctl reference-value import --file - < reference-values.cose`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			// One byte over the limit, so the KBS says what is too large.
+			data, err := a.readInput(file, bundle.MaxSize+1)
+			if err != nil {
+				return err
+			}
+			return a.call(cmd, func(ctx context.Context, c *adminclient.Client) error {
+				res, err := c.ImportReferenceValues(ctx, data)
+				if err != nil {
+					return err
+				}
+				return a.emit(res, func(w io.Writer) {
+					fmt.Fprintf(w, "imported bundle %s (%s) signed by %s\n", res.Bundle, res.BundleName, res.Signer)
+					for _, v := range res.Values {
+						state := "already stored"
+						if v.New {
+							state = "new"
+						}
+						fmt.Fprintf(w, "  %s %s (%s)\n", v.Name, v.Value, state)
+					}
+				})
+			})
+		},
+	}
+	importCmd.Flags().StringVarP(&file, "file", "f", "", `bundle file ("-" reads standard input)`)
+	cmd.AddCommand(setCmd, listCmd, importCmd)
 	return cmd
+}
+
+// bundleCounts summarises the sources of one name: "N values from bundle B
+// (NAME), signer S", one line per bundle, sorted.
+func bundleCounts(src map[string]adminapi.ReferenceValueSource) []string {
+	n := map[adminapi.ReferenceValueSource]int{}
+	for _, s := range src {
+		s.Imported = s.Imported.UTC()
+		n[s]++
+	}
+	var out []string
+	for s, c := range n {
+		out = append(out, fmt.Sprintf("%d value(s) from bundle %s (%s), signer %s, imported %s", c, s.Bundle, s.BundleName, s.Signer, s.Imported.Format(time.RFC3339)))
+	}
+	slices.Sort(out)
+	return out
 }
 
 func quoteList(values []string) string {

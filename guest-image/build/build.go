@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -26,6 +27,7 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/build/kernel"
 	"github.com/cloak-containers/cloak/guest-image/build/kmod"
 	"github.com/cloak-containers/cloak/measurements"
+	"github.com/cloak-containers/cloak/measurements/bundle"
 )
 
 // Cmdline is the guest kernel command line. It is part of the launch
@@ -114,6 +116,17 @@ type Options struct {
 	RuncVersion string
 	// CABundle is the PEM bundle installed in the guest; default HostCABundle.
 	CABundle string
+	// SNPFirmware is an OVMF AMDSEV image: when set, the manifest records
+	// the SEV-SNP measurement of every CPU model and vCPU count up to
+	// SNPMaxVCPUs (default DefaultSNPMaxVCPUs).
+	SNPFirmware string
+	SNPMaxVCPUs int
+	// TDXFirmware is an OVMF IntelTdx image: when set, the manifest records
+	// MRTD, RTMR1 and RTMR2.
+	TDXFirmware string
+	// SignKey is a PEM private key (Ed25519, ECDSA P-256/P-384): when set,
+	// Build also writes BundleFile, the signed reference values.
+	SignKey string
 	// Progress receives one line per step; nil discards them.
 	Progress io.Writer
 }
@@ -151,6 +164,13 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		}
 	}
 
+	var signer crypto.Signer
+	if o.SignKey != "" {
+		var err error
+		if signer, err = bundle.LoadSigner(o.SignKey); err != nil {
+			return nil, err
+		}
+	}
 	k, err := kernel.Fetch(ctx, kernel.Options{CacheDir: cache, Version: o.KernelVersion, Progress: out})
 	if err != nil {
 		return nil, fmt.Errorf("fetch kernel: %w", err)
@@ -255,7 +275,26 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 			Emulated: hex.EncodeToString(measurements.EmulatedLaunchDigest(vmlinuz, initrd, Cmdline)),
 		},
 	}
+	if o.SNPFirmware != "" {
+		maxVCPUs := o.SNPMaxVCPUs
+		if maxVCPUs == 0 {
+			maxVCPUs = DefaultSNPMaxVCPUs
+		}
+		progress("SEV-SNP measurements over %s, 1-%d vCPUs...", o.SNPFirmware, maxVCPUs)
+		if m.Measurements.SNP, err = measureSNP(o.SNPFirmware, maxVCPUs, vmlinuz, initrd, Cmdline); err != nil {
+			return nil, err
+		}
+	}
+	if o.TDXFirmware != "" {
+		progress("TDX measurements over %s...", o.TDXFirmware)
+		if m.Measurements.TDX, err = measureTDX(o.TDXFirmware, vmlinuz, initrd, Cmdline); err != nil {
+			return nil, err
+		}
+	}
 	if err := write(o.OutDir, vmlinuz, initrd, m); err != nil {
+		return nil, err
+	}
+	if err := writeBundle(o.OutDir, m, signer); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -3,7 +3,14 @@ package build
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +24,9 @@ import (
 	"github.com/cavaliergopher/cpio"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/cloak-containers/cloak/measurements/bundle"
+	"github.com/cloak-containers/cloak/measurements/snp"
 )
 
 var fakeBin string // static binary that prints "runc version 1.4.3-fake"
@@ -365,4 +375,84 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// debianFirmware returns a firmware `make vm-deps` caches, or skips.
+func debianFirmware(t *testing.T, name string) string {
+	t.Helper()
+	home, _ := os.UserHomeDir()
+	p := filepath.Join(home, ".cache/cloak/ovmf-2026.08+ds-2", name)
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("%s absent: run `make vm-deps`", p)
+	}
+	return p
+}
+
+func TestBuildSignedReferenceValues(t *testing.T) {
+	fw := debianFirmware(t, "OVMF.amdsev.fd")
+	cache, out := fakeKernelCache(t), t.TempDir()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	keyFile := filepath.Join(t.TempDir(), "sign.key")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+
+	o := fakeOptions(t, cache, out)
+	o.SNPFirmware, o.SNPMaxVCPUs, o.SignKey = fw, 4, keyFile
+	m, err := Build(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := m.Measurements.SNP
+	if s == nil || len(s.Values) != 3*4 || s.Firmware.File != "OVMF.amdsev.fd" || len(s.Firmware.SHA256) != 64 {
+		t.Fatalf("manifest SNP measurements %+v", s)
+	}
+	// Each recorded value is what measurements/snp computes for it.
+	vmlinuz, _ := os.ReadFile(filepath.Join(out, KernelFile))
+	initrd, _ := os.ReadFile(filepath.Join(out, InitrdFile))
+	fwb, _ := os.ReadFile(fw)
+	for _, v := range []SNPValue{s.Values[0], s.Values[len(s.Values)-1]} {
+		want, err := snp.Measure(snp.Inputs{Firmware: fwb, Kernel: vmlinuz, Initrd: initrd, Cmdline: Cmdline,
+			VCPUs: v.VCPUs, CPU: snp.CPUType(v.CPUType), GuestFeatures: 1})
+		if err != nil || v.Measurement != hex.EncodeToString(want) {
+			t.Errorf("%s %d vCPUs: manifest %s, measured %x (%v)", v.CPUType, v.VCPUs, v.Measurement, want, err)
+		}
+	}
+	mf, err := ReadManifest(out)
+	if err != nil || len(mf.Measurements.SNP.Values) != 12 {
+		t.Fatalf("manifest with SNP values does not read back: %v", err)
+	}
+
+	b, err := os.ReadFile(filepath.Join(out, BundleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vb, err := bundle.Verify(b, []crypto.PublicKey{key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := vb.Document
+	if len(d.Values) != 1+12 || d.Values[0].Value != m.Measurements.Emulated || d.Values[0].Config.TEE != "emulated" ||
+		d.Image.KernelSHA256 != m.Kernel.SHA256 || d.Values[1].Config.FirmwareSHA256 != s.Firmware.SHA256 {
+		t.Errorf("bundle document %+v", d)
+	}
+	// A build without a key leaves no stale bundle beside new artifacts.
+	o.SignKey = ""
+	if _, err := Build(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(out, BundleFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale %s kept: %v", BundleFile, err)
+	}
+}
+
+func TestBuildTDXNeedsAnEFIKernel(t *testing.T) {
+	o := fakeOptions(t, fakeKernelCache(t), t.TempDir())
+	o.TDXFirmware = debianFirmware(t, "OVMF.inteltdx.fd")
+	if _, err := Build(context.Background(), o); err == nil || !strings.Contains(err.Error(), "not a PE/COFF") {
+		t.Fatalf("fake (non-PE) kernel with TDX firmware: err %v", err)
+	}
+	o.SignKey = filepath.Join(t.TempDir(), "missing.key")
+	if _, err := Build(context.Background(), o); err == nil || !strings.Contains(err.Error(), "signing key") {
+		t.Fatalf("missing signing key: err %v", err)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/cloak-containers/cloak/measurements"
+	"github.com/cloak-containers/cloak/measurements/snp"
 )
 
 // File names inside an image directory.
@@ -80,6 +81,10 @@ type Measurements struct {
 	// Emulated is measurements.EmulatedLaunchDigest of kernel, initrd
 	// and cmdline.
 	Emulated string `json:"emulated"`
+	// SNP and TDX are the real launch values, when the build was given
+	// the firmware (cloak-image build --snp-firmware / --tdx-firmware).
+	SNP *SNPMeasurements `json:"snp,omitempty"`
+	TDX *TDXMeasurements `json:"tdx,omitempty"`
 }
 
 func artifactOf(b []byte) Artifact {
@@ -155,6 +160,23 @@ func (m *Manifest) validate() error {
 	}
 	if err := checkHex("measurements.emulated", m.Measurements.Emulated, sha512.Size384); err != nil {
 		return err
+	}
+	if s := m.Measurements.SNP; s != nil {
+		if len(s.Values) > 3*snp.MaxVCPUs {
+			return fmt.Errorf("measurements.snp: %d values", len(s.Values))
+		}
+		for _, v := range s.Values {
+			if err := checkHex("measurements.snp measurement", v.Measurement, sha512.Size384); err != nil {
+				return err
+			}
+		}
+	}
+	if t := m.Measurements.TDX; t != nil {
+		for name, v := range map[string]string{"mr_td": t.MRTD, "rtmr1": t.RTMR1, "rtmr2": t.RTMR2} {
+			if err := checkHex("measurements.tdx "+name, v, sha512.Size384); err != nil {
+				return err
+			}
+		}
 	}
 	if len(m.Modules) > maxListLen || len(m.Files) > maxListLen {
 		return fmt.Errorf("more than %d modules or files", maxListLen)

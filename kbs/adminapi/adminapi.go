@@ -27,6 +27,7 @@ const (
 //	GET    /kbs/v0/attestation-policy                                      -> 200 PolicyBody          (admin, auditor)
 //	POST   /kbs/v0/reference-values               body: ReferenceValue     -> 200                     (admin)
 //	GET    /kbs/v0/reference-values                                        -> 200 ReferenceValues     (admin, auditor)
+//	POST   /kbs/v0/reference-values/import        body: COSE_Sign1 bundle  -> 200 ImportResult        (admin)
 //	GET    /kbs/v0/audit?after=SEQ&limit=N                                 -> 200 AuditPage           (admin, auditor)
 const (
 	PathResource          = "/kbs/v0/resource/"
@@ -35,6 +36,7 @@ const (
 	PathResourcePolicy    = "/kbs/v0/resource-policy"
 	PathAttestationPolicy = "/kbs/v0/attestation-policy"
 	PathReferenceValues   = "/kbs/v0/reference-values"
+	PathReferenceImport   = "/kbs/v0/reference-values/import"
 	PathAudit             = "/kbs/v0/audit"
 )
 
@@ -68,9 +70,39 @@ type ReferenceValue struct {
 	Values []string `json:"values"`
 }
 
-// ReferenceValues is the answer to GET /kbs/v0/reference-values.
+// ReferenceValues is the answer to GET /kbs/v0/reference-values. Sources
+// names, for each value that came from a signed bundle, that bundle:
+// Sources[name][value].
 type ReferenceValues struct {
-	ReferenceValues map[string][]string `json:"reference_values"`
+	ReferenceValues map[string][]string                        `json:"reference_values"`
+	Sources         map[string]map[string]ReferenceValueSource `json:"sources,omitempty"`
+}
+
+// ContentTypeCOSE is the media type of a reference-value bundle
+// (measurements/bundle): a COSE_Sign1 over a CBOR document.
+const ContentTypeCOSE = "application/cose"
+
+// ReferenceValueSource is where a stored reference value came from: the
+// signed bundle it was imported from and the key that signed it.
+type ReferenceValueSource struct {
+	Bundle     string    `json:"bundle"`                // "sha256:<hex>" of the signed document
+	BundleName string    `json:"bundle_name,omitempty"` // the document's own name
+	Signer     string    `json:"signer"`                // hex SHA-256 of the signer's PKIX public key
+	Imported   time.Time `json:"imported"`
+}
+
+// ImportResult is the answer to POST /kbs/v0/reference-values/import: every
+// value of the bundle, New when it was not stored before.
+type ImportResult struct {
+	ReferenceValueSource
+	Values []ImportedValue `json:"values"`
+}
+
+// ImportedValue is one value of an imported bundle.
+type ImportedValue struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+	New   bool   `json:"new"`
 }
 
 // Audit entry kinds.
@@ -87,6 +119,14 @@ type Finding struct {
 	Reference any    `json:"reference,omitempty"` // what it was compared with
 	OK        bool   `json:"ok"`
 	Message   string `json:"message,omitempty"`
+	// ReferenceName is the reference value the claim was compared with.
+	ReferenceName string `json:"reference_name,omitempty"`
+	// Source is the signed bundle of the value that matched, if the value
+	// was imported from one (audit entries only).
+	Source *ReferenceValueSource `json:"source,omitempty"`
+	// ReferenceBundles, when the claim matched none, are the bundles the
+	// values it was compared with came from (audit entries only).
+	ReferenceBundles []string `json:"reference_bundles,omitempty"`
 }
 
 // AuditEntry records one attestation or release decision.

@@ -277,14 +277,36 @@ func (c *Client) SetReferenceValue(ctx context.Context, name string, values []st
 
 // ListReferenceValues returns every reference value name with its values.
 func (c *Client) ListReferenceValues(ctx context.Context) (map[string][]string, error) {
+	rv, err := c.ReferenceValues(ctx)
+	return rv.ReferenceValues, err
+}
+
+// ReferenceValues returns every reference value and, for those imported
+// from a signed bundle, the bundle and signer.
+func (c *Client) ReferenceValues(ctx context.Context) (adminapi.ReferenceValues, error) {
 	var rv adminapi.ReferenceValues
 	if err := c.getJSON(ctx, adminapi.PathReferenceValues, nil, &rv); err != nil {
-		return nil, err
+		return rv, err
 	}
 	if rv.ReferenceValues == nil {
 		rv.ReferenceValues = map[string][]string{}
 	}
-	return rv.ReferenceValues, nil
+	return rv, nil
+}
+
+// ImportReferenceValues sends a signed reference-value bundle
+// (reference-values.cose); the KBS verifies it and stores all its values or
+// none.
+func (c *Client) ImportReferenceValues(ctx context.Context, cose []byte) (adminapi.ImportResult, error) {
+	var res adminapi.ImportResult
+	data, err := c.do(ctx, http.MethodPost, adminapi.PathReferenceImport, nil, adminapi.ContentTypeCOSE, cose, kbstypes.MaxResponseBody)
+	if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		return res, fmt.Errorf("POST %s: decode response: %w", adminapi.PathReferenceImport, err)
+	}
+	return res, nil
 }
 
 // Audit returns up to limit audit entries with seq greater than after

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,12 +15,16 @@ import (
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/kbs/store"
 	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/policy"
 )
 
 // Reference value limits.
 const (
-	maxReferenceValues    = 1024
+	maxReferenceValues = 1024
+	// An imported image build brings one SNP measurement per CPU model and
+	// vCPU count (769 for Cloak's image): room for a few builds per name.
+	maxImportedValues     = 4096
 	maxReferenceValueSize = 1 << 10
 	defaultAuditLimit     = 100
 	maxAuditLimit         = 1000
@@ -241,8 +246,88 @@ func (s *Server) handleGetReferenceValues(w http.ResponseWriter, _ *http.Request
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, adminapi.ReferenceValues{ReferenceValues: rv})
+	src, err := s.store.ReferenceSources()
+	if err != nil {
+		return err
+	}
+	if len(src) == 0 {
+		src = nil
+	}
+	writeJSON(w, http.StatusOK, adminapi.ReferenceValues{ReferenceValues: rv, Sources: src})
 	return nil
+}
+
+// handleImportReferenceValues verifies a signed bundle
+// (measurements/bundle) against the configured signers and stores all of its
+// values, each remembering the bundle and signer; any failure stores nothing.
+func (s *Server) handleImportReferenceValues(w http.ResponseWriter, r *http.Request) error {
+	if len(s.cfg.ReferenceValueSigners) == 0 {
+		return fail(http.StatusForbidden, checkBundleSigner, "no reference-value signer is trusted: start kbs with --reference-value-signer PUB.pem")
+	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, bundle.MaxSize+1))
+	if err != nil {
+		return bodyError(err)
+	}
+	v, err := bundle.Verify(data, s.cfg.ReferenceValueSigners)
+	switch {
+	case errors.Is(err, bundle.ErrTooLarge):
+		return fail(http.StatusRequestEntityTooLarge, checkBodyTooLarge, "%v", err)
+	case errors.Is(err, bundle.ErrUntrustedSigner):
+		return fail(http.StatusForbidden, checkBundleSigner, "%v", err)
+	case err != nil:
+		return fail(http.StatusBadRequest, checkBundle, "%v", err)
+	}
+	values := map[string][]string{}
+	for _, rv := range v.Document.Values {
+		values[rv.Name] = append(values[rv.Name], rv.Value)
+	}
+	src := adminapi.ReferenceValueSource{Bundle: v.ID, BundleName: v.Document.Name, Signer: v.Signer, Imported: s.now().UTC()}
+	added, err := s.store.ImportReferenceValues(values, src, maxImportedValues)
+	if errors.Is(err, store.ErrTooManyValues) {
+		return fail(http.StatusBadRequest, checkBundle, "bundle %s not imported: %v", v.ID, err)
+	} else if err != nil {
+		return err
+	}
+	res := adminapi.ImportResult{ReferenceValueSource: src}
+	for _, rv := range v.Document.Values {
+		res.Values = append(res.Values, adminapi.ImportedValue{Name: rv.Name, Value: rv.Value, New: added[rv.Name][rv.Value]})
+	}
+	s.log.Info("reference values imported", "bundle", v.ID, "bundle_name", v.Document.Name, "signer", v.Signer, "values", len(res.Values))
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// withSources returns findings with the bundle of each matched reference
+// value that was imported from one and, for a claim that matched none, the
+// bundles of the values it was compared with, for the audit record.
+func (s *Server) withSources(findings []adminapi.Finding) []adminapi.Finding {
+	out := slices.Clone(findings)
+	for i, f := range out {
+		if f.ReferenceName == "" {
+			continue
+		}
+		if !f.OK {
+			b, err := s.store.ReferenceBundles(f.ReferenceName)
+			if err != nil {
+				s.log.Warn("reference bundles lookup failed", "name", f.ReferenceName, "err", err)
+			}
+			if len(b) > 0 {
+				out[i].ReferenceBundles = b
+			}
+			continue
+		}
+		v, ok := f.Value.(string)
+		if !ok {
+			continue
+		}
+		src, err := s.store.ReferenceSource(f.ReferenceName, v)
+		if err != nil {
+			s.log.Warn("reference source lookup failed", "name", f.ReferenceName, "err", err)
+			continue
+		}
+		out[i].Source = src
+	}
+	return out
 }
 
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) error {

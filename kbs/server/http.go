@@ -44,6 +44,8 @@ const (
 	checkRoute         = "route"
 	checkBusy          = "busy"
 	checkInternal      = "internal"
+	checkBundle        = "reference-bundle"
+	checkBundleSigner  = "reference-bundle-signer"
 )
 
 // apiError is an error that knows its HTTP answer.
@@ -142,6 +144,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET "+adminapi.PathAttestationPolicy, s.adminOnly(adminapi.RoleAuditor, s.handleGetAttestationPolicy))
 	mux.Handle("POST "+adminapi.PathReferenceValues, s.adminOnly(adminapi.RoleAdmin, s.handleSetReferenceValue))
 	mux.Handle("GET "+adminapi.PathReferenceValues, s.adminOnly(adminapi.RoleAuditor, s.handleGetReferenceValues))
+	mux.Handle("POST "+adminapi.PathReferenceImport, s.adminOnly(adminapi.RoleAdmin, s.handleImportReferenceValues))
 	mux.Handle("GET "+adminapi.PathAudit, s.adminOnly(adminapi.RoleAuditor, s.handleAudit))
 	// Operations.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -151,7 +151,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	s.audit(r.Context(), adminapi.AuditEntry{
 		Kind: adminapi.KindAttest, Session: sess.ID, Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
 		Verdict: appraisal.Status, Check: checkAttestPolicy, PolicyID: appraisal.PolicyID,
-		TrustVector: appraisal.TrustVector, Findings: appraisal.Findings,
+		TrustVector: appraisal.TrustVector, Findings: s.withSources(appraisal.Findings),
 		Detail: "evidence verified and appraised",
 	})
 	writeJSON(w, http.StatusOK, kbstypes.AttestationToken{Token: tok})

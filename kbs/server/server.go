@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -46,6 +47,9 @@ type Config struct {
 	SNP          snp.Options         // SEV-SNP verifier: collateral fetcher, extra roots, CRL mode
 	TDX          tdx.Options         // TDX verifier; registered only with a collateral fetcher
 	TPM          *tpm.Config         // vTPM verifier; registered only when set (it needs enrolled AKs)
+	// ReferenceValueSigners may sign reference-value bundles; none: the
+	// import route answers 403.
+	ReferenceValueSigners []crypto.PublicKey
 }
 
 // Server is a KBS.

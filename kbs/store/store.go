@@ -5,6 +5,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -15,6 +16,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,7 +46,10 @@ var (
 	bucketPolicies  = []byte("policies")
 	bucketReference = []byte("reference-values")
 	bucketAudit     = []byte("audit")
-	allBuckets      = [][]byte{bucketResources, bucketPolicies, bucketReference, bucketAudit}
+	// bucketSources maps name NUL value to the ReferenceValueSource of a
+	// value imported from a signed bundle.
+	bucketSources = []byte("reference-sources")
+	allBuckets    = [][]byte{bucketResources, bucketPolicies, bucketReference, bucketAudit, bucketSources}
 )
 
 // ErrNotFound is returned for a missing resource or policy.
@@ -239,8 +244,12 @@ func (s *Store) GetPolicy(name string) ([]byte, error) {
 }
 
 // SetReferenceValue replaces the values of a name; no values deletes it.
+// Values set by hand have no bundle: their sources are forgotten.
 func (s *Store) SetReferenceValue(name string, values []string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := deleteSources(tx, name); err != nil {
+			return err
+		}
 		b := tx.Bucket(bucketReference)
 		if len(values) == 0 {
 			return b.Delete([]byte(name))
@@ -251,6 +260,133 @@ func (s *Store) SetReferenceValue(name string, values []string) error {
 		}
 		return b.Put([]byte(name), data)
 	})
+}
+
+func sourceKey(name, value string) []byte { return []byte(name + "\x00" + value) }
+
+func deleteSources(tx *bolt.Tx, name string) error {
+	c := tx.Bucket(bucketSources).Cursor()
+	prefix := []byte(name + "\x00")
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ErrTooManyValues is returned when an import would give a name more values
+// than the limit.
+var ErrTooManyValues = errors.New("too many reference values")
+
+// ImportReferenceValues adds values (name -> values) to the stored ones,
+// each remembering src, in one transaction: all are stored or none. A value
+// already stored takes src as its new source. It reports which were new.
+func (s *Store) ImportReferenceValues(values map[string][]string, src adminapi.ReferenceValueSource, maxPerName int) (map[string]map[string]bool, error) {
+	srcJSON, err := json.Marshal(src)
+	if err != nil {
+		return nil, err
+	}
+	added := map[string]map[string]bool{}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b, sb := tx.Bucket(bucketReference), tx.Bucket(bucketSources)
+		for name, vals := range values {
+			var cur []string
+			if raw := b.Get([]byte(name)); raw != nil {
+				if err := json.Unmarshal(raw, &cur); err != nil {
+					return fmt.Errorf("reference value %s: %w", name, err)
+				}
+			}
+			added[name] = map[string]bool{}
+			for _, v := range vals {
+				if !slices.Contains(cur, v) {
+					cur = append(cur, v)
+					added[name][v] = true
+				}
+				if err := sb.Put(sourceKey(name, v), srcJSON); err != nil {
+					return err
+				}
+			}
+			if len(cur) > maxPerName {
+				return fmt.Errorf("%w: %s would have %d values, limit %d", ErrTooManyValues, name, len(cur), maxPerName)
+			}
+			data, err := json.Marshal(cur)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(name), data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return added, nil
+}
+
+// ReferenceSource returns the bundle a stored value came from, or nil for a
+// value set by hand.
+func (s *Store) ReferenceSource(name, value string) (*adminapi.ReferenceValueSource, error) {
+	var src *adminapi.ReferenceValueSource
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketSources).Get(sourceKey(name, value))
+		if raw == nil {
+			return nil
+		}
+		src = new(adminapi.ReferenceValueSource)
+		return json.Unmarshal(raw, src)
+	})
+	return src, err
+}
+
+// ReferenceBundles returns the distinct bundles that values of name were
+// imported from, sorted.
+func (s *Store) ReferenceBundles(name string) ([]string, error) {
+	seen := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketSources).Cursor()
+		prefix := []byte(name + "\x00")
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var src adminapi.ReferenceValueSource
+			if err := json.Unmarshal(v, &src); err != nil {
+				return fmt.Errorf("reference source %s: %w", k, err)
+			}
+			seen[src.Bundle] = true
+		}
+		return nil
+	})
+	out := make([]string, 0, len(seen))
+	for b := range seen {
+		out = append(out, b)
+	}
+	slices.Sort(out)
+	return out, err
+}
+
+// ReferenceSources returns the sources of every imported value:
+// [name][value].
+func (s *Store) ReferenceSources() (map[string]map[string]adminapi.ReferenceValueSource, error) {
+	out := map[string]map[string]adminapi.ReferenceValueSource{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSources).ForEach(func(k, v []byte) error {
+			name, value, ok := bytes.Cut(k, []byte{0})
+			if !ok {
+				return fmt.Errorf("reference source key %q has no NUL", k)
+			}
+			var src adminapi.ReferenceValueSource
+			if err := json.Unmarshal(v, &src); err != nil {
+				return fmt.Errorf("reference source %s: %w", k, err)
+			}
+			if out[string(name)] == nil {
+				out[string(name)] = map[string]adminapi.ReferenceValueSource{}
+			}
+			out[string(name)][string(value)] = src
+			return nil
+		})
+	})
+	return out, err
 }
 
 // ReferenceValues returns all reference values.

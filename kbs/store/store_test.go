@@ -236,3 +236,39 @@ func TestAuditConcurrentAppends(t *testing.T) {
 		}
 	}
 }
+
+func TestImportReferenceValuesAllOrNothing(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	src := adminapi.ReferenceValueSource{Bundle: "sha256:aa", Signer: "bb"}
+	if err := s.SetReferenceValue("b", []string{"1"}); err != nil {
+		t.Fatal(err)
+	}
+	// "b" would exceed its limit: "a" must not be stored either.
+	_, err = s.ImportReferenceValues(map[string][]string{"a": {"x"}, "b": {"2", "3"}}, src, 2)
+	if !errors.Is(err, ErrTooManyValues) {
+		t.Fatalf("err %v, want ErrTooManyValues", err)
+	}
+	rv, _ := s.ReferenceValues()
+	srcs, _ := s.ReferenceSources()
+	if len(rv) != 1 || len(rv["b"]) != 1 || len(srcs) != 0 {
+		t.Fatalf("after a refused import: values %v, sources %v", rv, srcs)
+	}
+	added, err := s.ImportReferenceValues(map[string][]string{"a": {"x"}, "b": {"1", "2"}}, src, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !added["a"]["x"] || added["b"]["1"] || !added["b"]["2"] {
+		t.Errorf("added = %v", added)
+	}
+	got, err := s.ReferenceSource("b", "1")
+	if err != nil || got == nil || got.Bundle != "sha256:aa" {
+		t.Errorf("source of b=1: %+v, %v (an imported value takes the bundle as its source)", got, err)
+	}
+	if got, _ := s.ReferenceSource("b", "9"); got != nil {
+		t.Errorf("source of an unknown value: %+v", got)
+	}
+}
