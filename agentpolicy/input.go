@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/cloak-containers/cloak/agentapi"
 )
 
 // Input turns a host request into the policy's input: the request as
@@ -16,6 +18,29 @@ import (
 // (file contents, stdin, initdata: secrets must not reach a policy's
 // messages), and guest, the guest's own facts, under "guest".
 func Input(req proto.Message, guest map[string]any) (map[string]any, error) {
+	// The bytes no rule reads are dropped before encoding, not after: a
+	// 32 KiB stdin chunk or a secret volume would otherwise be base64-
+	// encoded and decoded on every decision.
+	var sizes map[string]int
+	var fileSizes []int
+	switch r := req.(type) {
+	case *agentapi.ProcessIORequest:
+		if st, ok := r.GetMsg().(*agentapi.ProcessIORequest_Stdin); ok {
+			return map[string]any{"stdin": map[string]any{"size": len(st.Stdin)}, "guest": orEmpty(guest)}, nil
+		}
+	case *agentapi.CreateSandboxRequest:
+		c := &agentapi.CreateSandboxRequest{SandboxId: r.GetSandboxId(), Hostname: r.GetHostname(), DnsServers: r.GetDnsServers(),
+			DnsSearches: r.GetDnsSearches(), Interfaces: r.GetInterfaces(), Routes: r.GetRoutes(), SharedFsTag: r.GetSharedFsTag(), Sysctls: r.GetSysctls()}
+		sizes = map[string]int{"initdata": len(r.GetInitdata())}
+		req = c
+	case *agentapi.CreateContainerRequest:
+		c := agentapi.CreateContainerRequest{ContainerId: r.GetContainerId(), Image: r.GetImage(), OciSpec: r.GetOciSpec(), MountSources: r.GetMountSources()}
+		for _, f := range r.GetFiles() {
+			c.Files = append(c.Files, &agentapi.ContainerFile{Path: f.GetPath(), Mode: f.GetMode(), Dir: f.GetDir(), Symlink: f.GetSymlink()})
+			fileSizes = append(fileSizes, len(f.GetData()))
+		}
+		req = &c
+	}
 	raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("policy input: %w", err)
@@ -29,21 +54,25 @@ func Input(req proto.Message, guest map[string]any) (map[string]any, error) {
 			return nil, err
 		}
 	}
-	for _, k := range []string{"initdata", "stdin"} {
-		sizeOf(in, k)
+	for k, n := range sizes {
+		in[k] = map[string]any{"size": n}
 	}
-	if files, ok := in["files"].([]any); ok {
-		for _, f := range files {
+	if files, ok := in["files"].([]any); ok && len(files) == len(fileSizes) {
+		for i, f := range files {
 			if fm, ok := f.(map[string]any); ok {
-				sizeOf(fm, "data")
+				fm["data"] = map[string]any{"size": fileSizes[i]}
 			}
 		}
 	}
-	if guest == nil {
-		guest = map[string]any{}
-	}
-	in["guest"] = guest
+	in["guest"] = orEmpty(guest)
 	return in, nil
+}
+
+func orEmpty(m map[string]any) map[string]any {
+	if m == nil {
+		return map[string]any{}
+	}
+	return m
 }
 
 // parseEmbedded replaces the base64 of a JSON document at in[k] by the
@@ -64,21 +93,4 @@ func parseEmbedded(in map[string]any, k string) error {
 	}
 	in[k] = v
 	return nil
-}
-
-// sizeOf replaces the base64 bytes at m[k] with {"size": n}.
-func sizeOf(m map[string]any, k string) {
-	s, ok := m[k].(string)
-	if !ok {
-		return
-	}
-	m[k] = map[string]any{"size": base64.StdEncoding.DecodedLen(len(s)) - padding(s)}
-}
-
-func padding(s string) int {
-	n := 0
-	for i := len(s) - 1; i >= 0 && s[i] == '='; i-- {
-		n++
-	}
-	return n
 }

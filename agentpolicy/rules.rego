@@ -358,18 +358,24 @@ volume_kinds := {
 
 mount_readonly(m) if "ro" in object.get(m, "options", [])
 
+# Computed once per request: what backs each mount, and the declared volumes
+# by destination.
+mount_kinds := {i: source_kind(i, m) | some i, m in mounts}
+
+declared_mounts := {d.destination: d | some d in create_container.mounts}
+
 reasons.CreateContainerRequest contains msg if {
-	c := create_container
-	some i, m in mounts
+	create_container
+	some m in mounts
 	not standard_mounts[m.destination]
-	not declared_mount(c, m.destination)
+	not declared_mounts[m.destination]
 	msg := sprintf("mount at %s is not declared", [m.destination])
 }
 
 reasons.CreateContainerRequest contains msg if {
 	some i, m in mounts
 	want := standard_mounts[m.destination]
-	got := source_kind(i, m)
+	got := mount_kinds[i]
 	not got in want
 	msg := sprintf("mount at %s is %s, want %s", [m.destination, got, concat(" or ", sort(want))])
 }
@@ -382,27 +388,21 @@ reasons.CreateContainerRequest contains msg if {
 }
 
 reasons.CreateContainerRequest contains msg if {
-	c := create_container
 	some i, m in mounts
-	d := declared_mount(c, m.destination)
-	got := source_kind(i, m)
+	d := declared_mounts[m.destination]
+	got := mount_kinds[i]
 	got != volume_kinds[d.kind]
 	msg := sprintf("volume at %s (%s) is backed by %s", [m.destination, d.kind, got])
 }
 
 reasons.CreateContainerRequest contains msg if {
-	c := create_container
 	some m in mounts
-	d := declared_mount(c, m.destination)
+	d := declared_mounts[m.destination]
 	d.readonly
 	not mount_readonly(m)
 	msg := sprintf("volume at %s is declared read-only but requested writable", [m.destination])
 }
 
-declared_mount(c, dest) := d if {
-	some d in c.mounts
-	d.destination == dest
-}
 
 # Files copied into the guest land only where a mount takes them.
 reasons.CreateContainerRequest contains msg if {
