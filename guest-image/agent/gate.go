@@ -221,7 +221,9 @@ func (s *Server) installPolicy(sandboxID string, initdata []byte, tee string) (*
 		}
 		src = agentpolicy.AllowAll
 	}
+	start := time.Now()
 	p, err := agentpolicy.Compile([]byte(src))
+	s.log.Info("agent policy compiled", "sandbox", sandboxID, "bytes", len(src), "allow_all", src == agentpolicy.AllowAll, "took", time.Since(start))
 	if err != nil {
 		return nil, agentErr(codes.InvalidArgument, agentapi.ReasonPolicy, "sandbox %q: %v", sandboxID, fmt.Errorf("the initdata's policy.rego: %w", err))
 	}
