@@ -278,6 +278,8 @@ say "$REGISTRY/demo/hello:plain runs /app/run.sh, which prints /etc/recipe.txt"
 # ---------------------------------------------------------------------------
 bold "KBS: admin key, emulated SEV-SNP root, TLS for the guests at $GATEWAY:$KBS_PORT"
 "$BIN/kbsctl" keygen --private-key "$WORK/admin.key" --public-key "$WORK/admin.pub" >/dev/null
+# The image builder's key: the KBS trusts the reference values it signed.
+"$BIN/kbsctl" keygen --private-key "$WORK/builder.key" --public-key "$WORK/builder.pub" >/dev/null
 # The shim creates the same chain in emulated_snp_dir on first use; the KBS
 # must trust it (a test root: never give it to a KBS guarding real secrets).
 "$BIN/cloak-image" emulated-root --dir "$WORK/emulated-snp" >"$WORK/emulated-root.pem"
@@ -285,7 +287,7 @@ mkdir -p "$WORK/collateral" # empty: the KBS fetches nothing from AMD
 start_bg "$WORK/kbs.log" "$BIN/kbs" --listen "0.0.0.0:$KBS_PORT" --data-dir "$WORK/kbs" \
 	--admin-public-key "$WORK/admin.pub" --tls-san "$GATEWAY" --tls-san 127.0.0.1 \
 	--snp-extra-root "$WORK/emulated-root.pem" --snp-crl if-available \
-	--collateral-offline --collateral-dir "$WORK/collateral"
+	--collateral-offline --collateral-dir "$WORK/collateral" --reference-value-signer "$WORK/builder.pub"
 KBS_PID=$LAST_PID
 wait_for 20 "the KBS answering" kbsctl resource list
 say "KBS pid $KBS_PID, data in $WORK/kbs (bbolt), certificate $WORK/kbs/tls/cert.pem"
@@ -306,7 +308,10 @@ say "$SECRET_IMAGE: layer media type $layer_types"
 bold "Reference values and policy for the emulated SEV-SNP guest"
 measurement=$(sed -n 's/.*"emulated": *"\([0-9a-f]*\)".*/\1/p' "$IMAGE_DIR/manifest.json" | head -1)
 [ -n "$measurement" ] || fail "$IMAGE_DIR/manifest.json has no emulated launch measurement (rebuild with make image)"
-kbsctl reference-value set snp_launch_measurement "$measurement" >/dev/null
+# The launch measurement comes signed by the image's builder
+# (reference-values.cose), not typed in.
+"$BIN/cloak-image" sign --dir "$IMAGE_DIR" --sign-key "$WORK/builder.key" --out "$WORK/reference-values.cose" | indent
+kbsctl reference-value import --file "$WORK/reference-values.cose" | indent
 # The pod's initdata: the KBS and its certificate, and the agent policy
 # generated from the pod's YAML (image digest, command, env, the probe's
 # exec). Its digest is bound into the launch (HOST_DATA) and is a reference
@@ -682,6 +687,8 @@ bold "Refused: the guest image changed (its launch measurement is not the refere
 before=$(audit_next)
 refused changed cloak-emulated-changed start "not affirming"
 audited audit-changed.txt "the failing claim and its reference value" snp.measurement "$measurement"
+names_bundle() { kbsctl -o json audit --after "$before" | grep -A3 '"reference_bundles"' | grep -q '"sha256:[0-9a-f]\{64\}"'; }
+check "the audit names the signed bundle the measurement was compared with" names_bundle
 remove_pod
 
 bold "Refused: the pod's initdata is not the one the KBS expects (the --allow-exec debug policy: bound at launch, so the guest accepts it)"
