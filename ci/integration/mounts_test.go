@@ -74,11 +74,15 @@ func TestContainerdMounts(t *testing.T) {
 	})
 
 	// A plain host directory is refused, with a reason that says what to do.
+	// The confidential handler's pods carry a policy (else that refusal
+	// would come first).
+	initdataFile := filepath.Join(host, "initdata.toml")
+	mustWrite(t, initdataFile, string(emulatedInitdata("mounts")))
 	refusals := []struct {
 		name, cfg string
 		want      []string
 	}{
-		{"confidential handler", config("emulated", `tee = "emulated"`), []string{`tee = "emulated" is a confidential handler`, "emptyDir"}},
+		{"confidential handler", config("emulated", fmt.Sprintf("tee = \"emulated\"\n[kbs]\ninitdata_file = %q", initdataFile)), []string{`tee = "emulated" is a confidential handler`, "emptyDir"}},
 		{"no virtiofsd", config("nofsd", `shared_fs = "virtio-fs"`+"\n"+`virtiofsd = "/nonexistent/virtiofsd"`), []string{"install virtiofsd"}},
 	}
 	for i, tt := range refusals {
