@@ -27,6 +27,7 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/agent"
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
+	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	guestinit "github.com/cloak-containers/cloak/guest-image/init"
 	"github.com/cloak-containers/cloak/guest-image/netconf"
 	"github.com/cloak-containers/cloak/guest-image/pull"
@@ -179,16 +180,16 @@ func (guestPuller) Pull(ctx context.Context, image string, opts pull.Options) (*
 
 type netconfNetwork struct{}
 
-func (netconfNetwork) Apply(ctx context.Context, req *agentapi.CreateSandboxRequest) error {
-	return netconf.Apply(ctx, req)
+func (netconfNetwork) Apply(ctx context.Context, n *hostinput.Network) error {
+	return netconf.Apply(ctx, n)
 }
 
 // loggedNetwork stands in for netconf off PID 1, where applying the pod's
 // network would reconfigure the developer's machine.
 type loggedNetwork struct{ log *slog.Logger }
 
-func (n loggedNetwork) Apply(_ context.Context, req *agentapi.CreateSandboxRequest) error {
-	n.log.Info("network configuration not applied (not PID 1; see --apply-network)", "hostname", req.GetHostname(), "interfaces", len(req.GetInterfaces()))
+func (l loggedNetwork) Apply(_ context.Context, n *hostinput.Network) error {
+	l.log.Info("network configuration not applied (not PID 1; see --apply-network)", "hostname", n.Hostname, "interfaces", len(n.Interfaces))
 	return nil
 }
 

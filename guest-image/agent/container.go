@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 )
 
@@ -58,7 +59,7 @@ func (c *container) scratch() string { return filepath.Join(c.bundle, "scratch")
 // image, with the host's spec once checked and merged.
 func (s *Server) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (*agentapi.CreateContainerResponse, error) {
 	id := req.GetContainerId()
-	if err := checkID("container", id); err != nil {
+	if err := hostinput.ID("container", id); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -69,7 +70,7 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentapi.CreateContai
 	img, ok := s.images[req.GetImage()]
 	if !ok {
 		s.mu.Unlock()
-		return nil, agentErr(codes.FailedPrecondition, agentapi.ReasonNotFound, "container %q: image %q was not pulled in this sandbox; call PullImage first", id, truncate(req.GetImage()))
+		return nil, agentErr(codes.FailedPrecondition, agentapi.ReasonNotFound, "container %q: image %q was not pulled in this sandbox; call PullImage first", id, hostinput.Truncate(req.GetImage()))
 	}
 	if _, used := s.containers[id]; used {
 		s.mu.Unlock()
@@ -96,22 +97,22 @@ func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Im
 	s.mu.Lock()
 	sandboxID := s.sandbox.GetSandboxId()
 	s.mu.Unlock()
-	if err := checkContainerFiles(req.GetFiles()); err != nil {
+	if err := hostinput.ContainerFiles(req.GetFiles()); err != nil {
 		return nil, err
 	}
 	rules := s.specRules()
 	var err error
-	if rules.sources, err = s.mountSources(c, req); err != nil {
+	if rules.Sources, err = s.mountSources(c, req); err != nil {
 		return nil, err
 	}
-	spec, err := containerSpec(sandboxID, c.id, req.GetOciSpec(), img.Config, imageUserLookup(img.Rootfs), rules)
+	spec, err := hostinput.ContainerSpec(sandboxID, c.id, req.GetOciSpec(), img.Config, imageUserLookup(img.Rootfs), rules)
 	if err != nil {
 		return nil, err
 	}
 	if err := writeFiles(c.filesDir(), req.GetFiles()); err != nil {
 		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: copy files: %v", c.id, err)
 	}
-	if err := s.makeGuestDirs(req, rules.sources); err != nil {
+	if err := s.makeGuestDirs(req, rules.Sources); err != nil {
 		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: guest volumes: %v", c.id, err)
 	}
 	if err := mountRootfs(c, img.Rootfs); err != nil {
@@ -213,7 +214,7 @@ func (s *Server) cleanupBundle(c *container) {
 // imageUserLookup resolves an image's "user[:group]" against the image's
 // /etc/passwd and /etc/group, opened inside the rootfs so that links in the
 // image cannot point the agent at guest files.
-func imageUserLookup(rootfs string) userLookup {
+func imageUserLookup(rootfs string) hostinput.UserLookup {
 	return func(spec string) (specs.User, error) {
 		root, err := os.OpenRoot(rootfs)
 		if err != nil {
@@ -281,7 +282,7 @@ func lastRuncError(logPath string) string {
 
 // lookup returns a container, or the NOT_FOUND error.
 func (s *Server) lookup(id string) (*container, error) {
-	if err := checkID("container", id); err != nil {
+	if err := hostinput.ID("container", id); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -302,7 +303,7 @@ func (s *Server) lookupProcess(containerID, execID string) (*container, *process
 	if execID == "" {
 		return c, c.init, nil
 	}
-	if err := checkID("exec", execID); err != nil {
+	if err := hostinput.ID("exec", execID); err != nil {
 		return nil, nil, err
 	}
 	c.mu.Lock()
@@ -339,10 +340,10 @@ func (s *Server) ExecProcess(ctx context.Context, req *agentapi.ExecProcessReque
 	if err != nil {
 		return nil, err
 	}
-	if err := checkID("exec", req.GetExecId()); err != nil {
+	if err := hostinput.ID("exec", req.GetExecId()); err != nil {
 		return nil, err
 	}
-	spec, err := execProcess(c.id, req.GetExecId(), req.GetProcess())
+	spec, err := hostinput.ExecProcess(c.id, req.GetExecId(), req.GetProcess())
 	if err != nil {
 		return nil, err
 	}
@@ -473,7 +474,7 @@ func (s *Server) UpdateContainer(ctx context.Context, req *agentapi.UpdateContai
 	if err != nil {
 		return nil, err
 	}
-	res, err := linuxResources(c.id, req.GetResources())
+	res, err := hostinput.LinuxResources(c.id, req.GetResources())
 	if err != nil {
 		return nil, err
 	}

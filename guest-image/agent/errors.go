@@ -4,29 +4,20 @@ import (
 	"errors"
 	"fmt"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 )
 
-// agentErr builds the agent's gRPC error: a status code for generic
-// clients, and an ErrorInfo with one of agentapi's reasons for the shim,
-// which branches on the reason and shows the message to users.
-func agentErr(code codes.Code, reason, format string, args ...any) error {
-	st := status.New(code, fmt.Sprintf(format, args...))
-	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: agentapi.ErrorDomain}); err == nil {
-		st = withInfo
-	}
-	return st.Err()
-}
-
-// invalid is the common case of a malformed or oversized host field.
-func invalid(format string, args ...any) error {
-	return agentErr(codes.InvalidArgument, agentapi.ReasonInvalidRequest, format, args...)
-}
+// The agent's gRPC errors are hostinput's: one shape (status code and
+// agentapi reason) for refusals of host input and for the agent's own.
+var (
+	agentErr  = hostinput.Err
+	invalid   = hostinput.Invalid
+	policyErr = hostinput.Denied
+)
 
 // pullErr maps a Puller's error to the agent's gRPC error.
 func pullErr(image string, err error) error {

@@ -12,9 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// update rewrites golden files in testdata/.
-var update = flag.Bool("update", false, "rewrite golden files in testdata/")
-
 // runcVersion is the runc the guest image ships (guest-image/build).
 const runcVersion = "v1.4.3"
 
@@ -33,8 +30,8 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	var cleanup func()
-	// Fuzzing and -short runs need no containers.
-	if fuzz := flag.Lookup("test.fuzz"); !testing.Short() && (fuzz == nil || fuzz.Value.String() == "") {
+	// -short runs need no containers.
+	if !testing.Short() {
 		cleanup = prepareRuntime()
 	}
 	code := m.Run()

@@ -8,24 +8,15 @@ import (
 	"path/filepath"
 	"strings"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/guest-image/hostinput"
 )
 
-// Limits on a container's copied files and mount sources. The host copies
-// at most 1024 entries and 3 MiB of data (shim/mounts); these leave room.
-const (
-	maxContainerFiles = 1024
-	maxFilesBytes     = 3<<20 + 512<<10
-	maxFilePath       = 1024
-	maxMountSources   = 256
-	maxFSTag          = 36
-	// shmSize is the pod's /dev/shm, as containerd's CRI sizes it.
-	shmSize = "65536k"
-)
+// shmSize is the pod's /dev/shm, as containerd's CRI sizes it.
+const shmSize = "65536k"
 
 // Guest directories of the mount sources: copied files per container (in
 // its bundle, removed with it), emptyDir and /dev/shm per pod under the
@@ -35,160 +26,57 @@ func (s *Server) virtiofsDir() string  { return filepath.Join(s.cfg.StateDir, "v
 func (s *Server) emptyDirRoot() string { return filepath.Join(s.sharedDir(), "emptydir") }
 func (s *Server) shmRoot() string      { return filepath.Join(s.sharedDir(), "shm") }
 
-// checkRelPath validates a host-given path relative to a guest directory:
-// clean, not absolute, no "..", bounded.
-func checkRelPath(what, p string) error {
-	if p == "" || len(p) > maxFilePath || path.IsAbs(p) || path.Clean(p) != p || p == "." || p == ".." || strings.HasPrefix(p, "../") {
-		return invalid("%s %q: want a clean relative path of at most %d bytes without ..", what, truncate(p), maxFilePath)
-	}
-	return nil
-}
-
-// checkContainerFiles bounds and validates CreateContainer's files.
-func checkContainerFiles(files []*agentapi.ContainerFile) error {
-	if len(files) > maxContainerFiles {
-		return invalid("%d files to copy, limit %d", len(files), maxContainerFiles)
-	}
-	seen := make(map[string]bool, len(files))
-	total := 0
-	for _, f := range files {
-		if err := checkRelPath("file path", f.GetPath()); err != nil {
-			return err
-		}
-		if seen[f.GetPath()] {
-			return invalid("file path %q appears twice", truncate(f.GetPath()))
-		}
-		seen[f.GetPath()] = true
-		total += len(f.GetData()) + len(f.GetPath()) + len(f.GetSymlink())
-		if total > maxFilesBytes {
-			return invalid("files to copy exceed %d bytes", maxFilesBytes)
-		}
-		kinds := 0
-		for _, k := range []bool{f.GetDir(), f.GetSymlink() != ""} {
-			if k {
-				kinds++
-			}
-		}
-		if kinds > 1 || (kinds == 1 && len(f.GetData()) > 0) {
-			return invalid("file %q: a directory or symlink has no data, and an entry is one of file, directory or symlink", truncate(f.GetPath()))
-		}
-		if f.GetSymlink() != "" && !agentapi.DescendingLink(f.GetSymlink()) {
-			return policyErr("file %q: symlink target %q is refused: it must stay below the link (relative, no . or ..)", truncate(f.GetPath()), truncate(f.GetSymlink()))
-		}
-	}
-	return nil
-}
-
-// mountSources validates CreateContainer's mount_sources and returns the
-// guest path of each (by mount index). Shared paths are resolved in the
-// virtio-fs mount and must stay inside it.
+// mountSources returns the guest path of each of CreateContainer's
+// mount_sources (by mount index), which hostinput.MountSources validated.
+// Shared paths are resolved in the virtio-fs mount and must stay inside it.
 func (s *Server) mountSources(c *container, req *agentapi.CreateContainerRequest) (map[int]string, error) {
-	srcs := req.GetMountSources()
-	if len(srcs) > maxMountSources {
-		return nil, invalid("%d mount sources, limit %d", len(srcs), maxMountSources)
+	if err := hostinput.MountSources(req); err != nil {
+		return nil, err
 	}
-	copied := map[string]bool{}
-	for _, f := range req.GetFiles() {
-		copied[f.GetPath()] = true
-	}
-	out := make(map[int]string, len(srcs))
-	for _, ms := range srcs {
-		i := int(ms.GetMountIndex())
-		if _, dup := out[i]; dup {
-			return nil, invalid("mount %d has two sources", i)
-		}
+	out := make(map[int]string, len(req.GetMountSources()))
+	for _, ms := range req.GetMountSources() {
 		var p string
 		switch src := ms.GetSource().(type) {
 		case *agentapi.MountSource_Files:
-			if err := checkRelPath("files source", src.Files); err != nil {
-				return nil, err
-			}
-			if !copied[src.Files] {
-				return nil, invalid("mount %d: files source %q is not among the copied files", i, truncate(src.Files))
-			}
 			p = filepath.Join(c.filesDir(), src.Files)
 		case *agentapi.MountSource_GuestDir:
-			var err error
-			if p, err = s.guestDirPath(src.GuestDir); err != nil {
-				return nil, err
-			}
+			p = s.guestDirPath(src.GuestDir)
 		case *agentapi.MountSource_Shared:
 			var err error
 			if p, err = s.sharedSource(src.Shared); err != nil {
 				return nil, err
 			}
-		default:
-			return nil, invalid("mount %d: source has no kind", i)
 		}
-		out[i] = p
+		out[int(ms.GetMountIndex())] = p
 	}
 	return out, nil
 }
 
-func (s *Server) guestDirPath(d *agentapi.GuestDir) (string, error) {
-	if err := checkID("pod", d.GetPod()); err != nil {
-		return "", err
+func (s *Server) guestDirPath(d *agentapi.GuestDir) string {
+	if d.GetKind() == agentapi.GuestDir_KIND_SHM {
+		return filepath.Join(s.shmRoot(), d.GetPod())
 	}
-	switch d.GetKind() {
-	case agentapi.GuestDir_KIND_EMPTY_DIR:
-		if err := checkID("emptyDir volume", d.GetVolume()); err != nil {
-			return "", err
-		}
-		return filepath.Join(s.emptyDirRoot(), d.GetPod(), d.GetVolume()), nil
-	case agentapi.GuestDir_KIND_SHM:
-		return filepath.Join(s.shmRoot(), d.GetPod()), nil
-	default:
-		return "", invalid("guest dir kind %v: want KIND_EMPTY_DIR or KIND_SHM", d.GetKind())
-	}
+	return filepath.Join(s.emptyDirRoot(), d.GetPod(), d.GetVolume())
 }
 
 // sharedSource resolves a path in the virtio-fs share. The host writes that
 // directory, so links in it are followed here and the result must still be
 // inside the share: runc binds the resolved path.
 func (s *Server) sharedSource(rel string) (string, error) {
-	if err := checkRelPath("shared source", rel); err != nil {
-		return "", err
-	}
 	s.mu.Lock()
 	mounted := s.sharedFS
 	s.mu.Unlock()
 	if !mounted {
-		return "", agentErr(codes.FailedPrecondition, agentapi.ReasonInvalidRequest, "shared source %q: this sandbox has no shared directory (CreateSandbox had no shared_fs_tag)", truncate(rel))
+		return "", agentErr(codes.FailedPrecondition, agentapi.ReasonInvalidRequest, "shared source %q: this sandbox has no shared directory (CreateSandbox had no shared_fs_tag)", hostinput.Truncate(rel))
 	}
 	p, err := filepath.EvalSymlinks(filepath.Join(s.virtiofsDir(), rel))
 	if err != nil {
-		return "", invalid("shared source %q: %v", truncate(rel), err)
+		return "", invalid("shared source %q: %v", hostinput.Truncate(rel), err)
 	}
 	if !strings.HasPrefix(p, s.virtiofsDir()+"/") {
-		return "", policyErr("shared source %q resolves to %q, outside the shared directory", truncate(rel), truncate(p))
+		return "", policyErr("shared source %q resolves to %q, outside the shared directory", hostinput.Truncate(rel), hostinput.Truncate(p))
 	}
 	return p, nil
-}
-
-// applySources sets the guest sources of the spec's bind mounts that have
-// one; those exact paths become allowed bind sources.
-func applySources(s *specs.Spec, rules *specRules) error {
-	for i, p := range rules.sources {
-		if i < 0 || i >= len(s.Mounts) {
-			return invalid("mount source for mount %d, but the spec has %d mounts", i, len(s.Mounts))
-		}
-		m := &s.Mounts[i]
-		if m.Type != "bind" && !hasOption(m.Options, "bind") && !hasOption(m.Options, "rbind") {
-			return invalid("mount %d (%q) has a mount source but is not a bind mount", i, truncate(m.Destination))
-		}
-		m.Source = p
-		rules.bindFiles = append(rules.bindFiles, p)
-	}
-	return nil
-}
-
-func hasOption(opts []string, o string) bool {
-	for _, x := range opts {
-		if x == o {
-			return true
-		}
-	}
-	return false
 }
 
 // writeFiles creates the copied files under the container's files dir
@@ -287,16 +175,6 @@ func isMountPoint(dir string) (bool, error) {
 		return false, err
 	}
 	return st.Dev != parent.Dev, nil
-}
-
-// checkFSTag validates CreateSandbox's shared_fs_tag ("" = none).
-func checkFSTag(tag string) error {
-	if len(tag) > maxFSTag || strings.ContainsFunc(tag, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
-	}) {
-		return invalid("shared_fs_tag %q: want up to %d letters, digits, '.', '-' and '_'", truncate(tag), maxFSTag)
-	}
-	return nil
 }
 
 // mountSharedFS mounts the host's virtio-fs share once per sandbox.

@@ -24,6 +24,7 @@ import (
 	"github.com/cloak-containers/cloak/agentpolicy"
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
+	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
@@ -39,9 +40,10 @@ type Puller interface {
 	Pull(ctx context.Context, image string, opts pull.Options) (*pull.Image, error)
 }
 
-// Network applies the sandbox's network configuration in the guest.
+// Network applies the sandbox's network configuration, as hostinput
+// validated it, in the guest.
 type Network interface {
-	Apply(ctx context.Context, req *agentapi.CreateSandboxRequest) error
+	Apply(ctx context.Context, n *hostinput.Network) error
 }
 
 // Attester starts the attestation agent for the sandbox's initdata.
@@ -154,7 +156,8 @@ func (s *Server) Version(context.Context, *agentapi.VersionRequest) (*agentapi.V
 
 // CreateSandbox configures the guest for the pod, once.
 func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxRequest) (*agentapi.CreateSandboxResponse, error) {
-	if err := checkSandboxRequest(req); err != nil {
+	cfg, err := hostinput.Sandbox(req)
+	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -196,7 +199,7 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		s.stopAttestation()
 		return nil, err
 	}
-	if err := s.cfg.Net.Apply(ctx, req); err != nil {
+	if err := s.cfg.Net.Apply(ctx, cfg.Network); err != nil {
 		s.stopAttestation()
 		return nil, invalid("sandbox %q: network configuration: %v", req.GetSandboxId(), err)
 	}
@@ -245,10 +248,10 @@ func (s *Server) sharedDir() string { return filepath.Join(s.cfg.StateDir, "sand
 func (s *Server) storeDir() string  { return filepath.Join(s.cfg.StateDir, "images") }
 
 // specRules are the bind sources a container spec may use in this guest.
-func (s *Server) specRules() specRules {
-	return specRules{
-		bindDirs:  []string{s.sharedDir()},
-		bindFiles: []string{"/etc/resolv.conf", "/etc/hosts", "/etc/hostname"},
+func (s *Server) specRules() hostinput.SpecRules {
+	return hostinput.SpecRules{
+		BindDirs:  []string{s.sharedDir()},
+		BindFiles: []string{"/etc/resolv.conf", "/etc/hosts", "/etc/hostname"},
 	}
 }
 
@@ -268,7 +271,7 @@ func (s *Server) readyLocked() error {
 // sandbox is answered from memory (concurrent pulls of one reference share
 // one download).
 func (s *Server) PullImage(ctx context.Context, req *agentapi.PullImageRequest) (*agentapi.PullImageResponse, error) {
-	if err := checkPullRequest(req); err != nil {
+	if err := hostinput.Pull(req); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 )
 
@@ -63,11 +64,11 @@ func (f *fakePuller) Pull(_ context.Context, image string, opts pull.Options) (*
 }
 
 type fakeNet struct {
-	applied chan *agentapi.CreateSandboxRequest
+	applied chan *hostinput.Network
 }
 
-func (n fakeNet) Apply(_ context.Context, req *agentapi.CreateSandboxRequest) error {
-	n.applied <- req
+func (n fakeNet) Apply(_ context.Context, cfg *hostinput.Network) error {
+	n.applied <- cfg
 	return nil
 }
 
@@ -105,7 +106,7 @@ func startAgent(t *testing.T) *testAgent {
 	ta := &testAgent{
 		stateDir: t.TempDir(),
 		puller:   &fakePuller{},
-		net:      fakeNet{applied: make(chan *agentapi.CreateSandboxRequest, 1)},
+		net:      fakeNet{applied: make(chan *hostinput.Network, 1)},
 		aa:       fakeAttester{stopped: make(chan struct{})},
 		poweroff: make(chan struct{}),
 	}
@@ -344,8 +345,8 @@ func TestSandboxAndContainers(t *testing.T) {
 	if _, err := c.CreateSandbox(ctx, sb); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
 	}
-	if got := <-ta.net.applied; got.GetSandboxId() != sandboxID {
-		t.Fatalf("network applied for %q", got.GetSandboxId())
+	if got := <-ta.net.applied; got.Hostname != "pod1" {
+		t.Fatalf("network applied with hostname %q, want the sandbox's pod1", got.Hostname)
 	}
 	_, err = c.CreateSandbox(ctx, sb)
 	wantErr(t, "second CreateSandbox", err, codes.AlreadyExists, agentapi.ReasonAlreadyExists)

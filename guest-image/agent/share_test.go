@@ -10,6 +10,7 @@ import (
 
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/agentpolicy"
+	"github.com/cloak-containers/cloak/guest-image/hostinput"
 )
 
 // TestConfidentialGuestRefusesHostShare: a guest whose initdata an SNP or
@@ -66,7 +67,7 @@ func createSharedSandbox(t *testing.T, aa fakeAttester, tag string) (*Server, er
 		Log:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 		StateDir: t.TempDir(),
 		Puller:   &fakePuller{},
-		Net:      fakeNet{applied: make(chan *agentapi.CreateSandboxRequest, 1)},
+		Net:      fakeNet{applied: make(chan *hostinput.Network, 1)},
 		Attester: aa,
 		PowerOff: func() {},
 	})

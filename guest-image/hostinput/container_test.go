@@ -1,9 +1,10 @@
-package agent
+package hostinput
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,13 +13,17 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
 )
 
-var testRules = specRules{bindDirs: []string{"/run/cloak/sandbox"}, bindFiles: []string{"/etc/resolv.conf"}}
+// update rewrites golden files in testdata/.
+var update = flag.Bool("update", false, "rewrite golden files in testdata/")
+
+var testRules = SpecRules{BindDirs: []string{"/run/cloak/sandbox"}, BindFiles: []string{"/etc/resolv.conf"}}
 
 var testImage = ocispec.ImageConfig{
 	Env:        []string{"PATH=/usr/bin:/bin", "LANG=C"},
@@ -60,7 +65,7 @@ func baseSpec() *specs.Spec {
 // root replaced, cgroup chosen by the agent, image defaults merged.
 func TestContainerSpecGolden(t *testing.T) {
 	raw, _ := json.Marshal(baseSpec())
-	s, err := containerSpec("pod1", "web", raw, testImage, numericUsers, testRules)
+	s, err := ContainerSpec("pod1", "web", raw, testImage, numericUsers, testRules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +130,7 @@ func TestContainerSpecRefusals(t *testing.T) {
 			s := baseSpec()
 			tt.mutate(s)
 			raw, _ := json.Marshal(s)
-			_, err := containerSpec("pod1", "c1", raw, testImage, numericUsers, testRules)
+			_, err := ContainerSpec("pod1", "c1", raw, testImage, numericUsers, testRules)
 			if status.Code(err) != tt.code || reasonOf(err) != tt.reason || !strings.Contains(status.Convert(err).Message(), tt.msg) {
 				t.Fatalf("got %v (reason %q), want %v %s mentioning %q", err, reasonOf(err), tt.code, tt.reason, tt.msg)
 			}
@@ -135,8 +140,33 @@ func TestContainerSpecRefusals(t *testing.T) {
 
 func TestContainerSpecLimits(t *testing.T) {
 	for _, raw := range [][]byte{nil, []byte("{"), []byte(`{"process": 5}`), make([]byte, agentapi.MaxMessageSize+1)} {
-		if _, err := containerSpec("pod1", "c1", raw, testImage, numericUsers, testRules); reasonOf(err) != agentapi.ReasonInvalidRequest {
+		if _, err := ContainerSpec("pod1", "c1", raw, testImage, numericUsers, testRules); reasonOf(err) != agentapi.ReasonInvalidRequest {
 			t.Errorf("spec of %d bytes: %v, want INVALID_REQUEST", len(raw), err)
+		}
+	}
+}
+
+func TestApplySources(t *testing.T) {
+	s := baseSpec()
+	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/hosts", Type: "bind", Options: []string{"rbind"}})
+	raw, _ := json.Marshal(s)
+	rules := testRules
+	rules.Sources = map[int]string{3: "/run/cloak/containers/c1/files/m3"}
+	got, err := ContainerSpec("pod1", "c1", raw, testImage, numericUsers, rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Mounts[3].Source != "/run/cloak/containers/c1/files/m3" {
+		t.Errorf("source %q, want the guest path", got.Mounts[3].Source)
+	}
+	// Without a source, the empty bind source is refused.
+	if _, err := ContainerSpec("pod1", "c1", raw, testImage, numericUsers, testRules); reasonOf(err) != agentapi.ReasonPolicy {
+		t.Errorf("bind without source: %v, want POLICY_DENIED", err)
+	}
+	for _, bad := range []map[int]string{{9: "/x"}, {0: "/x"}} {
+		rules.Sources = bad
+		if _, err := ContainerSpec("pod1", "c1", raw, testImage, numericUsers, rules); reasonOf(err) != agentapi.ReasonInvalidRequest {
+			t.Errorf("sources %v: %v, want INVALID_REQUEST (out of range / not a bind)", bad, err)
 		}
 	}
 }
@@ -174,86 +204,27 @@ func TestMergeImageConfig(t *testing.T) {
 	}
 }
 
-func TestCheckID(t *testing.T) {
+func TestID(t *testing.T) {
 	for id, ok := range map[string]bool{
 		"c1": true, "A.b_c-9": true, strings.Repeat("a", 128): true,
 		"": false, "-x": false, ".hidden": false, "../etc": false, "a/b": false, strings.Repeat("a", 129): false, "a b": false,
 	} {
-		if err := checkID("container", id); (err == nil) != ok {
-			t.Errorf("checkID(%q) = %v, want ok=%v", id, err, ok)
+		if err := ID("container", id); (err == nil) != ok {
+			t.Errorf("ID(%q) = %v, want ok=%v", id, err, ok)
 		}
 	}
 }
 
-// FuzzCreateContainerSpec: any host spec either is refused with a reason or
-// yields a spec with none of what the host must not control.
-func FuzzCreateContainerSpec(f *testing.F) {
-	base, _ := json.Marshal(baseSpec())
-	f.Add(base)
-	hooked := baseSpec()
-	hooked.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/bin/sh"}}}
-	b, _ := json.Marshal(hooked)
-	f.Add(b)
-	f.Add([]byte(`{"process":{"args":["a"]},"linux":{"namespaces":[{"type":"mount"}]},"mounts":[{"destination":"/x","type":"bind","source":"/run/cloak/sandbox/a"}]}`))
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		s, err := containerSpec("pod1", "c1", raw, testImage, numericUsers, testRules)
-		if err != nil {
-			if reasonOf(err) == "" {
-				t.Fatalf("refusal without a reason: %v", err)
-			}
-			return
+// reasonOf returns the agentapi reason of a hostinput error.
+func reasonOf(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == agentapi.ErrorDomain {
+			return info.Reason
 		}
-		if s.Root.Path != "rootfs" || s.Linux.CgroupsPath != "/cloak/pod1/c1" || len(s.Process.Args) == 0 {
-			t.Fatalf("accepted spec keeps host control: root %+v cgroup %q args %q", s.Root, s.Linux.CgroupsPath, s.Process.Args)
-		}
-		if h := s.Hooks; h != nil && len(h.Prestart)+len(h.CreateRuntime)+len(h.CreateContainer)+len(h.StartContainer)+len(h.Poststart)+len(h.Poststop) > 0 {
-			t.Fatal("accepted spec has hooks")
-		}
-		for _, ns := range s.Linux.Namespaces {
-			if ns.Path != "" {
-				t.Fatalf("accepted namespace path %q", ns.Path)
-			}
-		}
-		for _, m := range s.Mounts {
-			if checkMount(m, testRules) != nil {
-				t.Fatalf("accepted mount %+v", m)
-			}
-		}
-	})
-}
-
-func FuzzExecProcess(f *testing.F) {
-	f.Add([]byte(`{"args":["/bin/sh","-c","echo hi"],"cwd":"/","env":["PATH=/bin"]}`))
-	f.Add([]byte(`{"args":[],"terminal":true,"consoleSize":{"height":99999,"width":1}}`))
-	f.Add([]byte(`{"args":["x"],"cwd":"rel"}`))
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		p, err := execProcess("c1", "e1", raw)
-		if err != nil {
-			if reasonOf(err) != agentapi.ReasonInvalidRequest {
-				t.Fatalf("refusal without INVALID_REQUEST: %v", err)
-			}
-			return
-		}
-		if len(p.Args) == 0 || !strings.HasPrefix(p.Cwd, "/") {
-			t.Fatalf("accepted process %+v", p)
-		}
-	})
-}
-
-func FuzzLinuxResources(f *testing.F) {
-	f.Add([]byte(`{"memory":{"limit":104857600},"pids":{"limit":64},"cpu":{"shares":512}}`))
-	f.Add([]byte(`{"devices":[{"allow":true,"access":"rwm"}]}`))
-	f.Add([]byte(`null`))
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		r, err := linuxResources("c1", raw)
-		if err != nil {
-			if reasonOf(err) == "" {
-				t.Fatalf("refusal without a reason: %v", err)
-			}
-			return
-		}
-		if len(r.Devices) > 0 {
-			t.Fatal("accepted device rules")
-		}
-	})
+	}
+	return ""
 }
