@@ -142,6 +142,18 @@ func decide(t testing.TB, p *Policy, req proto.Message, guest map[string]any) De
 	return d
 }
 
+// wantDecision checks a decision: allowed when want is "", else denied with
+// a reason that contains want.
+func wantDecision(t *testing.T, d Decision, want string) {
+	t.Helper()
+	if want == "" != d.Allowed {
+		t.Fatalf("allowed = %v, reasons %q, want %q", d.Allowed, d.Reasons, want)
+	}
+	if want != "" && !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, want) }) {
+		t.Fatalf("reasons %q, want one with %q", d.Reasons, want)
+	}
+}
+
 func TestCreateContainer(t *testing.T) {
 	p := demoPolicy(t, nil)
 	guest := map[string]any{"image_digest": demoDigest}
@@ -239,18 +251,7 @@ func TestCreateContainer(t *testing.T) {
 				g = tc.guest
 			}
 			d := decide(t, p, demoCreate(t, tc.mutate), g)
-			if tc.want == "" {
-				if !d.Allowed {
-					t.Fatalf("denied: %q", d.Reasons)
-				}
-				return
-			}
-			if d.Allowed {
-				t.Fatalf("allowed, want denied with %q", tc.want)
-			}
-			if !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, tc.want) }) {
-				t.Fatalf("reasons %q, want one with %q", d.Reasons, tc.want)
-			}
+			wantDecision(t, d, tc.want)
 			for _, r := range d.Reasons {
 				if strings.Contains(r, "s3cret") {
 					t.Fatalf("a reason echoes a file's content: %q", r)
@@ -311,12 +312,7 @@ func TestExecProcess(t *testing.T) {
 				g = tc.guest
 			}
 			d := decide(t, pol, tc.req, g)
-			if tc.want == "" != d.Allowed {
-				t.Fatalf("allowed = %v, reasons %q, want %q", d.Allowed, d.Reasons, tc.want)
-			}
-			if tc.want != "" && !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, tc.want) }) {
-				t.Fatalf("reasons %q, want one with %q", d.Reasons, tc.want)
-			}
+			wantDecision(t, d, tc.want)
 		})
 	}
 }
@@ -366,12 +362,7 @@ func TestProcessIOAndSandbox(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := decide(t, p, tc.req, guest)
-			if tc.want == "" != d.Allowed {
-				t.Fatalf("allowed = %v, reasons %q, want %q", d.Allowed, d.Reasons, tc.want)
-			}
-			if tc.want != "" && !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, tc.want) }) {
-				t.Fatalf("reasons %q, want one with %q", d.Reasons, tc.want)
-			}
+			wantDecision(t, d, tc.want)
 			for _, r := range d.Reasons {
 				if strings.Contains(r, "password") {
 					t.Fatalf("a reason echoes stdin: %q", r)

@@ -422,7 +422,10 @@ default ExecProcessRequest := false
 
 ExecProcessRequest if count(reasons.ExecProcessRequest) == 0
 
-exec_container := c if {
+# The pinned container of the container a request names, as the guest
+# knows it (undefined for a container the guest did not create or the
+# policy does not declare).
+guest_container := c if {
 	some c in policy_data.containers
 	c.name == input.guest.container.name
 }
@@ -436,12 +439,12 @@ reasons.ExecProcessRequest contains msg if {
 
 reasons.ExecProcessRequest contains msg if {
 	input.guest.container
-	not exec_container
+	not guest_container
 	msg := sprintf("container %q is not in the pod's policy", [input.guest.container.name])
 }
 
 reasons.ExecProcessRequest contains msg if {
-	c := exec_container
+	c := guest_container
 	not c.allow_exec
 	not object.get(exec_process, "args", []) in object.get(c, "exec_commands", [])
 	count(object.get(c, "exec_commands", [])) == 0
@@ -449,7 +452,7 @@ reasons.ExecProcessRequest contains msg if {
 }
 
 reasons.ExecProcessRequest contains msg if {
-	c := exec_container
+	c := guest_container
 	not c.allow_exec
 	not object.get(exec_process, "args", []) in object.get(c, "exec_commands", [])
 	count(object.get(c, "exec_commands", [])) > 0
@@ -457,7 +460,7 @@ reasons.ExecProcessRequest contains msg if {
 }
 
 reasons.ExecProcessRequest contains msg if {
-	c := exec_container
+	c := guest_container
 	not c.allow_exec
 	created := input.guest.container.process
 	sort(object.get(exec_process, "env", [])) != sort(object.get(created, "env", []))
@@ -465,28 +468,28 @@ reasons.ExecProcessRequest contains msg if {
 }
 
 reasons.ExecProcessRequest contains msg if {
-	c := exec_container
+	c := guest_container
 	not c.allow_exec
 	object.get(exec_process, "cwd", "") != object.get(input.guest.container.process, "cwd", "")
 	msg := sprintf("exec in container %q: working directory %q is not the container's %q", [c.name, object.get(exec_process, "cwd", ""), object.get(input.guest.container.process, "cwd", "")])
 }
 
 reasons.ExecProcessRequest contains msg if {
-	c := exec_container
+	c := guest_container
 	created := object.get(input.guest.container.process, "user", {})
 	some m in user_mismatch(object.get(exec_process, "user", {}), object.get(created, "uid", 0), object.get(created, "gid", 0), object.get(created, "additionalGids", []))
 	msg := sprintf("exec in container %q: %s", [c.name, m])
 }
 
 reasons.ExecProcessRequest contains msg if {
-	c := exec_container
+	c := guest_container
 	created := object.get(input.guest.container.process, "capabilities", {})
 	some m in caps_extra(object.get(exec_process, "capabilities", {}), object.get(created, "bounding", []))
 	msg := sprintf("exec in container %q: %s", [c.name, m])
 }
 
 reasons.ExecProcessRequest contains msg if {
-	c := exec_container
+	c := guest_container
 	not c.allow_exec
 	object.get(exec_process, "terminal", false)
 	not c.tty
@@ -501,11 +504,6 @@ default ProcessIORequest := false
 
 ProcessIORequest if count(reasons.ProcessIORequest) == 0
 
-io_container := c if {
-	some c in policy_data.containers
-	c.name == input.guest.container.name
-}
-
 reasons.ProcessIORequest contains msg if {
 	object.get(input, "stdin", null) != null
 	not stdin_allowed
@@ -514,12 +512,12 @@ reasons.ProcessIORequest contains msg if {
 
 stdin_allowed if {
 	not input.guest.exec
-	io_container.stdin
+	guest_container.stdin
 }
 
 stdin_allowed if {
 	input.guest.exec
-	io_container.allow_exec
+	guest_container.allow_exec
 }
 
 # ---------------------------------------------------------------------------

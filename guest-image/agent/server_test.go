@@ -22,7 +22,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -190,19 +189,8 @@ func mountsUnder(t *testing.T, dir string) []string {
 	return out
 }
 
-// reasonOf returns the agentapi reason of an agent error.
-func reasonOf(err error) string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == agentapi.ErrorDomain {
-			return info.Reason
-		}
-	}
-	return ""
-}
+// reasonOf is the agentapi reason an error carries.
+func reasonOf(err error) string { return agentapi.ReasonOf(err) }
 
 func wantErr(t *testing.T, what string, err error, code codes.Code, reason string) {
 	t.Helper()

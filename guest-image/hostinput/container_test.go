@@ -13,7 +13,6 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -215,16 +214,5 @@ func TestID(t *testing.T) {
 	}
 }
 
-// reasonOf returns the agentapi reason of a hostinput error.
-func reasonOf(err error) string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == agentapi.ErrorDomain {
-			return info.Reason
-		}
-	}
-	return ""
-}
+// reasonOf is the agentapi reason an error carries.
+func reasonOf(err error) string { return agentapi.ReasonOf(err) }
