@@ -4,7 +4,10 @@
 #   - apt source for bookworm-backports (QEMU 10 with sev-snp-guest, the 6.12
 #     cloud kernel), same archive host and keyring as debian.sources
 #   - qemu-system-x86 from bookworm-backports
-#   - kmod (depmod indexes the guest kernel's modules), gcc + libseccomp-dev
+#   - make, flex, bison, bc, libelf-dev, libssl-dev (Cloak's guest kernel is
+#     compiled from linux-source-6.12), erofs-utils + cryptsetup-bin (the
+#     root disk: mkfs.erofs, veritysetup)
+#   - kmod (depmod indexes Debian's kernel modules), gcc + libseccomp-dev
 #     (runc is linked statically with libseccomp and glibc), busybox-static
 #     (test images), ca-certificates (the guest's CA bundle), swtpm +
 #     swtpm-tools (the vTPM: swtpm, swtpm_setup and its local EK CA); apt-get
@@ -122,7 +125,8 @@ if ! dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null | grep -q 'bpo12'
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
 	installed+=("qemu-system-x86 (bookworm-backports)")
 fi
-install_missing kmod gcc libc6-dev libseccomp-dev busybox-static ca-certificates swtpm swtpm-tools
+install_missing kmod gcc libc6-dev libseccomp-dev busybox-static ca-certificates swtpm swtpm-tools \
+	make flex bison bc libelf-dev libssl-dev erofs-utils cryptsetup-bin
 
 fetch_ovmf
 

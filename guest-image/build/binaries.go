@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/cloak-containers/cloak/internal/version"
 )
 
 // DefaultRuncVersion is the runc module version the guest runs. Debian's
@@ -57,18 +59,37 @@ func moduleRoot(ctx context.Context, dir string) (string, error) {
 
 // buildGuestBinary builds ./cmd/NAME of the module at root as a static,
 // reproducible binary: no cgo, trimmed paths, no build ID, no VCS stamp
-// (which would change with every commit and every dirty tree).
+// (the Go toolchain's would add the commit time). Only the version and
+// commit are stamped (internal/version), as the Makefile does: the same for
+// every build of a commit, but "-dirty" for a tree with uncommitted changes.
 func buildGuestBinary(ctx context.Context, root, name, tmp string) ([]byte, error) {
 	if _, err := os.Stat(filepath.Join(root, "cmd", name)); err != nil {
 		return nil, fmt.Errorf("build %s: %w (pass a prebuilt binary instead)", name, err)
 	}
 	out := filepath.Join(tmp, name)
+	ldflags := strings.TrimSpace(reproducibleLDFlags + " " + version.LDFlags(sourceVersion(ctx, root)))
 	err := goCommand(ctx, root, []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-buildvcs=false"},
-		"build", "-trimpath", "-ldflags", reproducibleLDFlags, "-o", out, "./cmd/"+name)
+		"build", "-trimpath", "-ldflags", ldflags, "-o", out, "./cmd/"+name)
 	if err != nil {
 		return nil, fmt.Errorf("build %s: %w", name, err)
 	}
 	return readStatic(out)
+}
+
+// sourceVersion is `git describe --tags --always --dirty` and `git rev-parse
+// HEAD` of the checkout at root, like the Makefile's VERSION and COMMIT;
+// empty (the binaries then say dev/unknown) outside a git checkout.
+func sourceVersion(ctx context.Context, root string) (describe, commit string) {
+	git := func(args ...string) string {
+		cmd := exec.CommandContext(ctx, "git", args...)
+		cmd.Dir = root
+		out, err := cmd.Output()
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(out))
+	}
+	return git("describe", "--tags", "--always", "--dirty"), git("rev-parse", "HEAD")
 }
 
 // cachedRunc returns the runc binary for version from the cache, building it

@@ -1,8 +1,11 @@
-// Package build assembles Cloak's guest image reproducibly: Debian's cloud
-// kernel, an initrd holding cloak-agent as PID 1, cloak-aa, a static runc,
-// the kernel modules the guest loads and the CA bundle, plus a manifest with
-// the digests and the emulated launch measurement. The same inputs always give
-// byte-identical vmlinuz, initrd.img and manifest.json.
+// Package build assembles Cloak's guest image reproducibly: Cloak's own
+// kernel (build/kbuild, compiled from Debian's linux-source-6.12), a
+// read-only root disk holding cloak-agent (PID 1), cloak-aa, a static runc and
+// the CA bundle as EROFS verified by dm-verity (build/rootimg), whose root
+// hash is on the kernel command line, and a manifest with the digests and the
+// launch measurements. Beside it, in debian/, the same userland in an initrd
+// for Debian's cloud kernel (with the modules it needs), which a handler may
+// still select. The same inputs always give byte-identical files.
 //
 // This is build tooling that runs on the host; it imports only the
 // measurements package and libraries, no guest or host runtime code.
@@ -24,8 +27,10 @@ import (
 	"strings"
 
 	"github.com/cloak-containers/cloak/guest-image/build/initramfs"
+	"github.com/cloak-containers/cloak/guest-image/build/kbuild"
 	"github.com/cloak-containers/cloak/guest-image/build/kernel"
 	"github.com/cloak-containers/cloak/guest-image/build/kmod"
+	"github.com/cloak-containers/cloak/guest-image/build/rootimg"
 	"github.com/cloak-containers/cloak/measurements"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 )
@@ -50,17 +55,20 @@ import (
 // measured and saved under 10 ms each, so they are left out.
 const Cmdline = "console=ttyS0 loglevel=4 panic=-1 reboot=t random.trust_bootloader=off"
 
-// GuestModules are the modules the guest loads, by name; their dependencies
-// are added from modules.dep. VIRTIO_PCI, VIRTIO_CONSOLE (the virtio-serial
-// agent channel) and EXT4 are built into Debian's cloud kernel, which
-// requiredConfig checks.
+// GuestModules are the modules the Debian-kernel flavour's initrd loads, by
+// name; their dependencies are added from modules.dep. VIRTIO_PCI,
+// VIRTIO_CONSOLE (the virtio-serial agent channel) and EXT4 are built into
+// Debian's cloud kernel, which requiredConfig checks. Cloak's own kernel
+// builds everything in and loads no module.
 var GuestModules = []string{
 	"virtio_net",                 // pod network (pulls failover, net_failover)
 	"overlay",                    // container rootfs over the unpacked image layers
 	"vmw_vsock_virtio_transport", // vsock agent channel on real hosts (pulls vsock, _common)
 }
 
-// requiredConfig are kernel options the image relies on being built in.
+// requiredConfig are options the Debian-kernel flavour relies on being built
+// into Debian's kernel. Cloak's kernel is checked against its whole fragment
+// (kbuild.CheckConfig).
 var requiredConfig = []string{
 	"CONFIG_BLK_DEV_INITRD=y",
 	"CONFIG_RD_ZSTD=y",
@@ -69,9 +77,11 @@ var requiredConfig = []string{
 	"CONFIG_DEVTMPFS=y",
 }
 
-// Paths inside the initrd.
+// Paths inside the guest's root (the root disk, or the Debian flavour's
+// initrd).
 const (
-	initPath     = "/init"
+	initPath     = "/init"                // the agent, in the initrd
+	AgentPath    = "/usr/bin/cloak-agent" // the agent on the root disk: init= names it
 	aaPath       = "/usr/bin/cloak-aa"
 	runcPath     = "/usr/bin/runc"
 	caBundlePath = "/etc/ssl/certs/ca-certificates.crt"
@@ -91,20 +101,35 @@ var emptyDirs = []struct {
 	{"/tmp", 0o1777}, {"/etc", 0o755}, {"/var", 0o755}, {"/mnt", 0o755},
 }
 
+// etcLinks point the files the agent writes at boot (netconf: hostname,
+// resolv.conf) and containers may bind (hosts) into /run/etc, a tmpfs,
+// because the root disk is read-only.
+var etcLinks = []struct{ name, target string }{
+	{"/etc/hostname", "/run/etc/hostname"},
+	{"/etc/hosts", "/run/etc/hosts"},
+	{"/etc/resolv.conf", "/run/etc/resolv.conf"},
+}
+
 // HostCABundle is Debian's CA bundle (package ca-certificates).
 const HostCABundle = "/etc/ssl/certs/ca-certificates.crt"
 
 // Options select the inputs of a build. Empty fields take defaults.
 type Options struct {
-	// OutDir receives vmlinuz, initrd.img and manifest.json.
+	// OutDir receives vmlinuz, root.img, manifest.json and debian/.
 	OutDir string
-	// CacheDir holds downloaded kernels and built runc binaries;
-	// default DefaultCacheDir().
+	// CacheDir holds downloaded kernels and sources, built kernels and runc
+	// binaries; default DefaultCacheDir().
 	CacheDir string
 	// KernelVersion is an exact Debian package version of
-	// linux-image-6.12.*-cloud-amd64; empty picks the newest in
-	// bookworm-backports.
+	// linux-image-6.12.*-cloud-amd64 for the Debian flavour; empty picks
+	// the newest in bookworm-backports.
 	KernelVersion string
+	// KernelSourceVersion is the linux-source-6.12 version Cloak's kernel
+	// is compiled from; default kernel.DefaultSourceVersion.
+	KernelSourceVersion string
+	// Kernel is a prebuilt kernel image used instead of compiling Cloak's
+	// (tests, or a kernel built elsewhere); the manifest says so.
+	Kernel string
 	// Agent, AA and Runc are prebuilt static binaries; empty builds
 	// ./cmd/cloak-agent and ./cmd/cloak-aa from the Cloak module around
 	// SourceDir, and runc RuncVersion from its Go module (cached).
@@ -171,13 +196,24 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 			return nil, err
 		}
 	}
-	k, err := kernel.Fetch(ctx, kernel.Options{CacheDir: cache, Version: o.KernelVersion, Progress: out})
-	if err != nil {
-		return nil, fmt.Errorf("fetch kernel: %w", err)
+	kernelPath, kb := o.Kernel, KernelBuild{SourcePackage: "prebuilt"}
+	if kernelPath == "" {
+		ck, err := kbuild.Build(ctx, kbuild.Options{CacheDir: cache, SourceVersion: o.KernelSourceVersion, Progress: out})
+		if err != nil {
+			return nil, fmt.Errorf("guest kernel: %w", err)
+		}
+		progress("kernel: Cloak's, from %s %s (config %.12s)", ck.SourcePackage, ck.SourceVersion, ck.FragmentSHA256)
+		kernelPath = ck.BzImage()
+		kb = KernelBuild{SourcePackage: ck.SourcePackage, SourceVersion: ck.SourceVersion, SourceDebSHA256: ck.SourceDebSHA256,
+			FragmentSHA256: ck.FragmentSHA256, Compiler: ck.Compiler}
 	}
-	progress("kernel %s %s", k.Package, k.Version)
-	if err := checkConfig(k.Config(), requiredConfig); err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+	dk, err := kernel.Fetch(ctx, kernel.Options{CacheDir: cache, Version: o.KernelVersion, Progress: out})
+	if err != nil {
+		return nil, fmt.Errorf("fetch Debian's kernel: %w", err)
+	}
+	progress("kernel: Debian's %s %s (debian/)", dk.Package, dk.Version)
+	if err := checkConfig(dk.Config(), requiredConfig); err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", dk.Version, err)
 	}
 
 	tmp, err := os.MkdirTemp("", "cloak-image-")
@@ -239,11 +275,36 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, fmt.Errorf("read CA bundle (Debian: apt-get install ca-certificates): %w", err)
 	}
 
-	vmlinuz, err := os.ReadFile(k.Vmlinuz())
+	// Cloak's kernel and the root disk.
+	vmlinuz, err := os.ReadFile(kernelPath)
 	if err != nil {
 		return nil, fmt.Errorf("read kernel: %w", err)
 	}
-	a, modules, err := assemble(k.ModulesDir(), agent, aa, runc, ca)
+	tree, err := rootTree(agent, aa, runc, ca)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("output directory: %w", err)
+	}
+	// A stale manifest must not describe new artifacts while they are
+	// being written.
+	if err := os.Remove(filepath.Join(o.OutDir, ManifestFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	progress("writing root disk (EROFS + dm-verity, %d files)...", tree.Len())
+	rootImg, err := rootimg.Build(ctx, tree, filepath.Join(o.OutDir, RootFile))
+	if err != nil {
+		return nil, err
+	}
+	cmdline := Cmdline + " " + rootImg.KernelArgs(AgentPath)
+
+	// Debian's kernel with the same userland in an initrd.
+	dvmlinuz, err := os.ReadFile(dk.Vmlinuz())
+	if err != nil {
+		return nil, fmt.Errorf("read kernel: %w", err)
+	}
+	a, modules, err := assemble(dk.ModulesDir(), agent, aa, runc, ca)
 	if err != nil {
 		return nil, err
 	}
@@ -251,28 +312,37 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	progress("writing initrd (%d files, %.1f MiB uncompressed)...", a.Len(), float64(len(cpio))/(1<<20))
-	initrd, err := initramfs.Compress(cpio)
+	progress("writing debian/initrd.img (%d files, %.1f MiB uncompressed)...", a.Len(), float64(len(cpio))/(1<<20))
+	dinitrd, err := initramfs.Compress(cpio)
 	if err != nil {
 		return nil, err
 	}
 
 	m := &Manifest{
-		Schema:  Schema,
-		Kernel:  artifactOf(vmlinuz),
-		Initrd:  artifactOf(initrd),
-		Cmdline: Cmdline,
-		KernelPackage: KernelPackage{
-			Name: k.Package, Version: k.Version, Release: k.Release, DebSHA256: k.DebSHA256,
-		},
-		Modules:     modules,
+		Schema:      Schema,
+		Kernel:      artifactOf(vmlinuz),
+		Root:        RootDisk{File: RootFile, FS: "erofs", Image: *rootImg},
+		Cmdline:     cmdline,
+		KernelBuild: kb,
 		RuncVersion: runcVer,
 		Files: []File{
-			fileOf(caBundlePath, 0o644, ca), fileOf(initPath, 0o755, agent),
-			fileOf(aaPath, 0o755, aa), fileOf(runcPath, 0o755, runc),
+			fileOf(caBundlePath, 0o644, ca), fileOf(aaPath, 0o755, aa),
+			fileOf(AgentPath, 0o755, agent), fileOf(runcPath, 0o755, runc),
 		},
 		Measurements: Measurements{
-			Emulated: hex.EncodeToString(measurements.EmulatedLaunchDigest(vmlinuz, initrd, Cmdline)),
+			Emulated: hex.EncodeToString(measurements.EmulatedLaunchDigest(vmlinuz, nil, cmdline)),
+		},
+		Debian: DebianFlavour{
+			Kernel:  artifactOf(dvmlinuz),
+			Initrd:  artifactOf(dinitrd),
+			Cmdline: Cmdline,
+			KernelPackage: KernelPackage{
+				Name: dk.Package, Version: dk.Version, Release: dk.Release, DebSHA256: dk.DebSHA256,
+			},
+			Modules: modules,
+			Measurements: Measurements{
+				Emulated: hex.EncodeToString(measurements.EmulatedLaunchDigest(dvmlinuz, dinitrd, Cmdline)),
+			},
 		},
 	}
 	if o.SNPFirmware != "" {
@@ -281,23 +351,50 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 			maxVCPUs = DefaultSNPMaxVCPUs
 		}
 		progress("SEV-SNP measurements over %s, 1-%d vCPUs...", o.SNPFirmware, maxVCPUs)
-		if m.Measurements.SNP, err = measureSNP(o.SNPFirmware, maxVCPUs, vmlinuz, initrd, Cmdline); err != nil {
+		if m.Measurements.SNP, err = measureSNP(o.SNPFirmware, maxVCPUs, vmlinuz, nil, cmdline); err != nil {
 			return nil, err
 		}
 	}
 	if o.TDXFirmware != "" {
 		progress("TDX measurements over %s...", o.TDXFirmware)
-		if m.Measurements.TDX, err = measureTDX(o.TDXFirmware, vmlinuz, initrd, Cmdline); err != nil {
+		if m.Measurements.TDX, err = measureTDX(o.TDXFirmware, vmlinuz, nil, cmdline); err != nil {
 			return nil, err
 		}
 	}
-	if err := write(o.OutDir, vmlinuz, initrd, m); err != nil {
+	if err := write(o.OutDir, vmlinuz, dvmlinuz, dinitrd, m); err != nil {
 		return nil, err
 	}
 	if err := writeBundle(o.OutDir, m, signer); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+// rootTree lays out the root disk: the same binaries as the initrd, the
+// agent as /usr/bin/cloak-agent (init= names it), links from /etc into
+// /run/etc, no modules.
+func rootTree(agent, aa, runc, ca []byte) (*initramfs.Archive, error) {
+	var a initramfs.Archive
+	var addErr error
+	add := func(err error) {
+		if addErr == nil {
+			addErr = err
+		}
+	}
+	for _, d := range emptyDirs {
+		add(a.Dir(d.path, d.perm))
+	}
+	add(a.File(AgentPath, 0o755, agent))
+	add(a.File(aaPath, 0o755, aa))
+	add(a.File(runcPath, 0o755, runc))
+	add(a.File(caBundlePath, 0o644, ca))
+	for _, l := range etcLinks {
+		add(a.Symlink(l.name, l.target))
+	}
+	if addErr != nil {
+		return nil, fmt.Errorf("root disk layout: %w", addErr)
+	}
+	return &a, nil
 }
 
 // assemble lays out the initrd tree and returns it with the module file
@@ -353,23 +450,26 @@ func fileOf(p string, perm os.FileMode, b []byte) File {
 	return File{Path: p, Mode: fmt.Sprintf("%04o", perm), Size: int64(len(b)), SHA256: hex.EncodeToString(s[:])}
 }
 
-func write(dir string, vmlinuz, initrd []byte, m *Manifest) error {
+func write(dir string, vmlinuz, dvmlinuz, dinitrd []byte, m *Manifest) error {
 	mb, err := m.marshal()
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, DebianDir), 0o755); err != nil {
 		return fmt.Errorf("output directory: %w", err)
 	}
-	// A stale manifest must not describe new artifacts while they are
-	// being written.
-	if err := os.Remove(filepath.Join(dir, ManifestFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// A previous layout's initrd beside Cloak's kernel would look bootable.
+	if err := os.Remove(filepath.Join(dir, InitrdFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	for _, f := range []struct {
 		name string
 		b    []byte
-	}{{KernelFile, vmlinuz}, {InitrdFile, initrd}, {ManifestFile, mb}} {
+	}{
+		{KernelFile, vmlinuz},
+		{filepath.Join(DebianDir, KernelFile), dvmlinuz}, {filepath.Join(DebianDir, InitrdFile), dinitrd},
+		{ManifestFile, mb},
+	} {
 		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o644); err != nil {
 			return fmt.Errorf("write image: %w", err)
 		}

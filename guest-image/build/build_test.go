@@ -25,6 +25,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
+	"github.com/cloak-containers/cloak/kbs/adminapi"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/measurements/snp"
 )
@@ -106,8 +107,59 @@ func fakeOptions(t *testing.T, cache, out string) Options {
 	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return Options{OutDir: out, CacheDir: cache, KernelVersion: fakeVersion,
+	kernel := filepath.Join(cache, "cloak-bzImage")
+	if err := os.WriteFile(kernel, bytes.Repeat([]byte("cloak bzImage "), 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Options{OutDir: out, CacheDir: cache, KernelVersion: fakeVersion, Kernel: kernel,
 		Agent: fakeBin, AA: fakeBin, Runc: fakeBin, CABundle: ca}
+}
+
+// imageFiles lists every file of an image directory.
+var imageFiles = []string{KernelFile, RootFile, ManifestFile, DebianDir + "/" + KernelFile, DebianDir + "/" + InitrdFile}
+
+// readRoot extracts a root disk's EROFS part with fsck.erofs and returns
+// path -> "mode content" (symlinks: "link target").
+func readRoot(t *testing.T, img string, dataSize int64) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := filepath.Join(t.TempDir(), "fs.img")
+	if err := os.WriteFile(fs, b[:dataSize], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "x")
+	if out, err := exec.Command("fsck.erofs", "--extract="+dir, "--preserve-perms", fs).CombinedOutput(); err != nil {
+		t.Fatalf("fsck.erofs: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	err = filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case info.Mode()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			got[rel] = "link " + target
+		case info.IsDir():
+			perm := uint32(info.Mode().Perm())
+			if info.Mode()&os.ModeSticky != 0 {
+				perm |= 0o1000
+			}
+			got[rel] = fmt.Sprintf("%o", perm)
+		default:
+			c, _ := os.ReadFile(p)
+			got[rel] = fmt.Sprintf("%o %s", info.Mode().Perm(), c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // readInitrd decompresses an initrd and returns path -> (mode, content).
@@ -150,7 +202,7 @@ func TestBuildReproducibleAndComplete(t *testing.T) {
 	if _, err := Build(context.Background(), fakeOptions(t, cache, out2)); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{KernelFile, InitrdFile, ManifestFile} {
+	for _, f := range imageFiles {
 		a, _ := os.ReadFile(filepath.Join(out1, f))
 		b, _ := os.ReadFile(filepath.Join(out2, f))
 		if len(a) == 0 || !bytes.Equal(a, b) {
@@ -158,60 +210,102 @@ func TestBuildReproducibleAndComplete(t *testing.T) {
 		}
 	}
 
-	wantModules := []string{"failover.ko", "net_failover.ko", "virtio_net.ko", "overlay.ko",
-		"vsock.ko", "vmw_vsock_virtio_transport_common.ko", "vmw_vsock_virtio_transport.ko"}
-	if !reflect.DeepEqual(m1.Modules, wantModules) {
-		t.Errorf("modules = %v, want %v", m1.Modules, wantModules)
+	// The default boot: Cloak's kernel, no initrd, the root disk mounted
+	// by the kernel from the command line's verity table.
+	if _, err := os.Stat(filepath.Join(out1, InitrdFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an initrd.img beside Cloak's kernel: %v", err)
 	}
-	if m1.Cmdline != Cmdline || m1.RuncVersion != "1.4.3-fake" || m1.KernelPackage.Version != fakeVersion {
+	for _, w := range []string{Cmdline + " ", "root=/dev/dm-0", "init=/usr/bin/cloak-agent", m1.Root.RootHash, "panic_on_corruption"} {
+		if !strings.Contains(m1.Cmdline, w) {
+			t.Errorf("cmdline %q lacks %q", m1.Cmdline, w)
+		}
+	}
+	if m1.KernelBuild.SourcePackage != "prebuilt" || m1.RuncVersion != "1.4.3-fake" {
 		t.Errorf("manifest = %+v", m1)
 	}
-	img, err := os.ReadFile(filepath.Join(out1, InitrdFile))
+	files := readRoot(t, filepath.Join(out1, RootFile), m1.Root.DataSize)
+	want := map[string]string{
+		"dev": "755", "etc": "755", "etc/ssl": "755", "etc/ssl/certs": "755", "mnt": "755", "proc": "555",
+		"run": "755", "sys": "555", "tmp": "1777", "usr": "755", "usr/bin": "755", "var": "755",
+		"etc/hostname": "link /run/etc/hostname", "etc/hosts": "link /run/etc/hosts", "etc/resolv.conf": "link /run/etc/resolv.conf",
+	}
+	for n, w := range want {
+		if files[n] != w {
+			t.Errorf("root %s = %q, want %q", n, files[n], w)
+		}
+	}
+	for _, n := range []string{"usr/bin/cloak-agent", "usr/bin/cloak-aa", "usr/bin/runc"} {
+		if !strings.HasPrefix(files[n], "755 \x7fELF") {
+			t.Errorf("root %s = %.12q, want a 0755 ELF", n, files[n])
+		}
+	}
+	if !strings.HasPrefix(files["etc/ssl/certs/ca-certificates.crt"], "644 -----BEGIN CERTIFICATE") {
+		t.Errorf("root CA bundle = %.20q", files["etc/ssl/certs/ca-certificates.crt"])
+	}
+	if len(files) != len(want)+4 {
+		t.Errorf("root holds %d entries, want %d: %v", len(files), len(want)+4, files)
+	}
+
+	// The Debian flavour: the same binaries in an initrd, with modules.
+	d := m1.Debian
+	wantModules := []string{"failover.ko", "net_failover.ko", "virtio_net.ko", "overlay.ko",
+		"vsock.ko", "vmw_vsock_virtio_transport_common.ko", "vmw_vsock_virtio_transport.ko"}
+	if !reflect.DeepEqual(d.Modules, wantModules) {
+		t.Errorf("modules = %v, want %v", d.Modules, wantModules)
+	}
+	if d.Cmdline != Cmdline || d.KernelPackage.Version != fakeVersion {
+		t.Errorf("debian flavour = %+v", d)
+	}
+	img, err := os.ReadFile(filepath.Join(out1, DebianDir, InitrdFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := readInitrd(t, img)
+	ifiles := readInitrd(t, img)
 	var names []string
-	for n := range files {
+	for n := range ifiles {
 		names = append(names, n)
 	}
-	want := []string{"dev", "etc", "etc/ssl", "etc/ssl/certs", "etc/ssl/certs/ca-certificates.crt", "init",
+	iwant := []string{"dev", "etc", "etc/ssl", "etc/ssl/certs", "etc/ssl/certs/ca-certificates.crt", "init",
 		"lib", "lib/modules", "lib/modules/load.list", "mnt", "proc", "run", "sys", "tmp", "usr", "usr/bin",
 		"usr/bin/cloak-aa", "usr/bin/runc", "var"}
 	for _, m := range wantModules {
-		want = append(want, "lib/modules/"+m)
+		iwant = append(iwant, "lib/modules/"+m)
 	}
-	if len(names) != len(want) {
-		t.Errorf("initrd holds %d entries, want %d: %v", len(names), len(want), names)
+	if len(names) != len(iwant) {
+		t.Errorf("initrd holds %d entries, want %d: %v", len(names), len(iwant), names)
 	}
-	for _, n := range want {
-		if _, ok := files[n]; !ok {
+	for _, n := range iwant {
+		if _, ok := ifiles[n]; !ok {
 			t.Errorf("initrd lacks %s", n)
 		}
 	}
-	if got, want := files["lib/modules/load.list"], "100644 "+strings.Join(wantModules, "\n")+"\n"; got != want {
+	if got, want := ifiles["lib/modules/load.list"], "100644 "+strings.Join(wantModules, "\n")+"\n"; got != want {
 		t.Errorf("load.list = %q, want %q", got, want)
 	}
-	if got := files["lib/modules/virtio_net.ko"]; got != "100644 \x7fELF module kernel/drivers/net/virtio_net.ko.xz" {
+	if got := ifiles["lib/modules/virtio_net.ko"]; got != "100644 \x7fELF module kernel/drivers/net/virtio_net.ko.xz" {
 		t.Errorf("virtio_net.ko = %q, want the decompressed module", got)
 	}
-	if !strings.HasPrefix(files["init"], "100755 \x7fELF") || !strings.HasPrefix(files["tmp"], "41777") {
-		t.Errorf("init or tmp has the wrong mode: %.10q %.10q", files["init"], files["tmp"])
+	if !strings.HasPrefix(ifiles["init"], "100755 \x7fELF") || !strings.HasPrefix(ifiles["tmp"], "41777") {
+		t.Errorf("init or tmp has the wrong mode: %.10q %.10q", ifiles["init"], ifiles["tmp"])
 	}
 
-	v, err := VerifyDir(out1)
+	v, err := VerifyDir(context.Background(), out1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(v.Mismatches) != 0 || v.Emulated != m1.Measurements.Emulated {
+	if len(v.Mismatches) != 0 || v.Emulated != m1.Measurements.Emulated || v.DebianEmulated != d.Measurements.Emulated {
 		t.Fatalf("fresh image does not verify: %+v", v)
+	}
+	if v.Emulated == v.DebianEmulated {
+		t.Error("both flavours have the same emulated measurement")
 	}
 }
 
 func TestVerifyDirDetectsTampering(t *testing.T) {
 	cache := fakeKernelCache(t)
 	src := t.TempDir()
-	if _, err := Build(context.Background(), fakeOptions(t, cache, src)); err != nil {
+	m, err := Build(context.Background(), fakeOptions(t, cache, src))
+	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -220,21 +314,41 @@ func TestVerifyDirDetectsTampering(t *testing.T) {
 		want   []string // substrings, one per expected mismatch
 	}{
 		{"untouched", func(string) error { return nil }, nil},
-		{"initrd byte flipped", func(dir string) error { return flipByte(filepath.Join(dir, InitrdFile)) },
-			[]string{"initrd.img", "emulated measurement"}},
+		{"root byte flipped", func(dir string) error { return flipByteAt(filepath.Join(dir, RootFile), m.Root.DataSize/2) },
+			[]string{"root.img: size", "does not match its root hash"}},
+		{"root hash tree byte flipped", func(dir string) error {
+			return flipByteAt(filepath.Join(dir, RootFile), m.Root.DataSize+1)
+		}, []string{"root.img: size", "does not match its root hash"}},
+		{"debian initrd byte flipped", func(dir string) error { return flipByte(filepath.Join(dir, DebianDir, InitrdFile)) },
+			[]string{"debian/initrd.img", "debian emulated measurement"}},
 		{"kernel byte flipped", func(dir string) error { return flipByte(filepath.Join(dir, KernelFile)) },
 			[]string{"vmlinuz", "emulated measurement"}},
 		{"cmdline edited in manifest", func(dir string) error {
 			return editManifest(dir, func(m *Manifest) { m.Cmdline += " init=/bin/sh" })
 		}, []string{"emulated measurement"}},
-		{"initrd digest edited in manifest", func(dir string) error {
-			return editManifest(dir, func(m *Manifest) { m.Initrd.SHA384 = strings.Repeat("00", 48) })
-		}, []string{"initrd.img"}},
+		{"root hash edited in manifest and cmdline", func(dir string) error {
+			return editManifest(dir, func(m *Manifest) {
+				old := m.Root.RootHash
+				m.Root.RootHash = strings.Repeat("00", 32)
+				m.Cmdline = strings.ReplaceAll(m.Cmdline, old, m.Root.RootHash)
+			})
+		}, []string{"does not match its root hash", "emulated measurement"}},
+		{"cmdline mounts another root", func(dir string) error {
+			return editManifest(dir, func(m *Manifest) {
+				m.Cmdline = strings.ReplaceAll(m.Cmdline, m.Root.RootHash, strings.Repeat("11", 32))
+			})
+		}, []string{"cmdline does not mount", "emulated measurement"}},
+		{"debian initrd digest edited in manifest", func(dir string) error {
+			return editManifest(dir, func(m *Manifest) { m.Debian.Initrd.SHA384 = strings.Repeat("00", 48) })
+		}, []string{"debian/initrd.img"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			for _, f := range []string{KernelFile, InitrdFile, ManifestFile} {
+			if err := os.Mkdir(filepath.Join(dir, DebianDir), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range imageFiles {
 				b, err := os.ReadFile(filepath.Join(src, f))
 				if err != nil {
 					t.Fatal(err)
@@ -246,7 +360,7 @@ func TestVerifyDirDetectsTampering(t *testing.T) {
 			if err := tt.tamper(dir); err != nil {
 				t.Fatal(err)
 			}
-			v, err := VerifyDir(dir)
+			v, err := VerifyDir(context.Background(), dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -260,6 +374,15 @@ func TestVerifyDirDetectsTampering(t *testing.T) {
 			}
 		})
 	}
+}
+
+func flipByteAt(name string, off int64) error {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	b[off] ^= 1
+	return os.WriteFile(name, b, 0o644)
 }
 
 func flipByte(name string) error {
@@ -336,12 +459,13 @@ func TestTrivialInitrd(t *testing.T) {
 	}
 }
 
-// TestBuildRealKernel runs the real pipeline: kernel from apt (cached under
-// CLOAK_CACHE), runc from its Go module (cached), cloak-aa from this
-// checkout. The fake binary stands in for cloak-agent.
+// TestBuildRealKernel runs the real pipeline: Cloak's kernel compiled
+// (cached under CLOAK_CACHE by `make image`), Debian's kernel from apt,
+// runc from its Go module (cached), cloak-aa from this checkout. The fake
+// binary stands in for cloak-agent.
 func TestBuildRealKernel(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short: skips the real kernel download and runc build")
+		t.Skip("-short: skips the real kernel build and download and the runc build")
 	}
 	out, err := exec.Command("apt-cache", "search", "--names-only", `^linux-image-6\.12\..*-cloud-amd64$`).Output()
 	if err != nil || len(out) == 0 {
@@ -356,7 +480,7 @@ func TestBuildRealKernel(t *testing.T) {
 		}
 		ms = append(ms, m)
 	}
-	for _, f := range []string{InitrdFile, ManifestFile} {
+	for _, f := range imageFiles {
 		a, _ := os.ReadFile(filepath.Join(dirs[0], f))
 		b, _ := os.ReadFile(filepath.Join(dirs[1], f))
 		if !bytes.Equal(a, b) {
@@ -364,10 +488,11 @@ func TestBuildRealKernel(t *testing.T) {
 		}
 	}
 	m := ms[0]
-	if !strings.HasPrefix(m.RuncVersion, "1.4.") || len(m.Modules) != 7 {
-		t.Errorf("runc %q, modules %v", m.RuncVersion, m.Modules)
+	if !strings.HasPrefix(m.RuncVersion, "1.4.") || len(m.Debian.Modules) != 7 || m.KernelBuild.SourcePackage != "linux-source-6.12" {
+		t.Errorf("runc %q, modules %v, kernel %+v", m.RuncVersion, m.Debian.Modules, m.KernelBuild)
 	}
-	t.Logf("kernel %s, initrd %d bytes, emulated measurement %s", m.KernelPackage.Version, m.Initrd.Size, m.Measurements.Emulated)
+	t.Logf("kernel %s %s, root %d bytes, emulated measurement %s", m.KernelBuild.SourceVersion, m.KernelBuild.FragmentSHA256[:12],
+		m.Root.Size, m.Measurements.Emulated)
 }
 
 type testWriter struct{ t *testing.T }
@@ -408,10 +533,9 @@ func TestBuildSignedReferenceValues(t *testing.T) {
 	}
 	// Each recorded value is what measurements/snp computes for it.
 	vmlinuz, _ := os.ReadFile(filepath.Join(out, KernelFile))
-	initrd, _ := os.ReadFile(filepath.Join(out, InitrdFile))
 	fwb, _ := os.ReadFile(fw)
 	for _, v := range []SNPValue{s.Values[0], s.Values[len(s.Values)-1]} {
-		want, err := snp.Measure(snp.Inputs{Firmware: fwb, Kernel: vmlinuz, Initrd: initrd, Cmdline: Cmdline,
+		want, err := snp.Measure(snp.Inputs{Firmware: fwb, Kernel: vmlinuz, Cmdline: m.Cmdline,
 			VCPUs: v.VCPUs, CPU: snp.CPUType(v.CPUType), GuestFeatures: 1})
 		if err != nil || v.Measurement != hex.EncodeToString(want) {
 			t.Errorf("%s %d vCPUs: manifest %s, measured %x (%v)", v.CPUType, v.VCPUs, v.Measurement, want, err)
@@ -434,6 +558,14 @@ func TestBuildSignedReferenceValues(t *testing.T) {
 	if len(d.Values) != 1+12 || d.Values[0].Value != m.Measurements.Emulated || d.Values[0].Config.TEE != "emulated" ||
 		d.Image.KernelSHA256 != m.Kernel.SHA256 || d.Values[1].Config.FirmwareSHA256 != s.Firmware.SHA256 {
 		t.Errorf("bundle document %+v", d)
+	}
+	// The KBS accepts every value it signs (kbs/server checks them by name).
+	for i, v := range d.Values {
+		if err := adminapi.CheckReferenceName(v.Name, false); err != nil {
+			t.Error(err)
+		} else if err := adminapi.CheckReferenceValue(v.Name, i, v.Value); err != nil {
+			t.Error(err)
+		}
 	}
 	// A build without a key leaves no stale bundle beside new artifacts.
 	o.SignKey = ""

@@ -2,6 +2,7 @@ package build
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/cloak-containers/cloak/guest-image/build/rootimg"
 	"github.com/cloak-containers/cloak/measurements"
 	"github.com/cloak-containers/cloak/measurements/snp"
 )
@@ -21,12 +23,16 @@ import (
 // File names inside an image directory.
 const (
 	KernelFile   = "vmlinuz"
+	RootFile     = "root.img"
 	InitrdFile   = "initrd.img"
 	ManifestFile = "manifest.json"
+	// DebianDir holds the Debian-kernel flavour: DebianDir/vmlinuz and
+	// DebianDir/initrd.img.
+	DebianDir = "debian"
 )
 
 // Schema names this manifest format; a new format gets a new name.
-const Schema = "cloak-image/v1"
+const Schema = "cloak-image/v2"
 
 // Limits for reading a manifest, which may come from anywhere.
 const (
@@ -36,20 +42,54 @@ const (
 )
 
 // Manifest describes a built guest image: what went in and the digests a
-// relying party needs to recompute its launch measurement.
+// relying party needs to recompute its launch measurement. The top level is
+// the default boot (Cloak's kernel, the verified root disk, no initrd);
+// Debian describes the Debian-kernel flavour.
 type Manifest struct {
-	Schema  string   `json:"schema"`
-	Kernel  Artifact `json:"kernel"`
-	Initrd  Artifact `json:"initrd"`
-	Cmdline string   `json:"cmdline"`
+	Schema string   `json:"schema"`
+	Kernel Artifact `json:"kernel"`
+	Root   RootDisk `json:"root"`
+	// Cmdline carries the root disk's dm-verity table and root hash.
+	Cmdline string `json:"cmdline"`
 
-	KernelPackage KernelPackage `json:"kernel_package"`
-	// Modules are the module files in /lib/modules, in load order.
-	Modules     []string `json:"modules"`
-	RuncVersion string   `json:"runc_version"`
-	// Files are the regular files in the initrd, sorted by path.
+	KernelBuild KernelBuild `json:"kernel_build"`
+	RuncVersion string      `json:"runc_version"`
+	// Files are the regular files on the root disk (and in the Debian
+	// flavour's initrd, the agent there being /init), sorted by path.
 	Files []File `json:"files"`
 
+	Measurements Measurements  `json:"measurements"`
+	Debian       DebianFlavour `json:"debian"`
+}
+
+// RootDisk is the read-only root disk beside the manifest.
+type RootDisk struct {
+	File string `json:"file"`
+	FS   string `json:"fs"`
+	rootimg.Image
+}
+
+// KernelBuild identifies how Cloak's kernel was built (build/kbuild);
+// SourcePackage "prebuilt" (and nothing else) for a kernel given to the build.
+type KernelBuild struct {
+	SourcePackage   string `json:"source_package"`
+	SourceVersion   string `json:"source_version,omitempty"`
+	SourceDebSHA256 string `json:"source_deb_sha256,omitempty"`
+	FragmentSHA256  string `json:"fragment_sha256,omitempty"`
+	Compiler        string `json:"compiler,omitempty"`
+}
+
+// DebianFlavour is the image for Debian's cloud kernel: the same userland in
+// an initrd, with the kernel modules the guest loads.
+type DebianFlavour struct {
+	Kernel        Artifact      `json:"kernel"`
+	Initrd        Artifact      `json:"initrd"`
+	Cmdline       string        `json:"cmdline"`
+	KernelPackage KernelPackage `json:"kernel_package"`
+	// Modules are the module files in /lib/modules, in load order.
+	Modules []string `json:"modules"`
+	// Measurements holds the emulated value only: the SNP and TDX
+	// reference values are computed for the default boot.
 	Measurements Measurements `json:"measurements"`
 }
 
@@ -68,7 +108,7 @@ type KernelPackage struct {
 	DebSHA256 string `json:"deb_sha256"`
 }
 
-// File is one regular file inside the initrd.
+// File is one regular file of the guest's userland.
 type File struct {
 	Path   string `json:"path"`
 	Mode   string `json:"mode"` // octal permission bits, e.g. "0755"
@@ -79,7 +119,7 @@ type File struct {
 // Measurements are the expected launch measurements, hex encoded.
 type Measurements struct {
 	// Emulated is measurements.EmulatedLaunchDigest of kernel, initrd
-	// and cmdline.
+	// (none: empty) and cmdline.
 	Emulated string `json:"emulated"`
 	// SNP and TDX are the real launch values, when the build was given
 	// the firmware (cloak-image build --snp-firmware / --tdx-firmware).
@@ -142,24 +182,33 @@ func ParseManifest(b []byte) (*Manifest, error) {
 
 func (m *Manifest) validate() error {
 	if m.Schema != Schema {
-		return fmt.Errorf("schema %q, want %q", m.Schema, Schema)
+		return fmt.Errorf("schema %q, want %q (an image built by another Cloak version: rebuild it with make image)", m.Schema, Schema)
 	}
-	for name, a := range map[string]Artifact{"kernel": m.Kernel, "initrd": m.Initrd} {
-		if a.Size <= 0 {
-			return fmt.Errorf("%s size %d", name, a.Size)
-		}
-		if err := checkHex(name+" sha256", a.SHA256, sha256.Size); err != nil {
-			return err
-		}
-		if err := checkHex(name+" sha384", a.SHA384, sha512.Size384); err != nil {
+	for name, a := range map[string]Artifact{"kernel": m.Kernel, "debian.kernel": m.Debian.Kernel, "debian.initrd": m.Debian.Initrd} {
+		if err := a.validate(name); err != nil {
 			return err
 		}
 	}
-	if len(m.Cmdline) > maxCmdline || strings.ContainsRune(m.Cmdline, 0) {
-		return fmt.Errorf("cmdline: longer than %d bytes or holds a NUL", maxCmdline)
+	if m.Root.File != RootFile || m.Root.FS != "erofs" {
+		return fmt.Errorf("root: file %q fs %q, want %q erofs", m.Root.File, m.Root.FS, RootFile)
 	}
-	if err := checkHex("measurements.emulated", m.Measurements.Emulated, sha512.Size384); err != nil {
-		return err
+	if m.Root.DataSize <= 0 || m.Root.DataSize%rootimg.BlockSize != 0 || m.Root.Size < m.Root.DataSize {
+		return fmt.Errorf("root: data size %d, size %d: want a positive multiple of %d, then the hash tree", m.Root.DataSize, m.Root.Size, rootimg.BlockSize)
+	}
+	for name, v := range map[string]string{"root sha256": m.Root.SHA256, "root root_hash": m.Root.RootHash, "root salt": m.Root.Salt} {
+		if err := checkHex(name, v, sha256.Size); err != nil {
+			return err
+		}
+	}
+	for name, c := range map[string]string{"cmdline": m.Cmdline, "debian.cmdline": m.Debian.Cmdline} {
+		if len(c) > maxCmdline || strings.ContainsRune(c, 0) {
+			return fmt.Errorf("%s: longer than %d bytes or holds a NUL", name, maxCmdline)
+		}
+	}
+	for name, e := range map[string]string{"measurements.emulated": m.Measurements.Emulated, "debian.measurements.emulated": m.Debian.Measurements.Emulated} {
+		if err := checkHex(name, e, sha512.Size384); err != nil {
+			return err
+		}
 	}
 	if s := m.Measurements.SNP; s != nil {
 		if len(s.Values) > 3*snp.MaxVCPUs {
@@ -178,10 +227,13 @@ func (m *Manifest) validate() error {
 			}
 		}
 	}
-	if len(m.Modules) > maxListLen || len(m.Files) > maxListLen {
+	if m.Debian.Measurements.SNP != nil || m.Debian.Measurements.TDX != nil {
+		return errors.New("debian.measurements: only the emulated value is computed for the Debian flavour")
+	}
+	if len(m.Debian.Modules) > maxListLen || len(m.Files) > maxListLen {
 		return fmt.Errorf("more than %d modules or files", maxListLen)
 	}
-	for _, mod := range m.Modules {
+	for _, mod := range m.Debian.Modules {
 		if mod != path.Base(mod) || !strings.HasSuffix(mod, ".ko") {
 			return fmt.Errorf("module %q: want a plain NAME.ko file name", mod)
 		}
@@ -197,6 +249,16 @@ func (m *Manifest) validate() error {
 	return nil
 }
 
+func (a Artifact) validate(name string) error {
+	if a.Size <= 0 {
+		return fmt.Errorf("%s size %d", name, a.Size)
+	}
+	if err := checkHex(name+" sha256", a.SHA256, sha256.Size); err != nil {
+		return err
+	}
+	return checkHex(name+" sha384", a.SHA384, sha512.Size384)
+}
+
 func checkHex(what, s string, n int) error {
 	b, err := hex.DecodeString(s)
 	if err != nil || len(b) != n || s != strings.ToLower(s) {
@@ -208,44 +270,61 @@ func checkHex(what, s string, n int) error {
 // Verification is the result of checking an image directory.
 type Verification struct {
 	Manifest *Manifest
-	// Emulated is the emulated launch measurement recomputed from the
-	// files and the manifest's cmdline, hex encoded.
-	Emulated string
+	// Emulated and DebianEmulated are the emulated launch measurements
+	// recomputed from the files and the manifest's command lines, hex
+	// encoded.
+	Emulated, DebianEmulated string
 	// Mismatches name each thing that differs from the manifest; empty
 	// means the directory matches its manifest.
 	Mismatches []string
 }
 
-// VerifyDir recomputes the digests of DIR's kernel and initrd and the
-// emulated launch measurement, and compares them with DIR's manifest.
-func VerifyDir(dir string) (*Verification, error) {
+// VerifyDir recomputes the digests of DIR's kernels, initrd and root disk
+// (every block against its dm-verity root hash, with veritysetup) and the
+// emulated launch measurements, checks that the command line carries the
+// root disk's table, and compares everything with DIR's manifest.
+func VerifyDir(ctx context.Context, dir string) (*Verification, error) {
 	m, err := ReadManifest(dir)
 	if err != nil {
 		return nil, err
 	}
-	kernel, k384, err := hashFile(filepath.Join(dir, KernelFile))
-	if err != nil {
-		return nil, err
-	}
-	initrd, i384, err := hashFile(filepath.Join(dir, InitrdFile))
-	if err != nil {
-		return nil, err
-	}
-	v := &Verification{
-		Manifest: m,
-		Emulated: hex.EncodeToString(measurements.EmulatedLaunchDigestFromHashes(k384, i384, sha512.Sum384([]byte(m.Cmdline)))),
-	}
-	for _, a := range []struct {
-		name      string
-		got, want Artifact
-	}{{KernelFile, kernel, m.Kernel}, {InitrdFile, initrd, m.Initrd}} {
-		if a.got != a.want {
+	v := &Verification{Manifest: m}
+	var empty [sha512.Size384]byte
+	sha512.New384().Sum(empty[:0])
+	check := func(name string, want Artifact) [sha512.Size384]byte {
+		got, s384, err := hashFile(filepath.Join(dir, name))
+		if err != nil {
+			v.Mismatches = append(v.Mismatches, err.Error())
+		} else if got != want {
 			v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s: size %d sha384 %s, manifest says size %d sha384 %s",
-				a.name, a.got.Size, a.got.SHA384, a.want.Size, a.want.SHA384))
+				name, got.Size, got.SHA384, want.Size, want.SHA384))
 		}
+		return s384
+	}
+	k384 := check(KernelFile, m.Kernel)
+	v.Emulated = hex.EncodeToString(measurements.EmulatedLaunchDigestFromHashes(k384, empty, sha512.Sum384([]byte(m.Cmdline))))
+	dk384 := check(filepath.Join(DebianDir, KernelFile), m.Debian.Kernel)
+	di384 := check(filepath.Join(DebianDir, InitrdFile), m.Debian.Initrd)
+	v.DebianEmulated = hex.EncodeToString(measurements.EmulatedLaunchDigestFromHashes(dk384, di384, sha512.Sum384([]byte(m.Debian.Cmdline))))
+
+	rootPath := filepath.Join(dir, RootFile)
+	if got, _, err := hashFile(rootPath); err != nil {
+		v.Mismatches = append(v.Mismatches, err.Error())
+	} else if got.Size != m.Root.Size || got.SHA256 != m.Root.SHA256 {
+		v.Mismatches = append(v.Mismatches, fmt.Sprintf("%s: size %d sha256 %s, manifest says size %d sha256 %s",
+			RootFile, got.Size, got.SHA256, m.Root.Size, m.Root.SHA256))
+	}
+	if err := rootimg.Verify(ctx, rootPath, &m.Root.Image); err != nil {
+		v.Mismatches = append(v.Mismatches, err.Error())
+	}
+	if args := m.Root.KernelArgs(AgentPath); !strings.Contains(m.Cmdline, args) {
+		v.Mismatches = append(v.Mismatches, fmt.Sprintf("cmdline does not mount the manifest's root disk: it lacks %q", args))
 	}
 	if v.Emulated != m.Measurements.Emulated {
 		v.Mismatches = append(v.Mismatches, fmt.Sprintf("emulated measurement %s, manifest says %s", v.Emulated, m.Measurements.Emulated))
+	}
+	if v.DebianEmulated != m.Debian.Measurements.Emulated {
+		v.Mismatches = append(v.Mismatches, fmt.Sprintf("debian emulated measurement %s, manifest says %s", v.DebianEmulated, m.Debian.Measurements.Emulated))
 	}
 	return v, nil
 }

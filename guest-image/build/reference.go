@@ -1,6 +1,7 @@
 package build
 
 import (
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
@@ -104,8 +105,10 @@ func measureTDX(fwPath string, vmlinuz, initrd []byte, cmdline string) (*TDXMeas
 func ReferenceDocument(m *Manifest) bundle.Document {
 	d := bundle.Document{
 		Version: bundle.Version,
-		Name:    fmt.Sprintf("cloak guest image, kernel %s %s", m.KernelPackage.Name, m.KernelPackage.Version),
-		Image:   bundle.Image{KernelSHA256: m.Kernel.SHA256, InitrdSHA256: m.Initrd.SHA256, Cmdline: m.Cmdline},
+		Name: fmt.Sprintf("cloak guest image, kernel %s %s config %.12s, root %.12s", m.KernelBuild.SourcePackage,
+			m.KernelBuild.SourceVersion, m.KernelBuild.FragmentSHA256, m.Root.RootHash),
+		// No initrd: the command line carries the root disk's root hash.
+		Image: bundle.Image{KernelSHA256: m.Kernel.SHA256, Cmdline: m.Cmdline},
 		Values: []bundle.Value{{Name: "snp_launch_measurement", Value: m.Measurements.Emulated,
 			Config: bundle.Config{TEE: "emulated"}}},
 	}
@@ -129,8 +132,8 @@ func ReferenceDocument(m *Manifest) bundle.Document {
 // manifest.json) into out, default dir/BundleFile: an image built without a
 // key, or on a machine that does not hold the key, can be signed later.
 // An image whose files do not match its manifest is refused.
-func SignDir(dir, out string, key crypto.Signer) (*bundle.Document, error) {
-	v, err := VerifyDir(dir)
+func SignDir(ctx context.Context, dir, out string, key crypto.Signer) (*bundle.Document, error) {
+	v, err := VerifyDir(ctx, dir)
 	if err != nil {
 		return nil, err
 	}

@@ -43,6 +43,9 @@ var baseMounts = []mount{
 	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
 }
 
+// RunEtc is the writable directory the root disk's /etc links point into.
+const RunEtc = "/run/etc"
+
 // mounted records what Setup mounted, for PowerOff.
 var mounted []string
 
@@ -54,8 +57,18 @@ func Setup(log *slog.Logger) error {
 			return err
 		}
 	}
+	// On the read-only root disk, /etc/hostname, /etc/hosts and
+	// /etc/resolv.conf are links into /run/etc (guest-image/build).
+	if err := os.MkdirAll(RunEtc, 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", RunEtc, err)
+	}
 	if err := mountCgroups(log); err != nil {
 		return err
+	}
+	if kb, err := rootReadahead("/", "/sys"); err != nil {
+		log.Warn("root disk readahead unchanged", "err", err)
+	} else if kb > 0 {
+		log.Info("root disk readahead", "kib", kb)
 	}
 	if err := os.Symlink("pts/ptmx", "/dev/ptmx"); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("link /dev/ptmx: %w", err)
@@ -95,6 +108,36 @@ func doMount(m mount) error {
 	}
 	mounted = append(mounted, m.target)
 	return nil
+}
+
+// RootReadaheadKiB is the readahead Setup gives the root's block device.
+// Every block read from the dm-verity root is hashed, and under TCG each
+// request costs far more than its bytes: cold reads of runc and cloak-aa
+// took 20 ms/MiB with the kernel's 128 KiB and 14 ms/MiB with 4 MiB
+// (without verity: 8 ms/MiB). Binaries are read once per VM, mostly in
+// order, so a large window wastes little.
+const RootReadaheadKiB = 4096
+
+// rootReadahead raises the readahead of the block device holding root (a
+// path) to RootReadaheadKiB and returns the new value; 0 when root is not
+// on a block device (an initramfs).
+func rootReadahead(root, sys string) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(root, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", root, err)
+	}
+	return setReadahead(st.Dev, sys)
+}
+
+func setReadahead(dev uint64, sys string) (int, error) {
+	if unix.Major(dev) == 0 {
+		return 0, nil // tmpfs, ramfs, overlay: no block device
+	}
+	file := filepath.Join(sys, "dev", "block", fmt.Sprintf("%d:%d", unix.Major(dev), unix.Minor(dev)), "queue", "read_ahead_kb")
+	if err := os.WriteFile(file, []byte(fmt.Sprint(RootReadaheadKiB)), 0); err != nil {
+		return 0, fmt.Errorf("set %s: %w", file, err)
+	}
+	return RootReadaheadKiB, nil
 }
 
 // mountCgroups mounts cgroup v2 when the kernel has it, else the v1

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
 func TestLoadModules(t *testing.T) {
@@ -83,7 +85,8 @@ pids	0	1	1
 }
 
 func fakePorts(t testing.TB, ports map[string]string) (sys, dev string) {
-	sys, dev = t.TempDir(), t.TempDir()
+	// On tmpfs: FuzzLinkVirtioPorts makes two directory trees per input.
+	sys, dev = testutil.MemTempDir(t), testutil.MemTempDir(t)
 	for p, name := range ports {
 		d := filepath.Join(sys, "class", "virtio-ports", p)
 		os.MkdirAll(d, 0o755)
@@ -147,4 +150,30 @@ func FuzzParseModuleList(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestSetReadahead(t *testing.T) {
+	sys := t.TempDir()
+	queue := filepath.Join(sys, "dev", "block", "254:0", "queue")
+	if err := os.MkdirAll(queue, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(queue, "read_ahead_kb"), []byte("128\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kb, err := setReadahead(unix.Mkdev(254, 0), sys)
+	if err != nil || kb != RootReadaheadKiB {
+		t.Fatalf("setReadahead = %d, %v; want %d", kb, err, RootReadaheadKiB)
+	}
+	if b, _ := os.ReadFile(filepath.Join(queue, "read_ahead_kb")); string(b) != "4096" {
+		t.Errorf("read_ahead_kb holds %q, want 4096", b)
+	}
+	// A root in memory has no queue to tune.
+	if kb, err := setReadahead(unix.Mkdev(0, 33), sys); kb != 0 || err != nil {
+		t.Errorf("tmpfs root: %d, %v; want 0, nil", kb, err)
+	}
+	// A device sysfs does not know is an error that names the file.
+	if _, err := setReadahead(unix.Mkdev(8, 1), sys); err == nil || !strings.Contains(err.Error(), "8:1/queue/read_ahead_kb") {
+		t.Errorf("unknown device: %v, want an error naming its read_ahead_kb", err)
+	}
 }

@@ -10,17 +10,23 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/cloak-containers/cloak/measurements/snp"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
 
 // Defaults, documented in shim/README.md.
 const (
-	DefaultImageDir            = "/usr/share/cloak/image"
-	DefaultRunDir              = "/run/cloak"
+	DefaultImageDir = "/usr/share/cloak/image"
+	DefaultRunDir   = "/run/cloak"
+	// DefaultEmulatedSNPCPUType is the CPU model the emulated SEV-SNP
+	// platform measures for when emulated_snp_firmware is set.
+	DefaultEmulatedSNPCPUType  = "EPYC-Milan"
 	DefaultAgentTimeoutSeconds = 180
 	// maxFileSize bounds the config file: it is read by a root process.
 	maxFileSize = 1 << 20
@@ -29,8 +35,8 @@ const (
 // Config is the content of a configuration file; zero values mean the
 // documented defaults (see WithDefaults).
 type Config struct {
-	// ImageDir holds the guest image: vmlinuz, initrd.img, manifest.json
-	// (from `make image` / cloak-image build).
+	// ImageDir holds the guest image: vmlinuz, root.img, manifest.json
+	// and debian/ (from `make image` / cloak-image build).
 	ImageDir string `toml:"image_dir"`
 	// Accel is auto | kvm | tcg.
 	Accel     string `toml:"accel"`
@@ -49,9 +55,16 @@ type Config struct {
 	// TEE is none | emulated | snp | tdx. Anything but none is a
 	// confidential handler: the host shares no directory with the guest.
 	TEE string `toml:"tee"`
-	// Kernel and Initrd default to vmlinuz and initrd.img in ImageDir.
-	Kernel string `toml:"kernel"`
-	Initrd string `toml:"initrd"`
+	// GuestKernel is cloak (default: Cloak's kernel booting the verified
+	// read-only root disk) or debian (Debian's cloud kernel with the same
+	// userland in an initrd, ImageDir/debian/).
+	GuestKernel string `toml:"guest_kernel"`
+	// Kernel, Initrd and RootDisk default to the GuestKernel flavour's
+	// files in ImageDir: vmlinuz, no initrd and root.img for cloak;
+	// debian/vmlinuz, debian/initrd.img and no root disk for debian.
+	Kernel   string `toml:"kernel"`
+	Initrd   string `toml:"initrd"`
+	RootDisk string `toml:"root_disk"`
 	// Firmware is the guest firmware (OVMF) for snp and tdx; empty: QEMU's
 	// default BIOS.
 	Firmware string `toml:"firmware"`
@@ -69,6 +82,16 @@ type Config struct {
 	// EmulatedPlatform is what tee = "emulated" emulates: snp (default) or
 	// tdx.
 	EmulatedPlatform string `toml:"emulated_platform"`
+	// EmulatedSNPFirmware, when set, makes the emulated SEV-SNP secure
+	// processor report the real SNP MEASUREMENT (measurements/snp) of this
+	// OVMF AMDSEV image with the VM's kernel, initrd, command line and vCPU
+	// count, as a real SNP host running the same launch would, instead of
+	// the emulated digest. QEMU does not load it: the emulated guest boots
+	// without OVMF under TCG.
+	EmulatedSNPFirmware string `toml:"emulated_snp_firmware"`
+	// EmulatedSNPCPUType is the -cpu model that MEASUREMENT is computed for
+	// (its signature is in each VMSA); default EPYC-Milan.
+	EmulatedSNPCPUType string `toml:"emulated_snp_cpu_type"`
 	// EmulatedTDXDir holds the machine's test-only emulated TDX chain (root
 	// CA, PCK chain, QE key) and the collateral a KBS verifies it with
 	// (collateral/ for --collateral-dir, root_ca.pem for --tdx-extra-root).
@@ -101,6 +124,12 @@ const (
 	TEEEmulated = "emulated"
 	TEESNP      = "snp"
 	TEETDX      = "tdx"
+)
+
+// Guest kernels of the guest_kernel key.
+const (
+	GuestKernelCloak  = "cloak"
+	GuestKernelDebian = "debian"
 )
 
 // AttackInitdataAfterLaunch is the emulated_host_attack that changes the
@@ -222,11 +251,24 @@ func (c Config) WithDefaults() Config {
 	if c.TEE == "" {
 		c.TEE = TEENone
 	}
-	if c.Kernel == "" {
-		c.Kernel = filepath.Join(c.ImageDir, "vmlinuz")
+	if c.GuestKernel == "" {
+		c.GuestKernel = GuestKernelCloak
 	}
-	if c.Initrd == "" {
-		c.Initrd = filepath.Join(c.ImageDir, "initrd.img")
+	switch c.GuestKernel {
+	case GuestKernelCloak:
+		if c.Kernel == "" {
+			c.Kernel = filepath.Join(c.ImageDir, "vmlinuz")
+		}
+		if c.RootDisk == "" {
+			c.RootDisk = filepath.Join(c.ImageDir, "root.img")
+		}
+	case GuestKernelDebian:
+		if c.Kernel == "" {
+			c.Kernel = filepath.Join(c.ImageDir, "debian", "vmlinuz")
+		}
+		if c.Initrd == "" {
+			c.Initrd = filepath.Join(c.ImageDir, "debian", "initrd.img")
+		}
 	}
 	if c.SharedFS == "" {
 		c.SharedFS = SharedFSNone
@@ -242,6 +284,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.EmulatedTDXDir == "" {
 		c.EmulatedTDXDir = DefaultEmulatedTDXDir
+	}
+	if c.EmulatedSNPFirmware != "" && c.EmulatedSNPCPUType == "" {
+		c.EmulatedSNPCPUType = DefaultEmulatedSNPCPUType
 	}
 	if c.VTPMStateDir == "" {
 		c.VTPMStateDir = DefaultVTPMStateDir
@@ -284,6 +329,15 @@ func (c Config) validate() error {
 	default:
 		return fmt.Errorf("tee %q: want none, emulated, snp or tdx", c.TEE)
 	}
+	switch c.GuestKernel {
+	case GuestKernelCloak:
+	case GuestKernelDebian:
+		if c.RootDisk != "" {
+			return fmt.Errorf("root_disk with guest_kernel %q: Debian's kernel boots the initrd (its root disk needs drivers it only has as modules); remove root_disk or set guest_kernel = %q", c.GuestKernel, GuestKernelCloak)
+		}
+	default:
+		return fmt.Errorf("guest_kernel %q: want %q or %q", c.GuestKernel, GuestKernelCloak, GuestKernelDebian)
+	}
 	switch c.SharedFS {
 	case SharedFSNone:
 	case SharedFSVirtioFS:
@@ -295,6 +349,12 @@ func (c Config) validate() error {
 	}
 	if c.EmulatedPlatform != TEESNP && c.EmulatedPlatform != TEETDX {
 		return fmt.Errorf("emulated_platform %q: want snp or tdx", c.EmulatedPlatform)
+	}
+	if c.EmulatedSNPFirmware != "" && (c.TEE != TEEEmulated || c.EmulatedPlatform != TEESNP) {
+		return fmt.Errorf("emulated_snp_firmware with tee %q, emulated_platform %q: it sets what the emulated SEV-SNP platform reports; use it with tee = \"emulated\" and emulated_platform = \"snp\", or remove it", c.TEE, c.EmulatedPlatform)
+	}
+	if c.EmulatedSNPCPUType != "" && !slices.Contains(snp.CPUTypes(), c.EmulatedSNPCPUType) {
+		return fmt.Errorf("emulated_snp_cpu_type %q: want one of %s", c.EmulatedSNPCPUType, strings.Join(snp.CPUTypes(), ", "))
 	}
 	switch c.EmulatedHostAttack {
 	case "":
@@ -329,9 +389,9 @@ func (c Config) validate() error {
 	}
 	for _, d := range []struct{ key, dir string }{
 		{"image_dir", c.ImageDir}, {"run_dir", c.RunDir}, {"console_log_dir", c.ConsoleLogDir},
-		{"kernel", c.Kernel}, {"initrd", c.Initrd}, {"firmware", c.Firmware}, {"virtiofsd", c.Virtiofsd},
+		{"kernel", c.Kernel}, {"initrd", c.Initrd}, {"root_disk", c.RootDisk}, {"firmware", c.Firmware}, {"virtiofsd", c.Virtiofsd},
 		{"[kbs] ca_file", c.KBS.CAFile}, {"[kbs] initdata_file", c.KBS.InitdataFile},
-		{"emulated_snp_dir", c.EmulatedSNPDir}, {"emulated_tdx_dir", c.EmulatedTDXDir}, {"vtpm_state_dir", c.VTPMStateDir}, {"vtpm_setup_config", c.VTPMSetupConfig},
+		{"emulated_snp_dir", c.EmulatedSNPDir}, {"emulated_snp_firmware", c.EmulatedSNPFirmware}, {"emulated_tdx_dir", c.EmulatedTDXDir}, {"vtpm_state_dir", c.VTPMStateDir}, {"vtpm_setup_config", c.VTPMSetupConfig},
 	} {
 		if d.dir != "" && !filepath.IsAbs(d.dir) {
 			return fmt.Errorf("%s %q: want an absolute path", d.key, d.dir)

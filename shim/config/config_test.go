@@ -17,7 +17,7 @@ func TestParse(t *testing.T) {
 		{name: "empty gives defaults", doc: "", want: Config{
 			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
 			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
-			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
+			GuestKernel: GuestKernelCloak, Kernel: DefaultImageDir + "/vmlinuz", RootDisk: DefaultImageDir + "/root.img",
 			SharedFS: "none", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
 			EmulatedPlatform: "snp", EmulatedTDXDir: DefaultEmulatedTDXDir,
 		}},
@@ -42,7 +42,7 @@ insecure = ["127.0.0.1:5000"]
 mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 `, want: Config{
 			ImageDir: "/img", Accel: "tcg", VCPUs: 2, MemoryMiB: 1024, RunDir: "/r", ConsoleLogDir: "/logs",
-			AgentTimeoutSeconds: 30, TEE: "emulated", Kernel: "/k", Initrd: "/i", Firmware: "/usr/share/ovmf/OVMF.fd",
+			AgentTimeoutSeconds: 30, TEE: "emulated", GuestKernel: GuestKernelCloak, Kernel: "/k", Initrd: "/i", RootDisk: "/img/root.img", Firmware: "/usr/share/ovmf/OVMF.fd",
 			SharedFS: "none", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
 			EmulatedPlatform: "snp", EmulatedTDXDir: DefaultEmulatedTDXDir,
 			AllowedAnnotations: []string{"initdata", "vcpus", "memory"},
@@ -53,6 +53,15 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 			},
 		}},
 		{name: "unknown key", doc: "vcpu = 2\n", wantErr: "unknown key"},
+		{name: "debian kernel", doc: `guest_kernel = "debian"`, want: Config{
+			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
+			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: TEENone, GuestKernel: GuestKernelDebian,
+			Kernel: DefaultImageDir + "/debian/vmlinuz", Initrd: DefaultImageDir + "/debian/initrd.img",
+			SharedFS: SharedFSNone, Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir,
+			EmulatedPlatform: TEESNP, EmulatedTDXDir: DefaultEmulatedTDXDir, VTPMStateDir: DefaultVTPMStateDir,
+		}},
+		{name: "bad guest kernel", doc: `guest_kernel = "ubuntu"`, wantErr: `guest_kernel "ubuntu"`},
+		{name: "root disk on debian kernel", doc: "guest_kernel = \"debian\"\nroot_disk = \"/r.img\"", wantErr: "root_disk with guest_kernel"},
 		{name: "bad accel", doc: `accel = "hvf"`, wantErr: "accel"},
 		{name: "too little memory", doc: "memory_mib = 64", wantErr: "memory_mib"},
 		{name: "relative dir", doc: `image_dir = "img"`, wantErr: "absolute"},
@@ -62,7 +71,7 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 		{name: "shared fs without tee", doc: `shared_fs = "virtio-fs"`, want: Config{
 			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
 			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "none",
-			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
+			GuestKernel: GuestKernelCloak, Kernel: DefaultImageDir + "/vmlinuz", RootDisk: DefaultImageDir + "/root.img",
 			SharedFS: "virtio-fs", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
 			EmulatedPlatform: "snp", EmulatedTDXDir: DefaultEmulatedTDXDir,
 		}},
@@ -73,7 +82,7 @@ mirrors = { "127.0.0.1:5000" = "http://10.0.2.2:5000" }
 		{name: "host attack on emulated tee", doc: "tee = \"emulated\"\nemulated_host_attack = \"initdata-after-launch\"", want: Config{
 			ImageDir: DefaultImageDir, Accel: "auto", VCPUs: 1, MemoryMiB: 512, RunDir: DefaultRunDir,
 			AgentTimeoutSeconds: DefaultAgentTimeoutSeconds, TEE: "emulated",
-			Kernel: DefaultImageDir + "/vmlinuz", Initrd: DefaultImageDir + "/initrd.img",
+			GuestKernel: GuestKernelCloak, Kernel: DefaultImageDir + "/vmlinuz", RootDisk: DefaultImageDir + "/root.img",
 			SharedFS: "none", Virtiofsd: DefaultVirtiofsd, EmulatedSNPDir: DefaultEmulatedSNPDir, VTPMStateDir: DefaultVTPMStateDir,
 			EmulatedPlatform: "snp", EmulatedTDXDir: DefaultEmulatedTDXDir, EmulatedHostAttack: "initdata-after-launch",
 		}},

@@ -44,8 +44,10 @@ func TestHandlerConfigs(t *testing.T) {
 				t.Errorf("tee %q, want %q", c.TEE, handlerTEE[tt.handler])
 			}
 			// make install puts the image where the defaults look for it.
-			if c.ImageDir != DefaultImageDir || c.Kernel != DefaultImageDir+"/vmlinuz" || c.Initrd != DefaultImageDir+"/initrd.img" {
-				t.Errorf("image_dir %q, kernel %q, initrd %q: want the installed image in %s", c.ImageDir, c.Kernel, c.Initrd, DefaultImageDir)
+			if c.ImageDir != DefaultImageDir || c.GuestKernel != GuestKernelCloak || c.Kernel != DefaultImageDir+"/vmlinuz" ||
+				c.Initrd != "" || c.RootDisk != DefaultImageDir+"/root.img" {
+				t.Errorf("image_dir %q, guest_kernel %q, kernel %q, initrd %q, root_disk %q: want Cloak's kernel and the root disk of the installed image in %s",
+					c.ImageDir, c.GuestKernel, c.Kernel, c.Initrd, c.RootDisk, DefaultImageDir)
 			}
 			if c.Accel != tt.accel {
 				t.Errorf("accel %q, want %q", c.Accel, tt.accel)
@@ -84,13 +86,19 @@ func newInstallEnv(t *testing.T) installEnv {
 			t.Fatal(err)
 		}
 	}
-	for _, f := range []string{"vmlinuz", "initrd.img", "manifest.json"} {
+	for _, f := range imageFiles {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(e.image, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(filepath.Join(e.image, f), []byte("image "+f), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return e
 }
+
+// imageFiles are what make image writes and make install copies.
+var imageFiles = []string{"vmlinuz", "root.img", "manifest.json", "debian/vmlinuz", "debian/initrd.img"}
 
 // run runs the install script with PREFIX; err is set on a non-zero exit.
 func (e installEnv) run(t *testing.T, prefix string) (stdout, stderr string, err error) {
@@ -123,7 +131,7 @@ func TestInstall(t *testing.T) {
 	if !strings.Contains(stderr, "skipping cloak-snapshotter") {
 		t.Errorf("no progress line says the snapshotter was skipped:\n%s", stderr)
 	}
-	for _, f := range []string{"vmlinuz", "initrd.img", "manifest.json"} {
+	for _, f := range imageFiles {
 		got, err := os.ReadFile(filepath.Join(e.destdir, DefaultImageDir, f))
 		if err != nil || string(got) != "image "+f {
 			t.Errorf("image file %s: %q, %v", f, got, err)
@@ -258,7 +266,7 @@ func TestInstallRefuses(t *testing.T) {
 			return os.Remove(filepath.Join(e.bin, "containerd-shim-cloak-v2"))
 		}, prefix: "/usr/local", wantErr: "make build"},
 		{name: "image not built", prepare: func(e installEnv) error {
-			return os.Remove(filepath.Join(e.image, "initrd.img"))
+			return os.Remove(filepath.Join(e.image, "root.img"))
 		}, prefix: "/usr/local", wantErr: "make image"},
 		{name: "relative prefix", prepare: func(installEnv) error { return nil }, prefix: "usr", wantErr: "absolute"},
 	}

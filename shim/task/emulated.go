@@ -3,12 +3,15 @@ package task
 import (
 	"context"
 	"crypto/sha512"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 
 	"github.com/cloak-containers/cloak/measurements"
+	"github.com/cloak-containers/cloak/measurements/launch"
+	"github.com/cloak-containers/cloak/measurements/snp"
 	"github.com/cloak-containers/cloak/shim/config"
 	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 	"github.com/cloak-containers/cloak/shim/emulatedtdx"
@@ -36,15 +39,10 @@ type spServer interface {
 // QEMU's read would go unnoticed, which is one reason the evidence is only
 // ever "emulated".
 func startEmulatedSP(cfg config.Config, qcfg qemu.Config, initdata []byte, logger *slog.Logger) (*emulatedSP, error) {
-	kernel, err := fileSHA384(qcfg.Kernel)
+	measurement, algorithm, err := emulatedMeasurement(cfg, qcfg)
 	if err != nil {
-		return nil, fmt.Errorf("emulated %s launch measurement: %w", cfg.EmulatedPlatform, err)
+		return nil, err
 	}
-	initrd, err := fileSHA384(qcfg.Initrd)
-	if err != nil {
-		return nil, fmt.Errorf("emulated %s launch measurement: %w", cfg.EmulatedPlatform, err)
-	}
-	measurement := measurements.EmulatedLaunchDigestFromHashes(kernel, initrd, sha512.Sum384([]byte(qcfg.Cmdline)))
 	var srv spServer
 	chainDir := cfg.EmulatedSNPDir
 	switch cfg.EmulatedPlatform {
@@ -84,8 +82,45 @@ func startEmulatedSP(cfg config.Config, qcfg qemu.Config, initdata []byte, logge
 		srv.Run(ctx, qcfg.SPSocket(), func(format string, args ...any) { logger.Warn(fmt.Sprintf(format, args...)) })
 	}()
 	logger.Info("emulated TEE firmware serving", "platform", cfg.EmulatedPlatform, "socket", qcfg.SPSocket(),
-		"measurement", fmt.Sprintf("%x", measurement), "chain", chainDir)
+		"measurement", fmt.Sprintf("%x", measurement), "algorithm", algorithm, "chain", chainDir)
 	return e, nil
+}
+
+// emulatedMeasurement is what the emulated platform reports as the launch
+// measurement of qcfg, and how it was computed (for the log): the real SNP
+// MEASUREMENT when emulated_snp_firmware is set, else the emulated digest.
+func emulatedMeasurement(cfg config.Config, qcfg qemu.Config) (measurement []byte, algorithm string, err error) {
+	if cfg.EmulatedPlatform == config.TEESNP && cfg.EmulatedSNPFirmware != "" {
+		m, err := emulatedSNPMeasurement(cfg, qcfg)
+		return m, "SEV-SNP MEASUREMENT of " + cfg.EmulatedSNPFirmware + ", " + cfg.EmulatedSNPCPUType, err
+	}
+	kernel, err := fileSHA384(qcfg.Kernel)
+	if err != nil {
+		return nil, "", fmt.Errorf("emulated %s launch measurement: %w", cfg.EmulatedPlatform, err)
+	}
+	// No initrd (Cloak's kernel boots the root disk, whose root hash is on
+	// the command line) measures as empty, as measurements defines.
+	initrd := sha512.Sum384(nil)
+	if qcfg.Initrd != "" {
+		if initrd, err = fileSHA384(qcfg.Initrd); err != nil {
+			return nil, "", fmt.Errorf("emulated %s launch measurement: %w", cfg.EmulatedPlatform, err)
+		}
+	}
+	return measurements.EmulatedLaunchDigestFromHashes(kernel, initrd, sha512.Sum384([]byte(qcfg.Cmdline))), "emulated digest", nil
+}
+
+// emulatedSNPMeasurement is the MEASUREMENT a real SEV-SNP host would
+// report for qcfg's kernel, initrd, command line and vCPUs with the
+// configured OVMF and CPU model: the same code as cloak-image measure and
+// the image build's reference values.
+func emulatedSNPMeasurement(cfg config.Config, qcfg qemu.Config) ([]byte, error) {
+	r, err := launch.Measure(launch.Config{TEE: launch.TEESNP, Firmware: cfg.EmulatedSNPFirmware,
+		Kernel: qcfg.Kernel, Initrd: qcfg.Initrd, Cmdline: qcfg.Cmdline, VCPUs: max(qcfg.VCPUs, qemu.DefaultVCPUs),
+		CPUType: cfg.EmulatedSNPCPUType, GuestFeatures: snp.DefaultGuestFeatures})
+	if err != nil {
+		return nil, fmt.Errorf("emulated SEV-SNP MEASUREMENT (emulated_snp_firmware %s): %w", cfg.EmulatedSNPFirmware, err)
+	}
+	return hex.DecodeString(r.Values[0].Value)
 }
 
 // stop ends the SP and waits for it; nil-safe.

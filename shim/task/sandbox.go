@@ -77,8 +77,10 @@ func vmRunDir(cfg config.Config, ns, id string) string {
 	return filepath.Join(cfg.RunDir, hex.EncodeToString(sum[:8]))
 }
 
-// imageCmdline reads the kernel command line the image was built with.
-func imageCmdline(dir string) (string, error) {
+// imageCmdline reads the kernel command line the image was built with for
+// the guest kernel flavour (config.GuestKernel*). Cloak's carries the root
+// disk's dm-verity root hash.
+func imageCmdline(dir, flavour string) (string, error) {
 	f, err := os.Open(filepath.Join(dir, "manifest.json"))
 	if err != nil {
 		return "", fmt.Errorf("guest image: %w (build it with `make image` and set image_dir)", err)
@@ -86,11 +88,43 @@ func imageCmdline(dir string) (string, error) {
 	defer f.Close()
 	var m struct {
 		Cmdline string `json:"cmdline"`
+		Debian  struct {
+			Cmdline string `json:"cmdline"`
+		} `json:"debian"`
 	}
-	if err := json.NewDecoder(io.LimitReader(f, maxManifestSize)).Decode(&m); err != nil || m.Cmdline == "" {
-		return "", fmt.Errorf("guest image %s: manifest.json has no cmdline (%v)", dir, err)
+	if err := json.NewDecoder(io.LimitReader(f, maxManifestSize)).Decode(&m); err != nil {
+		return "", fmt.Errorf("guest image %s: manifest.json: %w (rebuild it with `make image`)", dir, err)
 	}
-	return m.Cmdline, nil
+	c := m.Cmdline
+	if flavour == config.GuestKernelDebian {
+		c = m.Debian.Cmdline
+	}
+	if c == "" {
+		return "", fmt.Errorf("guest image %s: manifest.json has no %s kernel command line (an image from an older Cloak: rebuild it with `make image`)", dir, flavour)
+	}
+	return c, nil
+}
+
+// launchConfig is the QEMU configuration of a task's VM: the image's boot
+// artifacts and kernel command line for the handler's guest kernel, the VM's
+// size and TEE, the agent channel. The launch measurement a KBS expects
+// is computed from the same files and command line (TestSNPLaunchIsMeasured).
+func launchConfig(cfg config.Config, vs vmSettings, ns, id, console string) (qemu.Config, error) {
+	cmdline, err := imageCmdline(cfg.ImageDir, cfg.GuestKernel)
+	if err != nil {
+		return qemu.Config{}, err
+	}
+	return qemu.Config{
+		Machine: qemu.MachineQ35, Accel: qemu.Accel(cfg.Accel), VCPUs: vs.vcpus, MemoryMiB: vs.memoryMiB,
+		Kernel: cfg.Kernel, Initrd: cfg.Initrd, RootDisk: cfg.RootDisk, Firmware: cfg.Firmware, Cmdline: cmdline,
+		ConsoleLog: console, RunDir: vmRunDir(cfg, ns, id),
+		Agent:   qemu.Agent{Kind: qemu.AgentVirtioSerial},
+		Network: qemu.Network{Kind: qemu.NetworkUser},
+		TEE:     vs.tee,
+		// tee = "emulated": the guest asks the emulated SNP SP on cloak.sp.
+		EmulatedSP: cfg.TEE == config.TEEEmulated,
+		TPM:        vtpmFor(cfg, ns, id),
+	}, nil
 }
 
 // startSandbox boots the VM for a task, waits for its agent and configures
@@ -99,10 +133,6 @@ func imageCmdline(dir string) (string, error) {
 // on QEMU's user-mode network.
 func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id, bundle, hostname string, pnet sandboxNet, logger *slog.Logger) (_ *sandbox, retErr error) {
 	times := vmTimes{requested: time.Now()}
-	cmdline, err := imageCmdline(cfg.ImageDir)
-	if err != nil {
-		return nil, err
-	}
 	console := filepath.Join(bundle, "console.log")
 	if cfg.ConsoleLogDir != "" {
 		if err := os.MkdirAll(cfg.ConsoleLogDir, 0o750); err != nil {
@@ -113,16 +143,9 @@ func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id,
 	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
-	qcfg := qemu.Config{
-		Machine: qemu.MachineQ35, Accel: qemu.Accel(cfg.Accel), VCPUs: vs.vcpus, MemoryMiB: vs.memoryMiB,
-		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Firmware: cfg.Firmware, Cmdline: cmdline,
-		ConsoleLog: console, RunDir: vmRunDir(cfg, ns, id),
-		Agent:   qemu.Agent{Kind: qemu.AgentVirtioSerial},
-		Network: qemu.Network{Kind: qemu.NetworkUser},
-		TEE:     vs.tee,
-		// tee = "emulated": the guest asks the emulated SNP SP on cloak.sp.
-		EmulatedSP: cfg.TEE == config.TEEEmulated,
-		TPM:        vtpmFor(cfg, ns, id),
+	qcfg, err := launchConfig(cfg, vs, ns, id, console)
+	if err != nil {
+		return nil, err
 	}
 	sandboxReq := &agentapi.CreateSandboxRequest{
 		SandboxId: id, Hostname: hostname, Initdata: vs.initdata,

@@ -90,8 +90,9 @@ func NewService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 		ctx: ctx, ns: ns, publisher: publisher, shutdown: sd,
 		events:     make(chan any, 128),
 		containers: map[string]*container{},
-		// QEMU launcher logs join the shim's log (containerd's log pipe).
-		logger: slog.New(slog.NewTextHandler(log.G(ctx).Logger.Out, &slog.HandlerOptions{Level: slogLevel(ctx)})),
+		// QEMU launcher logs join the shim's log (containerd's log pipe),
+		// in its format and at its level.
+		logger: slog.New(newLogrusHandler(log.G(ctx))),
 	}
 	go s.forward()
 	sd.RegisterCallback(func(ctx context.Context) error {
@@ -103,15 +104,6 @@ func NewService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 		return nil
 	})
 	return s, nil
-}
-
-// slogLevel follows the shim's log level: containerd's --debug (the shim's
-// -debug flag) makes the launcher's debug lines visible too.
-func slogLevel(ctx context.Context) slog.Level {
-	if log.G(ctx).Logger.IsLevelEnabled(log.DebugLevel) {
-		return slog.LevelDebug
-	}
-	return slog.LevelInfo
 }
 
 // RegisterTTRPC is called by the shim library.

@@ -12,11 +12,15 @@ import (
 	"bytes"
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cavaliergopher/cpio"
+	"golang.org/x/sys/unix"
 )
 
 // Archive is a file tree for an initramfs. The zero value is empty and ready.
@@ -125,4 +129,69 @@ func (a *Archive) Cpio() ([]byte, error) {
 		return nil, fmt.Errorf("cpio trailer: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// WriteTree writes the tree below dir, which must be empty or missing, in
+// the same order as Cpio, with every timestamp at the epoch, so that a
+// filesystem image made from dir (build/rootimg) is as reproducible as the
+// archive. Owners are left to the image tool (mkfs.erofs --all-root).
+func (a *Archive) WriteTree(dir string) error {
+	names := make([]string, 0, len(a.entries))
+	for n := range a.entries {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, n := range names {
+		e := a.entries[n]
+		p := filepath.Join(dir, filepath.FromSlash(n))
+		perm := fs.FileMode(e.mode & 0o777)
+		var err error
+		switch e.mode & cpio.ModeType {
+		case cpio.TypeDir:
+			err = os.Mkdir(p, perm)
+		case cpio.TypeReg:
+			err = os.WriteFile(p, e.data, perm)
+		case cpio.TypeSymlink:
+			err = os.Symlink(string(e.data), p)
+		}
+		if err != nil {
+			return fmt.Errorf("write tree: %w", err)
+		}
+		if e.mode&cpio.ModeType != cpio.TypeSymlink {
+			// WriteFile and Mkdir apply the umask; sticky and setuid
+			// bits need chmod too.
+			if err := os.Chmod(p, fileMode(e.mode)); err != nil {
+				return fmt.Errorf("write tree: %w", err)
+			}
+		}
+	}
+	// Timestamps last, children before parents: writing a child changes
+	// its directory's mtime.
+	epoch := time.Unix(0, 0)
+	for i := len(names) - 1; i >= 0; i-- {
+		p := filepath.Join(dir, filepath.FromSlash(names[i]))
+		if err := unix.Lutimes(p, []unix.Timeval{unix.NsecToTimeval(epoch.UnixNano()), unix.NsecToTimeval(epoch.UnixNano())}); err != nil {
+			return fmt.Errorf("write tree: %s: %w", names[i], err)
+		}
+	}
+	return nil
+}
+
+// fileMode converts cpio permission bits (with setuid, setgid, sticky) to
+// Go's.
+func fileMode(m cpio.FileMode) fs.FileMode {
+	perm := fs.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		perm |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		perm |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		perm |= fs.ModeSticky
+	}
+	return perm
 }

@@ -86,6 +86,44 @@ func TestArgsGolden(t *testing.T) {
 		cfg.Accel = AccelKVM
 		checkGolden(t, "none-q35-kvm", cfg)
 	})
+	// A kernel booting a read-only root disk, no initrd.
+	rootTEEs := []struct {
+		name     string
+		tee      TEEKind
+		emulated bool
+	}{{"none", TEENone, false}, {"emulated-sp", TEENone, true}, {"snp", TEESNP, false}, {"tdx", TEETDX, false}}
+	for _, rt := range rootTEEs {
+		name := rt.name + "-q35-virtio-serial-user-rootdisk"
+		t.Run(name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.Accel = AccelTCG
+			if rt.tee != TEENone {
+				cfg.Accel = AccelKVM
+			}
+			cfg.Firmware = firmware[rt.tee]
+			cfg.TEE = tees[rt.tee]
+			cfg.EmulatedSP = rt.emulated
+			cfg.Network = Network{Kind: NetworkUser}
+			cfg.Initrd = ""
+			cfg.Cmdline = "console=ttyS0 quiet panic=-1 root=/dev/vda ro"
+			cfg.RootDisk = rootImage(t, "root.img")
+			checkGolden(t, name, cfg)
+		})
+	}
+}
+
+// goldenRootDisk stands for the test's root image in golden files, whose
+// real path is a fresh temporary directory each run.
+const goldenRootDisk = "/var/lib/cloak/image/root.img"
+
+// rootImage creates an empty raw image called name and returns its path.
+func rootImage(t *testing.T, name string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func checkGolden(t *testing.T, name string, cfg Config) {
@@ -95,6 +133,9 @@ func checkGolden(t *testing.T, name string, cfg Config) {
 		t.Fatalf("Args: %v", err)
 	}
 	got := strings.Join(args, "\n") + "\n"
+	if cfg.RootDisk != "" {
+		got = strings.ReplaceAll(got, escape(cfg.RootDisk), goldenRootDisk)
+	}
 	path := filepath.Join("testdata", "args", name+".golden")
 	if *update {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -114,12 +155,14 @@ func checkGolden(t *testing.T, name string, cfg Config) {
 }
 
 func TestArgsEscapesCommas(t *testing.T) {
-	args, err := Args(Config{RunDir: "/run/a,b", ConsoleLog: "/log/c,d.log", Accel: AccelTCG})
+	root := rootImage(t, "root,1.img")
+	args, err := Args(Config{RunDir: "/run/a,b", ConsoleLog: "/log/c,d.log", RootDisk: root, Accel: AccelTCG})
 	if err != nil {
 		t.Fatal(err)
 	}
 	joined := strings.Join(args, " ")
-	for _, want := range []string{"unix:/run/a,,b/qmp.sock,server=on", "path=/log/c,,d.log", "path=/run/a,,b/agent.sock,server=on"} {
+	for _, want := range []string{"unix:/run/a,,b/qmp.sock,server=on", "path=/log/c,,d.log", "path=/run/a,,b/agent.sock,server=on",
+		"file=" + filepath.Dir(root) + "/root,,1.img,if=none"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("args lack %q:\n%s", want, joined)
 		}
@@ -145,11 +188,15 @@ func TestConfigErrors(t *testing.T) {
 		mutate(&c)
 		return c
 	}
+	noRoot := filepath.Join(t.TempDir(), "missing.img")
 	tests := []struct {
 		name string
 		cfg  Config
 		want string
 	}{
+		{"relative root disk", base(func(c *Config) { c.RootDisk = "root.img" }), `root disk "root.img" is relative`},
+		{"missing root disk", base(func(c *Config) { c.RootDisk = noRoot }), noRoot + ": no such file"},
+		{"root disk is a directory", base(func(c *Config) { c.RootDisk = t.TempDir() }), "not a regular file"},
 		{"no run dir", base(func(c *Config) { c.RunDir = "" }), "Config.RunDir"},
 		{"relative run dir", base(func(c *Config) { c.RunDir = "run/pod1" }), "relative"},
 		{"socket path too long", base(func(c *Config) { c.RunDir = "/" + strings.Repeat("d", 100) }), "unix socket limit"},

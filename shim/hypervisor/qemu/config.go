@@ -155,9 +155,14 @@ type Config struct {
 	VCPUs     int
 	MemoryMiB int
 
-	Kernel  string
+	Kernel string
+	// Initrd is optional: a kernel with its root disk driver built in
+	// boots RootDisk (root=/dev/vda) without one.
 	Initrd  string
 	Cmdline string
+	// RootDisk is a raw disk image the guest sees read-only as /dev/vda.
+	// Empty: no disk.
+	RootDisk string
 	// Firmware is loaded with -bios. SNP and TDX need an OVMF build with
 	// their support (for SNP, one that checks the kernel hashes).
 	Firmware string
@@ -300,6 +305,9 @@ func (c Config) validate() error {
 		}
 	default:
 		return fmt.Errorf("network %q is not supported: use %q, %q or %q", c.Network.Kind, NetworkNone, NetworkUser, NetworkTAP)
+	}
+	if err := c.validateRootDisk(); err != nil {
+		return err
 	}
 	if err := c.validateSharedFS(); err != nil {
 		return err

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -439,5 +440,44 @@ func TestStopKillsHungQEMU(t *testing.T) {
 	// The abandoned QMP calls end once QEMU is gone.
 	if after := settledGoroutines(before + 2); after > before+2 {
 		t.Errorf("goroutines: %d before Start, %d after Stop", before, after)
+	}
+}
+
+// TestRootDiskReadOnly checks with QEMU itself (query-block) that the root
+// disk is attached read-only through the host page cache.
+func TestRootDiskReadOnly(t *testing.T) {
+	needQEMU(t)
+	cfg := vmConfig(t)
+	cfg.RootDisk = filepath.Join(t.TempDir(), "root.img")
+	if err := os.WriteFile(cfg.RootDisk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vm := startVM(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ret, err := vm.qmp.run(ctx, vm.exited, "query-block")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []struct {
+		Device   string `json:"device"`
+		Inserted *struct {
+			File  string `json:"file"`
+			RO    bool   `json:"ro"`
+			Drv   string `json:"drv"`
+			Cache struct {
+				Direct bool `json:"direct"`
+			} `json:"cache"`
+		} `json:"inserted"`
+	}
+	if err := json.Unmarshal(ret, &blocks); err != nil {
+		t.Fatalf("decode query-block: %v\n%s", err, ret)
+	}
+	if len(blocks) != 1 || blocks[0].Device != idRootDrive || blocks[0].Inserted == nil {
+		t.Fatalf("query-block = %s, want the one drive %q", ret, idRootDrive)
+	}
+	in := blocks[0].Inserted
+	if in.File != cfg.RootDisk || !in.RO || in.Drv != "raw" || in.Cache.Direct {
+		t.Errorf("root drive = %+v, want %s, read-only, raw, cache.direct off", *in, cfg.RootDisk)
 	}
 }
