@@ -8,7 +8,10 @@ type TPMEvidence struct {
 	// AKPublic is base64 of the AK's DER SubjectPublicKeyInfo.
 	AKPublic string   `json:"ak_public"`
 	Quote    TPMQuote `json:"tpm_quote"`
-	// ReportData is base64 of the 64 bytes the quote's extraData carries.
+	// ReportData is base64 of the 32 bytes the quote's extraData carries
+	// (TPMReportData: the runtime-data digest cut to 32 bytes, as
+	// guest-components' TPM attester and Trustee's verifier do). Cloak's
+	// verifier checks it equals the quote's; Trustee ignores it.
 	ReportData string `json:"report_data,omitempty"`
 	// AKTPMPublic is base64 of the AK's TPMT_PUBLIC (attributes, scheme).
 	AKTPMPublic string `json:"ak_tpm_public,omitempty"`

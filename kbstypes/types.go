@@ -80,7 +80,9 @@ type AttestationToken struct {
 }
 
 // SampleEvidence is the evidence of the unsigned development TEE "sample".
-// ReportData is base64 (standard encoding) of the 64-byte report data.
+// ReportData is base64 (standard encoding) of the report data unpadded: for
+// the KBS, the 48-byte RuntimeDataDigest (Trustee's sample attester and
+// verifier, unlike SNP and TDX, do not pad it to 64 bytes).
 type SampleEvidence struct {
 	SVN        string `json:"svn"`
 	ReportData string `json:"report_data"`

@@ -24,7 +24,9 @@ const EmulatedDomain = "cloak/emulated-launch/v1"
 //	field(l, h)  = u32be(len(l)) || l || u32be(len(h)) || h
 //
 // u32be is a 4-byte big-endian length; labels are ASCII; each h is 48 bytes.
-// cmdline is hashed exactly as given, without a trailing NUL. Length prefixes
+// No initrd is the empty initrd (SHA-384 of nothing): Cloak's own kernel boots
+// without one, its root disk covered by the root hash on cmdline. cmdline is
+// hashed exactly as given, without a trailing NUL. Length prefixes
 // make the encoding injective, so no two different triples share a preimage.
 func EmulatedLaunchDigest(kernel, initrd []byte, cmdline string) []byte {
 	k := sha512.Sum384(kernel)

@@ -12,7 +12,11 @@ import (
 type Provider interface {
 	// Tee is the TEE name as in Trustee's kbs-types (kbstypes.TeeSample, ...).
 	Tee() string
-	// Evidence returns the TEE's evidence document binding reportData, which
-	// must be exactly kbstypes.ReportDataSize bytes.
+	// Evidence returns the TEE's evidence document binding reportData, at
+	// most kbstypes.ReportDataSize bytes; for the KBS it is the 48-byte
+	// kbstypes.RuntimeDataDigest. As guest-components' attesters do, each TEE
+	// fits it into its own field: snp and tdx zero-pad it to 64 bytes
+	// (kbstypes.PadReportData), tpm cuts it to 32 (kbstypes.TPMReportData),
+	// sample carries it unchanged.
 	Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error)
 }

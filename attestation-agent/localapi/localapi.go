@@ -22,9 +22,12 @@ import (
 // MaxRuntimeData bounds GetEvidence's runtime_data.
 const MaxRuntimeData = 64 << 10
 
-// reportDataTag fills the last 16 bytes of report data made for local
-// callers. The KBS binding leaves those bytes zero, so evidence from
-// GetEvidence can never answer a KBS challenge, whatever the caller hashes.
+// reportDataTag separates report data made for local callers from the KBS
+// binding, whatever the caller hashes. It prefixes the hashed runtime data:
+// the KBS binding is SHA-384 of a JSON object ("{..."), so the 48-byte
+// digests differ in every prefix, which is what a tpm quote keeps (its
+// first 32 bytes). It also fills the last 16 bytes, where snp and tdx put
+// the KBS binding's zero padding.
 var reportDataTag = []byte("cloak-localapi-1")
 
 // KBS is what the service needs from the KBS client; *rcar.Client has it.
@@ -94,12 +97,15 @@ func (s *Server) GetEvidence(ctx context.Context, req *attestationv1.GetEvidence
 }
 
 // LocalReportData is the report data of evidence made for a local caller:
-// SHA-384(runtimeData) followed by the 16-byte tag "cloak-localapi-1".
+// SHA-384("cloak-localapi-1" || runtimeData) followed by that 16-byte tag.
 // Hashing keeps callers from choosing raw report data; the tag keeps them
-// from reproducing a KBS binding (which ends in zeros) and so from obtaining
-// evidence that would release this guest's secrets to a key they hold.
+// from reproducing a KBS binding and so from obtaining evidence that would
+// release this guest's secrets to a key they hold.
 func LocalReportData(runtimeData []byte) []byte {
-	sum := sha512.Sum384(runtimeData)
+	h := sha512.New384()
+	h.Write(reportDataTag)
+	h.Write(runtimeData)
+	sum := h.Sum(nil)
 	out := make([]byte, 0, kbstypes.ReportDataSize)
 	out = append(out, sum[:]...)
 	return append(out, reportDataTag...)

@@ -119,9 +119,9 @@ func TestGetEvidence(t *testing.T) {
 		t.Fatal(err)
 	}
 	rd, _ := base64.StdEncoding.DecodeString(ev.ReportData)
-	sum := sha512.Sum384(runtime)
+	sum := sha512.Sum384(append([]byte("cloak-localapi-1"), runtime...))
 	if !bytes.Equal(rd[:48], sum[:]) || string(rd[48:]) != "cloak-localapi-1" {
-		t.Errorf("report data = %x, want SHA-384(runtime) || tag", rd)
+		t.Errorf("report data = %x, want SHA-384(tag || runtime) || tag", rd)
 	}
 
 	_, err = c.GetEvidence(context.Background(), &attestationv1.GetEvidenceRequest{RuntimeData: make([]byte, MaxRuntimeData+1)})
@@ -131,22 +131,28 @@ func TestGetEvidence(t *testing.T) {
 }
 
 // TestLocalReportDataNeverMatchesKBSBinding: a caller that hands over the
-// canonical KBS binding document still does not get KBS report data.
+// canonical KBS binding document, bare or after the tag, still does not get
+// KBS report data in any TEE's field: 64 bytes (snp, tdx), the first 32
+// (tpm) or the unpadded 48 (sample).
 func TestLocalReportDataNeverMatchesKBSBinding(t *testing.T) {
 	pub := json.RawMessage(`{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}`)
-	want, err := kbstypes.ReportData("", "bm9uY2U=", pub)
+	digest, err := kbstypes.RuntimeDataDigest("", "bm9uY2U=", pub)
 	if err != nil {
 		t.Fatal(err)
 	}
 	doc := []byte(`{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"crv":"P-256","kty":"EC","x":"AA","y":"AA"}}`)
-	got := LocalReportData(doc)
-	if !bytes.Equal(got[:48], want[:48]) {
+	if sum := sha512.Sum384(doc); !bytes.Equal(sum[:], digest) {
 		t.Fatal("test document is not the canonical binding; fix the test")
 	}
-	if bytes.Equal(got, want) {
-		t.Fatal("local report data equals the KBS binding")
-	}
-	if len(got) != kbstypes.ReportDataSize {
-		t.Fatalf("len = %d", len(got))
+	padded, _ := kbstypes.PadReportData(digest)
+	for _, runtime := range [][]byte{doc, append([]byte("cloak-localapi-1"), doc...)} {
+		got := LocalReportData(runtime)
+		if len(got) != kbstypes.ReportDataSize {
+			t.Fatalf("len = %d", len(got))
+		}
+		if bytes.Equal(got, padded) || bytes.Equal(got[:48], digest) ||
+			bytes.Equal(kbstypes.TPMReportData(got), kbstypes.TPMReportData(digest)) {
+			t.Fatalf("local report data %x matches the KBS binding %x in some TEE's field", got, digest)
+		}
 	}
 }

@@ -279,7 +279,7 @@ func (c *Client) attestOnce(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("KBS at %s sent no usable challenge (want {\"nonce\":...}): %.100q", c.base, resp)
 	}
 	pub := c.key.PublicJWK()
-	reportData, err := kbstypes.ReportData("", ch.Nonce, pub)
+	reportData, err := kbstypes.RuntimeDataDigest("", ch.Nonce, pub)
 	if err != nil {
 		return "", fmt.Errorf("compute report data: %w", err)
 	}

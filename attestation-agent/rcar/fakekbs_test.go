@@ -152,7 +152,7 @@ func (f *fakeKBS) attest(w http.ResponseWriter, r *http.Request) {
 		problem(w, 400, "evidence", err.Error())
 		return
 	}
-	want, err := kbstypes.ReportData(att.TeeEvidence.AdditionalEvidence, nonce, att.RuntimeData.TeePubKey)
+	want, err := kbstypes.RuntimeDataDigest(att.TeeEvidence.AdditionalEvidence, nonce, att.RuntimeData.TeePubKey)
 	if err != nil {
 		problem(w, 400, "report-data", err.Error())
 		return

@@ -11,10 +11,16 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/cloak-containers/cloak/kbstypes"
 )
 
-// Verifier checks one TEE's evidence. expectedReportData is the 64-byte
-// binding of nonce and TEE key the evidence must carry; initdataDigest is the
+// Verifier checks one TEE's evidence. expectedReportData is the binding of
+// nonce and TEE key the evidence must carry, kbstypes.RuntimeDataDigest (48
+// bytes), as Trustee's attestation service hands it to its verifiers; each
+// verifier fits it to its TEE's field (FitReportData for the 64-byte fields
+// of snp and tdx, kbstypes.TPMReportData for tpm's 32 bytes; sample compares
+// it unpadded). initdataDigest is the
 // digest of the init-data the guest sent (nil if it sent none). On success it
 // returns the evidence's claims, which become input to the attestation policy.
 type Verifier interface {
@@ -43,6 +49,21 @@ func (e *CheckError) Error() string {
 }
 
 func (e *CheckError) Unwrap() error { return e.Err }
+
+// FitReportData returns expected zero-padded to the 64-byte report-data field
+// of SNP and TDX evidence, as Trustee's verifiers pad it
+// (deps/verifier/src/lib.rs regularize_data). Empty or longer input is a
+// caller's bug, never the guest's, so it is not a CheckError.
+func FitReportData(tee string, expected []byte) ([]byte, error) {
+	if len(expected) == 0 {
+		return nil, fmt.Errorf("%s verifier: no expected report data", tee)
+	}
+	out, err := kbstypes.PadReportData(expected)
+	if err != nil {
+		return nil, fmt.Errorf("%s verifier: expected %w", tee, err)
+	}
+	return out, nil
+}
 
 // ReportDataMismatch reports evidence whose report data is not the expected
 // binding, showing both values so an operator can tell a wrong nonce or key

@@ -1,6 +1,7 @@
 package verifier
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,5 +36,20 @@ func TestReportDataMismatch(t *testing.T) {
 	err := ReportDataMismatch([]byte{1}, []byte{2})
 	if got := err.Error(); got != "report data mismatch: expected 01, got 02" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// The KBS hands verifiers the 48-byte runtime-data digest; the 64-byte
+// fields get it zero-padded, as Trustee's regularize_data pads it.
+func TestFitReportData(t *testing.T) {
+	digest := bytes.Repeat([]byte{0x8a}, 48)
+	got, err := FitReportData("snp", digest)
+	if err != nil || !bytes.Equal(got, append(append([]byte{}, digest...), make([]byte, 16)...)) {
+		t.Fatalf("FitReportData = %x, %v", got, err)
+	}
+	for _, bad := range [][]byte{nil, make([]byte, 65)} {
+		if _, err := FitReportData("snp", bad); err == nil || !strings.Contains(err.Error(), "snp verifier") {
+			t.Errorf("%d bytes: err = %v, want an snp verifier error", len(bad), err)
+		}
 	}
 }

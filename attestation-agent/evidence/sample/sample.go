@@ -32,9 +32,13 @@ func New(svn string) *Provider {
 func (p *Provider) Tee() string { return kbstypes.TeeSample }
 
 // Evidence returns the JSON of kbstypes.SampleEvidence for reportData.
+// report_data is reportData itself, unpadded: for the KBS that is the 48-byte
+// runtime-data digest, exactly what guest-components' sample attester
+// (attestation-agent/attester/src/sample/mod.rs) sends and what Trustee's
+// sample verifier compares.
 func (p *Provider) Evidence(_ context.Context, reportData []byte) (json.RawMessage, error) {
-	if len(reportData) != kbstypes.ReportDataSize {
-		return nil, fmt.Errorf("sample evidence: report data is %d bytes, want %d", len(reportData), kbstypes.ReportDataSize)
+	if len(reportData) > kbstypes.ReportDataSize {
+		return nil, fmt.Errorf("sample evidence: report data is %d bytes, at most %d fit", len(reportData), kbstypes.ReportDataSize)
 	}
 	out, err := json.Marshal(kbstypes.SampleEvidence{
 		SVN:        p.svn,

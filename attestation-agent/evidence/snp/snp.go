@@ -105,10 +105,11 @@ func (p *Provider) Source() Source { return p.src }
 
 // Evidence returns Trustee's SNP evidence JSON for reportData.
 func (p *Provider) Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error) {
-	if len(reportData) != kbstypes.ReportDataSize {
-		return nil, fmt.Errorf("snp evidence: report data is %d bytes, want %d", len(reportData), kbstypes.ReportDataSize)
+	rd, err := kbstypes.PadReportData(reportData)
+	if err != nil {
+		return nil, fmt.Errorf("snp evidence: %w", err)
 	}
-	report, certs, err := p.Report(ctx, [abi.ReportDataSize]byte(reportData))
+	report, certs, err := p.Report(ctx, [abi.ReportDataSize]byte(rd))
 	if err != nil {
 		return nil, err
 	}

@@ -134,8 +134,8 @@ func TestEvidence(t *testing.T) {
 		t.Errorf("signature r/s lengths %d/%d", len(doc.Report.Signature.R), len(doc.Report.Signature.S))
 	}
 
-	if _, err := p.Evidence(context.Background(), rd[:32]); err == nil {
-		t.Error("32-byte report data accepted")
+	if _, err := p.Evidence(context.Background(), make([]byte, 65)); err == nil {
+		t.Error("65-byte report data accepted")
 	}
 }
 

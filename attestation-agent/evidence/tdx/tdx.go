@@ -129,10 +129,11 @@ const MaxEventLogSize = 1 << 20
 
 // Evidence returns Trustee's TDX evidence JSON for reportData.
 func (p *Provider) Evidence(ctx context.Context, reportData []byte) (json.RawMessage, error) {
-	if len(reportData) != kbstypes.ReportDataSize {
-		return nil, fmt.Errorf("tdx evidence: report data is %d bytes, want %d", len(reportData), kbstypes.ReportDataSize)
+	rd, err := kbstypes.PadReportData(reportData)
+	if err != nil {
+		return nil, fmt.Errorf("tdx evidence: %w", err)
 	}
-	quote, err := p.Quote(ctx, [kbstypes.ReportDataSize]byte(reportData))
+	quote, err := p.Quote(ctx, [kbstypes.ReportDataSize]byte(rd))
 	if err != nil {
 		return nil, err
 	}

@@ -173,12 +173,14 @@ var allPCRs = tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
 	Hash: tpm2.TPMAlgSHA256, PCRSelect: []byte{0xff, 0xff, 0xff},
 }}}
 
-// Evidence quotes PCRs 0-23 of the sha256 bank with reportData (64 bytes)
-// as qualifying data.
+// Evidence quotes PCRs 0-23 of the sha256 bank with the first 32 bytes of
+// reportData (kbstypes.TPMReportData) as qualifying data, as
+// guest-components' TPM attester does.
 func (p *Provider) Evidence(_ context.Context, reportData []byte) (json.RawMessage, error) {
-	if len(reportData) != kbstypes.ReportDataSize {
-		return nil, fmt.Errorf("tpm evidence: report data is %d bytes, want %d", len(reportData), kbstypes.ReportDataSize)
+	if len(reportData) > kbstypes.ReportDataSize {
+		return nil, fmt.Errorf("tpm evidence: report data is %d bytes, at most %d fit", len(reportData), kbstypes.ReportDataSize)
 	}
+	reportData = kbstypes.TPMReportData(reportData)
 	t, err := p.open()
 	if err != nil {
 		return nil, fmt.Errorf("open TPM: %w", err)

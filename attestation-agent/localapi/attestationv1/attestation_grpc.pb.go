@@ -39,10 +39,12 @@ type AttestationAgentClient interface {
 	// GetToken returns a current attestation token (EAR JWT) from the KBS.
 	GetToken(ctx context.Context, in *GetTokenRequest, opts ...grpc.CallOption) (*GetTokenResponse, error)
 	// GetEvidence returns TEE evidence whose report data is derived from
-	// runtime_data: the first 48 bytes are SHA-384(runtime_data) and the last
-	// 16 bytes are the fixed tag "cloak-localapi-1". Callers never choose raw
-	// report data, so they cannot make evidence that answers a KBS challenge
-	// (the KBS binding ends in 16 zero bytes) for a key the agent does not hold.
+	// runtime_data: the first 48 bytes are SHA-384("cloak-localapi-1" ||
+	// runtime_data) and the last 16 bytes are that tag. Callers never choose
+	// raw report data, so they cannot make evidence that answers a KBS
+	// challenge for a key the agent does not hold: the KBS binding is SHA-384
+	// of a JSON object, which never starts with the tag, and ends in 16 zero
+	// bytes where the TEE pads it (a tpm quote keeps only the first 32 bytes).
 	GetEvidence(ctx context.Context, in *GetEvidenceRequest, opts ...grpc.CallOption) (*GetEvidenceResponse, error)
 }
 
@@ -94,10 +96,12 @@ type AttestationAgentServer interface {
 	// GetToken returns a current attestation token (EAR JWT) from the KBS.
 	GetToken(context.Context, *GetTokenRequest) (*GetTokenResponse, error)
 	// GetEvidence returns TEE evidence whose report data is derived from
-	// runtime_data: the first 48 bytes are SHA-384(runtime_data) and the last
-	// 16 bytes are the fixed tag "cloak-localapi-1". Callers never choose raw
-	// report data, so they cannot make evidence that answers a KBS challenge
-	// (the KBS binding ends in 16 zero bytes) for a key the agent does not hold.
+	// runtime_data: the first 48 bytes are SHA-384("cloak-localapi-1" ||
+	// runtime_data) and the last 16 bytes are that tag. Callers never choose
+	// raw report data, so they cannot make evidence that answers a KBS
+	// challenge for a key the agent does not hold: the KBS binding is SHA-384
+	// of a JSON object, which never starts with the tag, and ends in 16 zero
+	// bytes where the TEE pads it (a tpm quote keeps only the first 32 bytes).
 	GetEvidence(context.Context, *GetEvidenceRequest) (*GetEvidenceResponse, error)
 	mustEmbedUnimplementedAttestationAgentServer()
 }

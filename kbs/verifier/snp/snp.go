@@ -125,6 +125,10 @@ func ParseRoot(pemBytes []byte) (*trust.AMDRootCerts, error) {
 
 // Verify implements verifier.Verifier for Trustee-format SNP evidence.
 func (v *Verifier) Verify(ctx context.Context, evidence json.RawMessage, expectedReportData, initdataDigest []byte) (map[string]any, error) {
+	expectedReportData, err := verifier.FitReportData(kbstypes.TeeSNP, expectedReportData)
+	if err != nil {
+		return nil, err
+	}
 	raw, chain, err := ParseEvidence(evidence)
 	if err != nil {
 		return nil, verifier.MalformedEvidence(kbstypes.TeeSNP, err)

@@ -119,10 +119,11 @@ func New(o Options) (*Verifier, error) {
 }
 
 // Verify parses Evidence and verifies it; see VerifyQuote. The expected
-// report data must be the 64-byte binding.
+// report data (at most 64 bytes) is zero-padded to REPORTDATA's 64 bytes.
 func (v *Verifier) Verify(ctx context.Context, evidence json.RawMessage, expectedReportData, initdataDigest []byte) (map[string]any, error) {
-	if len(expectedReportData) != kbstypes.ReportDataSize {
-		return nil, fmt.Errorf("tdx verifier: expected report data is %d bytes, want %d", len(expectedReportData), kbstypes.ReportDataSize)
+	expectedReportData, err := verifier.FitReportData(kbstypes.TeeTDX, expectedReportData)
+	if err != nil {
+		return nil, err
 	}
 	quote, eventLog, err := ParseEvidence(evidence)
 	if err != nil {

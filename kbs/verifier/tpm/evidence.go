@@ -105,7 +105,7 @@ func parseEvidence(raw []byte) (*parsed, error) {
 		p.pcrs[i] = v
 	}
 	if ev.ReportData != "" {
-		if p.reportData, err = decodeB64("report_data", ev.ReportData, 64); err != nil {
+		if p.reportData, err = decodeB64("report_data", ev.ReportData, kbstypes.ReportDataSize); err != nil {
 			return nil, err
 		}
 	}

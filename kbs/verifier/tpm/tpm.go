@@ -128,11 +128,16 @@ func LoadTrustedAKs(dir string) ([][sha256.Size]byte, error) {
 // Verify checks, in order: the evidence parses; the AK is enrolled; the
 // AK's TPM template (when sent) is a restricted signing key matching it; the
 // EK certificate chains to the configured roots; the quote is signed by the
-// AK; its extraData is expectedReportData; its PCR digest matches the PCR
-// values; PCR 8 carries the initdata digest; the event log (when sent)
+// AK; its extraData is kbstypes.TPMReportData(expectedReportData), the
+// digest cut to 32 bytes, as Trustee's TPM verifier compares it; its PCR
+// digest matches the PCR values; PCR 8 carries the initdata digest; the event log (when sent)
 // replays to the quoted PCRs. The claims are the PCRs (pcr00..pcr23) and
 // what each check established.
 func (v *Verifier) Verify(_ context.Context, evidence json.RawMessage, expectedReportData, initdataDigest []byte) (map[string]any, error) {
+	if len(expectedReportData) == 0 {
+		return nil, errors.New("tpm verifier: no expected report data")
+	}
+	expectedReportData = kbstypes.TPMReportData(expectedReportData)
 	p, err := parseEvidence(evidence)
 	if err != nil {
 		return nil, verifier.MalformedEvidence(kbstypes.TeeTPM, err)
@@ -179,7 +184,7 @@ func (v *Verifier) verify(p *parsed, expectedReportData, initdataDigest []byte) 
 		return nil, fmt.Errorf("quote magic is %#x, not TPM_GENERATED_VALUE", uint32(p.attest.Magic))
 	}
 	extra := p.attest.ExtraData.Buffer
-	if len(expectedReportData) != kbstypes.ReportDataSize || subtle.ConstantTimeCompare(extra, expectedReportData) != 1 {
+	if subtle.ConstantTimeCompare(extra, expectedReportData) != 1 {
 		return nil, verifier.ReportDataMismatch(expectedReportData, extra)
 	}
 	if p.reportData != nil && subtle.ConstantTimeCompare(p.reportData, extra) != 1 {

@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -23,6 +24,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/cloak-containers/cloak/kbs/verifier"
+	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // A fake TPM for unit tests: a software AK signs TPMS_ATTEST structures the
@@ -51,7 +53,8 @@ func keys(t testing.TB) {
 
 type fixture struct {
 	ak         *rsa.PrivateKey
-	reportData []byte
+	reportData []byte // what the KBS expects: a 48-byte runtime-data digest
+	extraData  []byte // what the quote carries: reportData's first 32 bytes
 	pcrs       [PCRCount][]byte
 	selection  []byte
 	template   *tpm2.TPMTPublic
@@ -62,8 +65,10 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	keys(t)
-	f := &fixture{ak: akKey, reportData: make([]byte, 64), selection: []byte{0xff, 0xff, 0xff}}
+	f := &fixture{ak: akKey, reportData: make([]byte, 48), selection: []byte{0xff, 0xff, 0xff}}
 	copy(f.reportData, "binding")
+	f.reportData[47] = 0x48
+	f.extraData = f.reportData[:32]
 	for i := range f.pcrs {
 		f.pcrs[i] = make([]byte, 32)
 		f.pcrs[i][0] = byte(i)
@@ -102,7 +107,7 @@ func (f *fixture) evidence(t testing.TB) []byte {
 		Magic:           tpm2.TPMGeneratedValue,
 		Type:            tpm2.TPMSTAttestQuote,
 		QualifiedSigner: tpm2.TPM2BName{Buffer: []byte{0, 0xb, 1, 2}},
-		ExtraData:       tpm2.TPM2BData{Buffer: f.reportData},
+		ExtraData:       tpm2.TPM2BData{Buffer: f.extraData},
 		ClockInfo:       tpm2.TPMSClockInfo{Clock: 1234, ResetCount: 1, Safe: true},
 		FirmwareVersion: 0x20191023,
 		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
@@ -126,7 +131,7 @@ func (f *fixture) evidence(t testing.TB) []byte {
 	}
 	ev := Evidence{
 		AKPublic:   base64.StdEncoding.EncodeToString(der),
-		ReportData: base64.StdEncoding.EncodeToString(f.reportData),
+		ReportData: base64.StdEncoding.EncodeToString(f.extraData),
 		Quote: Quote{
 			Signature: base64.StdEncoding.EncodeToString(tpm2.Marshal(tsig)),
 			Message:   base64.StdEncoding.EncodeToString(msg),
@@ -226,7 +231,7 @@ func TestVerifyAccepts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	if claims["pcr05"] != hex.EncodeToString(f.pcrs[5]) || claims["report_data"] != hex.EncodeToString(f.reportData) ||
+	if claims["pcr05"] != hex.EncodeToString(f.pcrs[5]) || claims["report_data"] != hex.EncodeToString(f.extraData) ||
 		claims["ak_template_checked"] != true || claims["ak_trust"] != "enrolled" {
 		t.Errorf("claims = %v", claims)
 	}
@@ -236,6 +241,41 @@ func TestVerifyAccepts(t *testing.T) {
 	// Claims go into Rego and JSON: only JSON-native types.
 	if _, err := json.Marshal(claims); err != nil {
 		t.Errorf("claims do not encode: %v", err)
+	}
+}
+
+// TestVerifyReportDataAsTrustee pins the binding to Trustee's TPM verifier
+// (deps/verifier/src/tpm/mod.rs verify_nonce: expected.resize(32, 0), then
+// equality with the quote's extraData): the known-answer digest of kbstypes
+// is quoted as its first 32 bytes; bytes past 32 are not bound; a shorter
+// expected value is compared zero-padded.
+func TestVerifyReportDataAsTrustee(t *testing.T) {
+	const (
+		katDigest = "8a6244441b1b1171b3a1d56a693d4ce116c1f9ca1ae558bc5f59d46dada54cf49e92a361ab2472c434652fed5887f16d"
+		katTPM    = "8a6244441b1b1171b3a1d56a693d4ce116c1f9ca1ae558bc5f59d46dada54cf4"
+	)
+	digest, _ := hex.DecodeString(katDigest)
+	quoted, _ := hex.DecodeString(katTPM)
+	v, _ := New(Config{TrustedAKs: [][32]byte{digestOf(t, akKey)}})
+	for name, tc := range map[string]struct{ expected, extra []byte }{
+		"known answer":         {digest, quoted},
+		"bytes past 32 differ": {append(bytes.Clone(quoted), bytes.Repeat([]byte{0xee}, 16)...), quoted},
+		"short expected":       {[]byte("short"), append([]byte("short"), make([]byte, 27)...)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			f.reportData, f.extraData = tc.expected, tc.extra
+			claims, err := v.Verify(context.Background(), f.evidence(t), tc.expected, nil)
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			if claims["report_data"] != hex.EncodeToString(tc.extra) {
+				t.Errorf("report_data claim = %v, want %x", claims["report_data"], tc.extra)
+			}
+		})
+	}
+	if _, err := v.Verify(context.Background(), newFixture(t).evidence(t), nil, nil); err == nil {
+		t.Error("no expected report data: want error")
 	}
 }
 
@@ -271,8 +311,15 @@ func TestVerifyRefuses(t *testing.T) {
 		check string
 		want  string
 	}{
-		{name: "wrong nonce", rd: append(make([]byte, 63), 1), check: verifier.CheckReportData, want: "report data mismatch"},
-		{name: "short expected report data", rd: make([]byte, 32), check: verifier.CheckReportData, want: "report data mismatch"},
+		{name: "wrong nonce", rd: append(make([]byte, 31), 1), check: verifier.CheckReportData, want: "report data mismatch"},
+		{name: "extraData zero-padded to 64 bytes", setup: func(f *fixture) {
+			f.extraData, _ = kbstypes.PadReportData(f.reportData)
+			f.mutate = func(e *Evidence) { e.ReportData = "" }
+		}, check: verifier.CheckReportData, want: "report data mismatch"},
+		{name: "extraData of 48 bytes", setup: func(f *fixture) {
+			f.extraData = f.reportData
+			f.mutate = func(e *Evidence) { e.ReportData = "" }
+		}, check: verifier.CheckReportData, want: "report data mismatch"},
 		{name: "tampered quote", setup: func(f *fixture) {
 			f.mutate = func(e *Evidence) {
 				b, _ := base64.StdEncoding.DecodeString(e.Quote.Message)
@@ -315,7 +362,7 @@ func TestVerifyRefuses(t *testing.T) {
 		}, want: "describes another key"},
 		{name: "unrestricted AK", setup: func(f *fixture) { f.template.ObjectAttributes.Restricted = false }, want: "lack restricted"},
 		{name: "report_data field differs", setup: func(f *fixture) {
-			f.mutate = func(e *Evidence) { e.ReportData = base64.StdEncoding.EncodeToString(make([]byte, 64)) }
+			f.mutate = func(e *Evidence) { e.ReportData = base64.StdEncoding.EncodeToString(make([]byte, 32)) }
 		}, want: `field "report_data"`},
 		{name: "event log that does not replay", setup: func(f *fixture) { f.eventLog = testEventLog(t, []byte("other")) }, want: "event log does not describe"},
 		{name: "garbage event log", setup: func(f *fixture) { f.eventLog = []byte("not a log") }, want: "event log"},
