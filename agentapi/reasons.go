@@ -23,6 +23,7 @@ const (
 	ReasonPolicy           = "POLICY_DENIED"     // the agent policy refused the call
 	ReasonAttestationAgent = "ATTESTATION_AGENT" // cloak-aa could not be started or reached
 	ReasonInitdataMismatch = "INITDATA_MISMATCH" // the TEE report does not bind the initdata the host sent
+	ReasonSealedSecret     = "SEALED_SECRET"     // a sealed secret in the container's environment could not be unsealed
 )
 
 // MaxMessageSize bounds any single message either side sends (OCI specs,

@@ -23,11 +23,15 @@ import (
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
+	"github.com/cloak-containers/cloak/guest-image/unseal"
 )
 
 // killWait bounds how long RemoveContainer waits for a SIGKILLed container
 // to be collected before it deletes the container anyway.
 const killWait = 10 * time.Second
+
+// cgroupRoot is where the guest mounts cgroup v2.
+const cgroupRoot = "/sys/fs/cgroup"
 
 // container is one runc container with its bundle under StateDir.
 type container struct {
@@ -109,6 +113,9 @@ func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Im
 	if err != nil {
 		return nil, err
 	}
+	if err := s.unsealEnv(ctx, c.id, spec); err != nil {
+		return nil, err
+	}
 	if err := writeFiles(c.filesDir(), req.GetFiles()); err != nil {
 		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: copy files: %v", c.id, err)
 	}
@@ -153,7 +160,7 @@ func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Im
 	}
 	c.init = p
 	if spec.Linux != nil {
-		c.cgroupDir = filepath.Join("/sys/fs/cgroup", spec.Linux.CgroupsPath)
+		c.cgroupDir = filepath.Join(cgroupRoot, spec.Linux.CgroupsPath)
 	}
 	oomCtx, stop := context.WithCancel(context.Background())
 	c.stopOOM = stop
@@ -538,5 +545,38 @@ func (s *Server) removeContainer(ctx context.Context, id string, timeout time.Du
 		return agentErr(codes.Internal, agentapi.ReasonRuntime, "remove container %q: %s", id, strings.Join(errs, "; "))
 	}
 	s.log.Info("container removed", "container", id)
+	return nil
+}
+
+// unsealEnv replaces the sealed secrets in the container's environment by
+// their plaintext, fetched from the KBS by the sandbox's attestation agent
+// (guest-image/unseal). It runs after the agent policy allowed the request,
+// which saw only the sealed strings; the plaintext exists only in the
+// guest: in the bundle's config.json under /run and in the process.
+func (s *Server) unsealEnv(ctx context.Context, id string, spec *specs.Spec) error {
+	if spec.Process == nil {
+		return nil
+	}
+	s.mu.Lock()
+	aa := s.aa
+	s.mu.Unlock()
+	var r unseal.Resources
+	if aa != nil {
+		r = aa
+	}
+	env, changed, err := unseal.Env(ctx, spec.Process.Env, r)
+	if err != nil {
+		return agentErr(codes.FailedPrecondition, agentapi.ReasonSealedSecret, "container %q: %v", id, err)
+	}
+	if changed {
+		n := 0
+		for _, kv := range spec.Process.Env {
+			if _, v, _ := strings.Cut(kv, "="); unseal.Is(v) {
+				n++
+			}
+		}
+		spec.Process.Env = env
+		s.log.Info("sealed secrets unsealed", "container", id, "env", n)
+	}
 	return nil
 }

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cloak-containers/cloak/agentapi"
 )
@@ -50,9 +53,18 @@ func (h *oomHub) publish(ev *agentapi.OOMEvent) (dropped int) {
 	return dropped
 }
 
-// watchOOM follows `runc events` for a container (it reports OOM kills from
-// cgroup v1 and v2 alike) until ctx ends or the container is gone.
+// watchOOM reports a container's OOM kills until ctx ends or the container
+// is gone. On cgroup v2 (the guest's) it follows the cgroup's memory.events
+// with inotify, as containerd's own runc shim does; that costs nothing per
+// container. `runc events`, the fallback
+// for cgroup v1, is a long-lived runc process per container: under TCG its
+// start alone competed with the container's for the guest's one vCPU, and it
+// held guest memory for the container's life.
 func (s *Server) watchOOM(ctx context.Context, c *container) {
+	if _, ok := oomKills(c.cgroupDir); ok {
+		s.watchOOMCgroup2(ctx, c)
+		return
+	}
 	// Stats are not wanted here; the interval only sets how often runc
 	// would send them.
 	events, err := c.runc.Events(ctx, c.id, time.Hour)
@@ -70,6 +82,50 @@ func (s *Server) watchOOM(ctx context.Context, c *container) {
 			s.log.Warn("OOM events stopped", "container", c.id, "err", ev.Err)
 			return
 		}
+	}
+}
+
+// watchOOMCgroup2 follows memory.events of the container's cgroup with
+// inotify: the kernel marks the file modified on every change of its
+// counters, and the watch ends (IN_IGNORED) when the cgroup is removed.
+// containerd's cgroup2.Manager.EventChan does the same, but its package
+// links cilium/ebpf and D-Bus into the guest's PID 1, so these few lines are
+// written here.
+func (s *Server) watchOOMCgroup2(ctx context.Context, c *container) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		s.log.Warn("OOM events unavailable", "container", c.id, "err", err)
+		return
+	}
+	// The runtime poller makes Read block this goroutine only, and Close
+	// (when ctx ends) wakes it.
+	f := os.NewFile(uintptr(fd), "inotify")
+	defer f.Close()
+	if _, err := unix.InotifyAddWatch(fd, filepath.Join(c.cgroupDir, "memory.events"), unix.IN_MODIFY); err != nil {
+		s.log.Warn("OOM events unavailable", "container", c.id, "err", err)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { f.Close() })
+	defer stop()
+	// A kill between the container's start and the watch is counted now.
+	s.noteOOM(c, false)
+	buf := make([]byte, 16*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("OOM events stopped", "container", c.id, "err", err)
+			}
+			return
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			if ev.Mask&unix.IN_IGNORED != 0 {
+				return // the cgroup is gone
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+		s.noteOOM(c, false)
 	}
 }
 

@@ -26,12 +26,9 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/attester"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
+	"github.com/cloak-containers/cloak/internal/version"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
-
-// Version is the agent's version, set at build time with
-// -ldflags "-X github.com/cloak-containers/cloak/guest-image/agent.Version=...".
-var Version = "dev"
 
 // Puller pulls, verifies, decrypts and unpacks an image in the guest
 // (pull.Pull). Its errors should be *pull.Error, which carry the
@@ -54,6 +51,8 @@ type Attester interface {
 // AttestationAgent is a running cloak-aa.
 type AttestationAgent interface {
 	KeyProviderSocket() string
+	// GetResource fetches a KBS resource for this guest (sealed secrets).
+	GetResource(ctx context.Context, uri string) ([]byte, error)
 	// TEE is the TEE whose report bound the initdata: snp or tdx
 	// (hardware or emulated) make the sandbox confidential.
 	TEE() string
@@ -144,14 +143,15 @@ func (s *Server) Check(context.Context, *agentapi.CheckRequest) (*agentapi.Check
 	return &agentapi.CheckResponse{Status: "SERVING"}, nil
 }
 
-// Version reports the agent, API and guest kernel versions.
+// Version reports the agent (Cloak's build, internal/version), API and
+// guest kernel versions.
 func (s *Server) Version(context.Context, *agentapi.VersionRequest) (*agentapi.VersionResponse, error) {
 	var u unix.Utsname
 	release := ""
 	if err := unix.Uname(&u); err == nil {
 		release = unix.ByteSliceToString(u.Release[:])
 	}
-	return &agentapi.VersionResponse{AgentVersion: Version, ApiVersion: "v1", KernelRelease: release}, nil
+	return &agentapi.VersionResponse{AgentVersion: version.Version, ApiVersion: "v1", KernelRelease: release}, nil
 }
 
 // CreateSandbox configures the guest for the pod, once.

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -30,6 +33,8 @@ import (
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
+	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/kbstypes/sealed"
 )
 
 const (
@@ -72,8 +77,9 @@ func (n fakeNet) Apply(_ context.Context, cfg *hostinput.Network) error {
 }
 
 type fakeAttester struct {
-	stopped chan struct{}
-	tee     string
+	stopped   chan struct{}
+	tee       string
+	resources map[string][]byte // GetResource's KBS
 }
 
 func (a fakeAttester) Start(context.Context, []byte, *slog.Logger) (AttestationAgent, error) {
@@ -81,7 +87,13 @@ func (a fakeAttester) Start(context.Context, []byte, *slog.Logger) (AttestationA
 }
 func (a fakeAttester) KeyProviderSocket() string { return "/run/cloak-aa/keyprovider.sock" }
 func (a fakeAttester) TEE() string               { return a.tee }
-func (a fakeAttester) Stop() error               { close(a.stopped); return nil }
+func (a fakeAttester) GetResource(_ context.Context, uri string) ([]byte, error) {
+	if v, ok := a.resources[uri]; ok {
+		return v, nil
+	}
+	return nil, status.Errorf(codes.NotFound, "resource %s not found", uri)
+}
+func (a fakeAttester) Stop() error { close(a.stopped); return nil }
 
 type testAgent struct {
 	client   agentapi.AgentServiceClient
@@ -106,7 +118,7 @@ func startAgent(t *testing.T) *testAgent {
 		stateDir: t.TempDir(),
 		puller:   &fakePuller{},
 		net:      fakeNet{applied: make(chan *hostinput.Network, 1)},
-		aa:       fakeAttester{stopped: make(chan struct{})},
+		aa:       fakeAttester{stopped: make(chan struct{}), resources: map[string][]byte{}},
 		poweroff: make(chan struct{}),
 	}
 	srv := New(Config{
@@ -376,6 +388,45 @@ func TestSandboxAndContainers(t *testing.T) {
 			t.Fatalf("stdout %q exit %d, want image env, host override, image cwd", got, code)
 		}
 		ta.remove(ctx, t, "defaults")
+	})
+
+	t.Run("sealed env", func(t *testing.T) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwk, _ := sealed.PublicJWK(&key.PublicKey, "")
+		ta.aa.resources["kbs:///default/sealing/pub"], _ = json.Marshal(jwk)
+		ta.aa.resources["kbs:///default/app/db-password"] = []byte("s3cr3t from the KBS")
+		sealOf := func(key *ecdsa.PrivateKey, resource string) string {
+			p, _ := kbstypes.ParseResourcePath(resource)
+			v, err := sealed.Seal(sealed.Vault(p), key, "kbs:///default/sealing/pub")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		sp := spec("/bin/sh", "-c", `echo "$DB_PASSWORD"`)
+		sp.Process.Env = append(sp.Process.Env, "DB_PASSWORD="+sealOf(key, "default/app/db-password"))
+		out, code := ta.run(ctx, t, "sealed", sp, nil)
+		if got := out.stdout.String(); got != "s3cr3t from the KBS\n" || code != 0 {
+			t.Fatalf("stdout %q exit %d, want the unsealed secret", got, code)
+		}
+		ta.remove(ctx, t, "sealed")
+
+		// Signed by another key, or naming a resource the KBS does not
+		// release: the container is not created, and the reason says why
+		// without the secret.
+		other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		for name, v := range map[string]string{"wrong signer": sealOf(other, "default/app/db-password"), "missing resource": sealOf(key, "default/app/none")} {
+			sp := spec("/bin/true")
+			sp.Process.Env = append(sp.Process.Env, "DB_PASSWORD="+v)
+			_, err := ta.client.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: "sealed-bad", Image: busyboxRef, OciSpec: mustJSON(t, sp)})
+			wantErr(t, name, err, codes.FailedPrecondition, agentapi.ReasonSealedSecret)
+			if msg := status.Convert(err).Message(); !strings.Contains(msg, `env "DB_PASSWORD"`) || strings.Contains(msg, "s3cr3t") {
+				t.Errorf("%s: message %q: want the variable named and no secret", name, msg)
+			}
+		}
 	})
 
 	t.Run("failing command", func(t *testing.T) {

@@ -22,7 +22,11 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
+	"github.com/cloak-containers/cloak/attestation-agent/localapi/attestationv1"
 )
 
 const (
@@ -165,6 +169,22 @@ func (a *Agent) waitReady(ctx context.Context) error {
 // KeyProviderSocket is the unix socket path of cloak-aa's ocicrypt
 // keyprovider (pull.Options.KeyProviderSocket).
 func (a *Agent) KeyProviderSocket() string { return a.socket }
+
+// GetResource fetches a KBS resource ("kbs:///repository/type/tag") through
+// cloak-aa's local API on its socket: cloak-aa attests if it has no valid
+// token and decrypts the KBS's answer with its TEE key.
+func (a *Agent) GetResource(ctx context.Context, uri string) ([]byte, error) {
+	conn, err := grpc.NewClient("unix://"+a.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("attestation agent at %s: %w", a.socket, err)
+	}
+	defer conn.Close()
+	res, err := attestationv1.NewAttestationAgentClient(conn).GetResource(ctx, &attestationv1.GetResourceRequest{Path: uri})
+	if err != nil {
+		return nil, err
+	}
+	return res.GetResource(), nil
+}
 
 // TEE is the TEE whose report bound the initdata: snp or tdx (hardware or
 // emulated), tpm, or "" when none did.

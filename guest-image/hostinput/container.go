@@ -102,6 +102,7 @@ func applySources(s *specs.Spec, rules *SpecRules) error {
 }
 
 func refuseHostControl(id string, s *specs.Spec, rules SpecRules) error {
+	//lint:ignore SA1019 a host may still send the deprecated prestart hooks, and they must be refused like the others
 	if h := s.Hooks; h != nil && len(h.Prestart)+len(h.CreateRuntime)+len(h.CreateContainer)+len(h.StartContainer)+len(h.Poststart)+len(h.Poststop) > 0 {
 		return Denied("container %q: OCI hooks are refused: they run host-chosen programs outside the container", id)
 	}

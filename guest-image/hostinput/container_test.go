@@ -97,6 +97,7 @@ func TestContainerSpecRefusals(t *testing.T) {
 		msg    string
 	}{
 		{"accepted", func(*specs.Spec) {}, codes.OK, "", ""},
+		//lint:ignore SA1019 a host may still send the deprecated prestart hooks, and they must be refused like the others
 		{"prestart hook", func(s *specs.Spec) { s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/x"}}} }, codes.PermissionDenied, agentapi.ReasonPolicy, "hooks"},
 		{"poststop hook", func(s *specs.Spec) { s.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Path: "/x"}}} }, codes.PermissionDenied, agentapi.ReasonPolicy, "hooks"},
 		{"empty hooks", func(s *specs.Spec) { s.Hooks = &specs.Hooks{} }, codes.OK, "", ""},
