@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,15 +73,15 @@ type AppraisalInput struct {
 
 // Appraisal is the outcome of an attestation policy.
 type Appraisal struct {
-	PolicyID string
+	PolicyID string `json:"policy_id"`
 	// TrustVector maps EAR trust-claim names ("executables", "hardware",
 	// ...) to the values the policy set; claims it left undefined are absent.
-	TrustVector map[string]int
+	TrustVector map[string]int `json:"trust_vector"`
 	// Status is the worst AR4SI tier among the set claims: "affirming",
 	// "warning", "contraindicated", or "none" when no claim was set.
-	Status string
+	Status string `json:"status"`
 	// Findings explain the comparisons the policy made (Cloak extension).
-	Findings []adminapi.Finding
+	Findings []adminapi.Finding `json:"findings"`
 }
 
 // CompileAttestation compiles an attestation policy named id. The source must
@@ -139,15 +140,59 @@ func (p *AttestationPolicy) Appraise(ctx context.Context, in AppraisalInput) (*A
 	if err != nil {
 		return nil, fmt.Errorf("attestation policy %q: %w", p.id, err)
 	}
-	vector, status, err := trustVector(result["claims"])
-	if err != nil {
-		return nil, fmt.Errorf("attestation policy %q: %w", p.id, err)
-	}
+	values, _ := result["claims"].(map[string]any)
 	findings, err := decodeFindings(result["findings"])
 	if err != nil {
 		return nil, fmt.Errorf("attestation policy %q: %w", p.id, err)
 	}
+	if tee, ok := Emulated(claims); ok {
+		values, findings = capEmulatedHardware(tee, values, findings)
+	}
+	vector, status, err := trustVector(values)
+	if err != nil {
+		return nil, fmt.Errorf("attestation policy %q: %w", p.id, err)
+	}
 	return &Appraisal{PolicyID: p.id, TrustVector: vector, Status: status, Findings: findings}, nil
+}
+
+// EmulatedHardware is the hardware trust claim of emulated evidence at best:
+// AR4SI "unsafe" (warning). Emulated evidence is signed by a key on the
+// host, so it proves nothing about the hardware, whatever a policy says.
+const EmulatedHardware = int(ear.UnsafeHardwareClaim)
+
+// Emulated reports whether appraisal input claims (input of an attestation
+// policy, {"<tee>": {...}}) come from an emulated TEE (the verifier's claim
+// emulated=true), and which.
+func Emulated(claims map[string]any) (string, bool) {
+	for tee, c := range claims {
+		if m, ok := c.(map[string]any); ok && m["emulated"] == true {
+			return tee, true
+		}
+	}
+	return "", false
+}
+
+// capEmulatedHardware lowers a hardware claim that would rate emulated
+// evidence none or affirming to EmulatedHardware, so its status is at most
+// warning, and says so in a finding unless the policy already reported the
+// emulation.
+func capEmulatedHardware(tee string, values map[string]any, findings []adminapi.Finding) (map[string]any, []adminapi.Finding) {
+	if n, ok := values["hardware"].(json.Number); ok {
+		if c, err := ear.ToTrustClaim(n); err == nil && c.GetTier() > ear.TrustTierAffirming {
+			return values, findings // already warning or worse
+		}
+	}
+	out := make(map[string]any, len(values)+1)
+	maps.Copy(out, values)
+	out["hardware"] = json.Number(strconv.Itoa(EmulatedHardware))
+	claim := tee + ".emulated"
+	if !slices.ContainsFunc(findings, func(f adminapi.Finding) bool { return f.Claim == claim }) {
+		findings = append(findings, adminapi.Finding{
+			Claim: claim, Group: "hardware", Value: true, OK: false,
+			Message: fmt.Sprintf("the evidence is emulated: hardware is at most %d (unsafe), so the status is at most warning", EmulatedHardware),
+		})
+	}
+	return out, findings
 }
 
 func evidenceName(tee string) string {
@@ -202,6 +247,13 @@ func trustVector(raw any) (map[string]int, string, error) {
 	return vector, status.String(), nil
 }
 
+// MaxFindingReferences is the longest list of accepted values a finding
+// repeats. A signed bundle holds hundreds of SEV-SNP measurements (one per
+// vCPU count and CPU model); repeating them in every finding made an EAR
+// token of hundreds of KiB, which no HTTP server accepts in a header. A
+// longer list is replaced by its length (Finding.ReferenceCount).
+const MaxFindingReferences = 16
+
 // decodeFindings converts the optional `findings` rule (a set or array of
 // objects) into audit findings.
 func decodeFindings(raw any) ([]adminapi.Finding, error) {
@@ -222,6 +274,9 @@ func decodeFindings(raw any) ([]adminapi.Finding, error) {
 		}
 		if f.Claim == "" {
 			return nil, fmt.Errorf(`rule findings: element %d is %s: "claim" must name the compared claim`, i, text)
+		}
+		if refs, ok := f.Reference.([]any); ok && len(refs) > MaxFindingReferences {
+			f.Reference, f.ReferenceCount = nil, len(refs)
 		}
 		findings = append(findings, f)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -495,5 +496,41 @@ func TestCompileAttestationIgnoresNestedHeads(t *testing.T) {
 	_, err := CompileAttestation("p", []byte("package policy\nimport rego.v1\nhardware.x := 2\n"))
 	if err == nil || !strings.Contains(err.Error(), "defines no trust-claim rule") {
 		t.Fatalf("error = %v, want a missing trust-claim rule: hardware.x is not the hardware claim", err)
+	}
+}
+
+// TestEmulatedHardwareCapped: whatever a policy rates the hardware of
+// emulated evidence, it is at most EmulatedHardware and the status at most
+// warning; a worse rating stays.
+func TestEmulatedHardwareCapped(t *testing.T) {
+	for _, tc := range []struct {
+		name, src  string
+		emulated   bool
+		hardware   int
+		status     string
+		capFinding bool
+	}{
+		{"affirming policy, emulated", "package policy\nhardware := 2\nexecutables := 3", true, EmulatedHardware, "warning", true},
+		{"policy without hardware, emulated", "package policy\nexecutables := 3", true, EmulatedHardware, "warning", true},
+		{"contraindicated stays", "package policy\nhardware := 97", true, 97, "contraindicated", false},
+		{"genuine untouched", "package policy\nhardware := 2\nexecutables := 3", false, 2, "affirming", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mustCompileAttestation(t, []byte(tc.src))
+			claims := map[string]any{"snp": map[string]any{"emulated": tc.emulated}}
+			got, err := p.Appraise(context.Background(), AppraisalInput{Tee: "snp", Claims: claims})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.TrustVector["hardware"] != tc.hardware || got.Status != tc.status {
+				t.Fatalf("hardware %d status %s, want %d %s", got.TrustVector["hardware"], got.Status, tc.hardware, tc.status)
+			}
+			found := slices.ContainsFunc(got.Findings, func(f adminapi.Finding) bool {
+				return f.Claim == "snp.emulated" && !f.OK && strings.Contains(f.Message, "emulated")
+			})
+			if found != tc.capFinding {
+				t.Fatalf("emulated finding %v, want %v: %+v", found, tc.capFinding, got.Findings)
+			}
+		})
 	}
 }

@@ -9,6 +9,8 @@
 #
 # AR4SI values used here:
 #   2  hardware: genuine and supported      | configuration: known and approved
+#   32 hardware: emulated, no hardware protection (warning; the KBS also
+#      caps it there for any policy, policy.EmulatedHardware)
 #   3  executables: only approved ones were loaded
 #   33 executables: not recognized (warning)
 #   36 configuration: unknown to the verifier (warning)
@@ -122,6 +124,13 @@ snp_tcb_low contains part if {
 hardware := 2 if {
 	input.snp.reported_tcb
 	count(snp_tcb_low) == 0
+	not input.snp.emulated == true
+}
+
+hardware := 32 if {
+	input.snp.reported_tcb
+	count(snp_tcb_low) == 0
+	input.snp.emulated == true
 }
 
 findings contains finding if {
@@ -235,6 +244,13 @@ else := false
 hardware := 2 if {
 	tdx_tcb_accepted(input.tdx.tcb_status)
 	tdx_tcb_accepted(input.tdx.qe_tcb_status)
+	not input.tdx.emulated == true
+}
+
+hardware := 32 if {
+	tdx_tcb_accepted(input.tdx.tcb_status)
+	tdx_tcb_accepted(input.tdx.qe_tcb_status)
+	input.tdx.emulated == true
 }
 
 findings contains finding if {
@@ -340,5 +356,12 @@ comparison_message(claim, value, refs, refname) := sprintf("%s is missing from t
 	)
 } else := msg if {
 	value in refs
-	msg := sprintf("%s %s is among reference values %s", [claim, json.marshal(value), json.marshal(refs)])
-} else := sprintf("%s %s is not among reference values %s", [claim, json.marshal(value), json.marshal(refs)])
+	msg := sprintf("%s %s is among %s", [claim, json.marshal(value), refs_text(refs, refname)])
+} else := sprintf("%s %s is not among %s", [claim, json.marshal(value), refs_text(refs, refname)])
+
+# refs_text names a short list of accepted values in full; a long one (a
+# signed bundle holds hundreds of SEV-SNP measurements, one per vCPU count and
+# CPU model) only by count, so that findings stay small in tokens and audits.
+refs_text(refs, refname) := sprintf("reference values %s", [json.marshal(refs)]) if {
+	count(refs) <= 4
+} else := sprintf("the %d values of reference value %q", [count(refs), refname])

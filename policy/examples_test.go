@@ -8,6 +8,16 @@ import (
 	"testing"
 )
 
+// emulatedEAR is the EAR of emulated evidence appraised as the KBS does:
+// hardware capped at 32 (warning), executables as given.
+func emulatedEAR(evidence map[string]any, executables int) map[string]any {
+	c := earClaims("warning", evidence)
+	c["submods"].(map[string]any)["cpu0"].(map[string]any)["ear.trustworthiness-vector"] = map[string]any{
+		"hardware": 32, "executables": executables, "configuration": 2, "file-system": 0,
+	}
+	return c
+}
+
 // TestAllowEmulatedExample checks the development policy the demo and the
 // CI tests install: keys only for affirming emulated guests, with reasons.
 func TestAllowEmulatedExample(t *testing.T) {
@@ -27,7 +37,11 @@ func TestAllowEmulatedExample(t *testing.T) {
 	}{
 		{"affirming emulated SNP", earClaims("affirming", emuSNP), true, ""},
 		{"affirming emulated TDX", earClaims("affirming", emuTDX), true, ""},
-		{"emulated SNP with a wrong measurement", earClaims("warning", emuSNP), false, "attestation status of cpu0 is warning, not affirming"},
+		// What the KBS issues for good emulated evidence: hardware 32, warning.
+		{"emulated SNP, warning for the hardware only", emulatedEAR(emuSNP, 3), true, ""},
+		{"emulated TDX, warning for the hardware only", emulatedEAR(emuTDX, 3), true, ""},
+		{"emulated SNP with a wrong measurement", emulatedEAR(emuSNP, 33), false, "attestation status of cpu0 is warning, not affirming"},
+		{"real SNP with a hardware warning", emulatedEAR(realSNP, 3), false, "attestation status of cpu0 is warning"},
 		{"real SNP", earClaims("affirming", realSNP), false, "the evidence is not from an emulated TEE: this development policy releases keys to emulated guests only"},
 		{"sample", earClaims("affirming", map[string]any{"sample": map[string]any{"svn": "1"}}), false, "not from an emulated TEE"},
 	}

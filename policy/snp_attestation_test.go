@@ -48,8 +48,11 @@ func TestDefaultAttestationSNP(t *testing.T) {
 		{"host data not approved", snpClaims(m, false, 115, false),
 			map[string][]string{"snp_launch_measurement": {m}, "snp_host_data": {strings.Repeat("11", 32)}},
 			map[string]int{"executables": 3, "hardware": 2, "configuration": 96}, "contraindicated", "snp.host_data"},
-		{"emulated is noted", snpClaims(m, false, 115, true), ref,
-			map[string]int{"executables": 3, "hardware": 2, "configuration": 2}, "affirming", "emulated root"},
+		// Emulated evidence never rates hardware trustworthy: warning at best.
+		{"emulated is at most warning", snpClaims(m, false, 115, true), ref,
+			map[string]int{"executables": 3, "hardware": 32, "configuration": 2}, "warning", "emulated root"},
+		{"emulated below the TCB minimum stays contraindicated", snpClaims(m, false, 114, true), ref,
+			map[string]int{"executables": 3, "hardware": 97, "configuration": 2}, "contraindicated", "emulated root"},
 	}
 	p := mustCompileAttestation(t, DefaultAttestationSource())
 	for _, tc := range tests {

@@ -44,8 +44,9 @@ func TestDefaultAttestationTDX(t *testing.T) {
 		{"admin accepts SWHardeningNeeded", tdxClaims("m", "r1", false, "SWHardeningNeeded", false),
 			map[string][]string{"tdx_mr_td": {"m"}, "tdx_tcb_status": {"UpToDate", "SWHardeningNeeded"}},
 			map[string]int{"executables": 3, "hardware": 2, "configuration": 2}, "affirming", `tcb_status "SWHardeningNeeded" is accepted`},
-		{"emulated is noted", tdxClaims("m", "r1", false, "UpToDate", true), ref,
-			map[string]int{"executables": 3, "hardware": 2, "configuration": 2}, "affirming", "emulated root"},
+		// Emulated evidence never rates hardware trustworthy: warning at best.
+		{"emulated is at most warning", tdxClaims("m", "r1", false, "UpToDate", true), ref,
+			map[string]int{"executables": 3, "hardware": 32, "configuration": 2}, "warning", "emulated root"},
 	}
 	p := mustCompileAttestation(t, DefaultAttestationSource())
 	for _, tc := range tests {

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/internal/cmdline"
+	"github.com/cloak-containers/cloak/internal/logging"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/kbs/server"
 	"github.com/cloak-containers/cloak/kbs/tlscert"
@@ -33,22 +36,43 @@ import (
 )
 
 type options struct {
-	listen, dataDir, tlsCert, tlsKey, maxBody, logLevel string
-	adminKeys, tlsSANs, refSigners                      []string
-	insecureHTTP                                        bool
-	collateralDir, collateralCache, snpCRL              string
-	collateralOffline                                   bool
-	snpExtraRoots                                       []string
-	tdxPCCSURL                                          string
-	tdxExtraRoots                                       []string
-	tpmTrustedAKs, tpmEKRoots, tpmEKIntermediates       string
-	sessionTTL, tokenTTL                                time.Duration
+	listen, dataDir, tlsCert, tlsKey, maxBody     string
+	log                                           *logging.Options
+	adminKeys, auditorKeys, tlsSANs, refSigners   []string
+	insecureHTTP                                  bool
+	collateralDir, collateralCache, snpCRL        string
+	collateralOffline                             bool
+	snpExtraRoots                                 []string
+	tdxPCCSURL                                    string
+	tdxExtraRoots                                 []string
+	tpmTrustedAKs, tpmEKRoots, tpmEKIntermediates string
+	sessionTTL, tokenTTL                          time.Duration
 }
 
 func main() {
-	if err := newCommand().Execute(); err != nil {
-		os.Exit(1)
+	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the KBS could not start or stopped with an error
+	exitUsage   = 2 // the command line is wrong
+)
+
+// execute runs the command line args and returns the exit code; errors go
+// to stderr, with the way to the usage for command-line mistakes.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	usage, err := cmdline.Execute(ctx, newCommand(), args, stdout, stderr)
+	if err == nil {
+		return exitOK
 	}
+	fmt.Fprintln(stderr, "kbs:", err)
+	if usage {
+		fmt.Fprintln(stderr, "  run 'kbs --help' for usage")
+		return exitUsage
+	}
+	return exitFailure
 }
 
 func newCommand() *cobra.Command {
@@ -61,25 +85,30 @@ func newCommand() *cobra.Command {
 
   # Your own certificate, listening on all interfaces
   kbs --listen 0.0.0.0:8443 --data-dir /var/lib/cloak-kbs --tls-cert kbs.crt --tls-key kbs.key \
-      --admin-public-key alice.pub --admin-public-key bob.pub
+      --admin-public-key alice.pub --admin-public-key bob.pub --auditor-public-key carol.pub
 
   # Local development without TLS
   kbs --listen 127.0.0.1:8080 --data-dir ./kbs-data --insecure-http`,
-		Args:          cobra.NoArgs,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := run(cmd.Context(), o)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "kbs:", err)
+		Args: cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			// cobra's MarkFlagsRequiredTogether says only "missing [tls-key]".
+			switch {
+			case o.tlsCert != "" && o.tlsKey == "":
+				return errors.New("--tls-cert needs --tls-key: add --tls-key FILE, the PEM private key of the certificate")
+			case o.tlsKey != "" && o.tlsCert == "":
+				return errors.New("--tls-key needs --tls-cert: add --tls-cert FILE, the PEM certificate chain of the key")
 			}
-			return err
+			return o.log.Check()
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd.Context(), o, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database, keys and TLS certificate (required)")
-	f.StringArrayVar(&o.adminKeys, "admin-public-key", nil, "PEM Ed25519 public key allowed to sign admin tokens (repeatable); none disables the admin API")
+	f.StringArrayVar(&o.adminKeys, "admin-public-key", nil, "PEM Ed25519 public key whose tokens get the admin role: read and write (repeatable); with no admin or auditor key the admin API is disabled")
+	f.StringArrayVar(&o.auditorKeys, "auditor-public-key", nil, "PEM Ed25519 public key whose tokens get the read-only auditor role, whatever role they claim (repeatable)")
 	f.StringArrayVar(&o.refSigners, "reference-value-signer", nil, "PEM public key (Ed25519, ECDSA P-256/P-384) trusted to sign reference-value bundles for kbsctl reference-value import (repeatable)")
 	f.BoolVar(&o.insecureHTTP, "insecure-http", false, "serve plain HTTP (development only)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain (default: self-signed in DATA_DIR/tls)")
@@ -88,7 +117,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.sessionTTL, "session-ttl", 5*time.Minute, "lifetime of an attestation session")
 	f.DurationVar(&o.tokenTTL, "token-ttl", 5*time.Minute, "lifetime of an attestation token")
 	f.StringVar(&o.maxBody, "max-body", "2MiB", "largest request body (bytes, or with KiB/MiB suffix)")
-	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.log = logging.Flags(f, logging.JSON)
 	f.StringVar(&o.collateralDir, "collateral-dir", "", "offline attestation collateral (AMD KDS/Intel PCS files by URL path), consulted before the network")
 	f.StringVar(&o.collateralCache, "collateral-cache-dir", "", "on-disk cache of fetched collateral (default DATA_DIR/collateral-cache)")
 	f.BoolVar(&o.collateralOffline, "collateral-offline", false, "never fetch collateral from the network (air-gapped sites; needs --collateral-dir)")
@@ -100,7 +129,6 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.tpmEKRoots, "tpm-ek-roots", "", "PEM roots the TPM's EK certificate must chain to (with --tpm-trusted-aks)")
 	f.StringVar(&o.tpmEKIntermediates, "tpm-ek-intermediates", "", "PEM intermediates of EK certificate chains")
 	cmd.MarkFlagRequired("data-dir")
-	cmd.MarkFlagsRequiredTogether("tls-cert", "tls-key")
 	cmd.MarkFlagsMutuallyExclusive("insecure-http", "tls-cert")
 	return cmd
 }
@@ -119,30 +147,25 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-func run(ctx context.Context, o options) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+func run(ctx context.Context, o options, stderr io.Writer) error {
+	log, err := o.log.New(stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	maxBody, err := parseSize(o.maxBody)
 	if err != nil {
 		return err
 	}
-	var keys []ed25519.PublicKey
-	for _, path := range o.adminKeys {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("--admin-public-key: %w", err)
-		}
-		k, err := adminauth.ParsePublicKey(data)
-		if err != nil {
-			return fmt.Errorf("--admin-public-key %s: %w", path, err)
-		}
-		keys = append(keys, k)
+	keys, err := loadAdminKeys("--admin-public-key", o.adminKeys)
+	if err != nil {
+		return err
 	}
-	if len(keys) == 0 {
-		log.Warn("no --admin-public-key given: the admin API is disabled")
+	auditorKeys, err := loadAdminKeys("--auditor-public-key", o.auditorKeys)
+	if err != nil {
+		return err
+	}
+	if len(keys) == 0 && len(auditorKeys) == 0 {
+		log.Warn("no --admin-public-key or --auditor-public-key given: the admin API is disabled")
 	}
 	var refSigners []crypto.PublicKey
 	for _, path := range o.refSigners {
@@ -184,7 +207,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	srv, err := server.New(server.Config{
-		DataDir: o.dataDir, AdminKeys: keys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
+		DataDir: o.dataDir, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
 		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
 		TDX: tdxOpts, TPM: tpmCfg, ReferenceValueSigners: refSigners,
@@ -204,8 +227,11 @@ func run(ctx context.Context, o options) error {
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// A Bearer EAR token carries the guest's initdata claims (up to
+		// kbstypes.MaxInitdataSize, 256 KiB, an agent policy among them),
+		// base64url-encoded: 64 KiB refused a large policy's key fetch.
+		MaxHeaderBytes: 1 << 20,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	scheme := "https"
 	switch {
@@ -255,6 +281,23 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// loadAdminKeys reads the PEM Ed25519 public keys of one role's flag.
+func loadAdminKeys(flag string, paths []string) ([]ed25519.PublicKey, error) {
+	var keys []ed25519.PublicKey
+	for _, path := range paths {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		k, err := adminauth.ParsePublicKey(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", flag, path, err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 // tpmConfig is the tpm verifier's configuration from the flags; nil (no

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cloak-containers/cloak/internal/logging"
+	"github.com/cloak-containers/cloak/internal/version"
 )
 
 // TestServe builds the binary, starts it on a free loopback port with a
@@ -69,6 +74,72 @@ func TestServe(t *testing.T) {
 	}
 }
 
+// TestCommandLine: mistakes on the command line exit 2 before anything
+// starts, saying what is wrong and where the usage is; --version exits 0.
+func TestCommandLine(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name         string
+		args         []string
+		code         int
+		stdout, want string
+	}{
+		{"unknown flag", []string{"--bogus"}, 2, "", "unknown flag: --bogus\n  run 'kbs --help' for usage"},
+		{"no data dir", nil, 2, "", `required flag(s) "data-dir" not set`},
+		{"cert without key", []string{"--data-dir", dir, "--tls-cert", "a.pem"}, 2, "", "--tls-cert needs --tls-key: add --tls-key FILE"},
+		{"key without cert", []string{"--data-dir", dir, "--tls-key", "a.key"}, 2, "", "--tls-key needs --tls-cert"},
+		{"stray argument", []string{"--data-dir", dir, "serve"}, 2, "", `unknown command "serve"`},
+		{"version", []string{"--version"}, 0, "kbs version " + version.String() + "\n", ""},
+		{"bad log level", []string{"--data-dir", dir, "--log-level", "loud"}, 2, "", "kbs: --log-level \"loud\": want debug, info, warn or error\n  run 'kbs --help' for usage"},
+		{"bad log format", []string{"--data-dir", dir, "--log-format", "xml"}, 2, "", "kbs: --log-format \"xml\": want text or json\n  run 'kbs --help' for usage"},
+		{"failure after the flags", []string{"--data-dir", dir, "--snp-crl", "sometimes"}, 1, "", "kbs: --snp-crl: "},
+		{"auditor key file missing", []string{"--data-dir", dir, "--auditor-public-key", filepath.Join(dir, "missing.pub")}, 1, "", "kbs: --auditor-public-key: "},
+		{"admin key file missing", []string{"--data-dir", dir, "--admin-public-key", filepath.Join(dir, "missing.pub")}, 1, "", "kbs: --admin-public-key: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := execute(t.Context(), tt.args, &stdout, &stderr)
+			if code != tt.code || stdout.String() != tt.stdout || !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("exit %d, want %d\nstdout %q, want %q\nstderr %q, want it to contain %q", code, tt.code, stdout.String(), tt.stdout, stderr.String(), tt.want)
+			}
+			if code == 1 && strings.Contains(stderr.String(), "--help") {
+				t.Errorf("a failure after the flags were accepted points to the usage: %q", stderr.String())
+			}
+		})
+	}
+}
+
+// TestLogFormat: the KBS logs JSON lines by default and with --log-format
+// json, slog text with --log-format text. The warning about the disabled
+// admin API comes before --snp-crl stops the start, so no port is opened.
+func TestLogFormat(t *testing.T) {
+	const msg = "no --admin-public-key or --auditor-public-key given: the admin API is disabled"
+	for _, format := range []string{"", "json", "text"} {
+		t.Run(format, func(t *testing.T) {
+			args := []string{"--data-dir", t.TempDir(), "--snp-crl", "sometimes"}
+			if format != "" {
+				args = append(args, "--log-format", format)
+			}
+			var stderr bytes.Buffer
+			if code := execute(t.Context(), args, io.Discard, &stderr); code != 1 {
+				t.Fatalf("exit %d, want 1; stderr %q", code, stderr.String())
+			}
+			line, _, _ := strings.Cut(stderr.String(), "\n")
+			if format == "text" {
+				if !strings.Contains(line, "level=WARN msg=\""+msg+"\"") {
+					t.Fatalf("first line %q, want a slog text warning %q", line, msg)
+				}
+				return
+			}
+			var rec struct{ Level, Msg string }
+			if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Level != "WARN" || rec.Msg != msg {
+				t.Fatalf("first line %q (%v), want a JSON warning %q", line, err, msg)
+			}
+		})
+	}
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"2MiB": 2 << 20, "512": 512, "4KiB": 4096} {
 		if got, err := parseSize(in); err != nil || got != want {
@@ -103,8 +174,9 @@ func TestVerifierFlags(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			o := tt.o
-			o.dataDir, o.listen, o.snpCRL, o.maxBody, o.logLevel = t.TempDir(), "127.0.0.1:0", "require", "1MiB", "error"
-			err := run(t.Context(), o)
+			o.dataDir, o.listen, o.snpCRL, o.maxBody = t.TempDir(), "127.0.0.1:0", "require", "1MiB"
+			o.log = &logging.Options{Format: logging.JSON, Level: "error"}
+			err := run(t.Context(), o, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("run: %v, want an error containing %q", err, tt.want)
 			}

@@ -1,11 +1,19 @@
 // Package adminauth authenticates KBS admin requests: an EdDSA (Ed25519) JWT
-// with iat, exp and role claims, signed by one of the keys the KBS was
-// started with. Tokens are short-lived by rule (at most MaxLifetime).
+// with iat and exp claims (and optionally role), signed by one of the keys
+// the KBS was started with. Tokens are short-lived by rule (at most
+// MaxLifetime).
+//
+// The key that verified a token decides its role: each configured key is an
+// admin key or an auditor key. The token's role claim may only narrow that
+// role (an admin key signing role "auditor"), never widen it, so a read-only
+// auditor key cannot be turned into an admin by the client.
 package adminauth
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -19,7 +27,13 @@ import (
 
 // Limits.
 const (
-	MaxLifetime  = time.Hour
+	// MaxLifetime (exp - iat) is the lifetime Trustee's kbs-client gave
+	// its admin tokens, ADMIN_TOKEN_EXPIRY_SECS = 7200 in
+	// tools/kbs-client/src/lib.rs (until e908c2d1), and still the one
+	// Trustee's integration-tests/src/common.rs signs: a Trustee token must
+	// administer a Cloak KBS. kbsctl's own tokens stay much shorter
+	// (adminclient.TokenLifetime).
+	MaxLifetime  = 2 * time.Hour
 	ClockSkew    = time.Minute
 	MaxTokenSize = 8 << 10
 )
@@ -31,6 +45,9 @@ const (
 	CheckSignature = "admin-token-signature"
 	CheckExpired   = "admin-token-expired"
 	CheckClaims    = "admin-token-claims"
+	// CheckRole: the token claims a role its key does not have. It is a
+	// matter of authorization (403), not of authentication.
+	CheckRole = "admin-role"
 )
 
 // Error says why an admin token was refused.
@@ -44,14 +61,40 @@ func (e *Error) Error() string { return e.Detail }
 // ErrMissing is returned when the request carries no token.
 var ErrMissing = &Error{CheckMissing, "admin token missing: send Authorization: Bearer <JWT signed with an admin key>"}
 
+// Key is a public key allowed to sign admin tokens and the role it grants:
+// adminapi.RoleAdmin or adminapi.RoleAuditor.
+type Key struct {
+	Public ed25519.PublicKey
+	Role   string
+}
+
+// Identity is who a verified token speaks for.
+type Identity struct {
+	Role        string // the effective role: the key's, or the narrower one the token claimed
+	KeyRole     string // the role of the key that verified the token
+	Fingerprint string // Fingerprint of that key
+}
+
+// Fingerprint names a public key in audit entries: the hex SHA-256 of its
+// PKIX (SPKI) DER, the convention reference-value signers use too.
+func Fingerprint(pub ed25519.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		// An ed25519.PublicKey always marshals; a wrong length cannot verify anything.
+		return "invalid-key"
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
 // Verifier checks admin tokens against a set of public keys.
 type Verifier struct {
-	keys []ed25519.PublicKey
+	keys []Key
 	now  func() time.Time
 }
 
 // NewVerifier returns a verifier; now nil means time.Now.
-func NewVerifier(keys []ed25519.PublicKey, now func() time.Time) *Verifier {
+func NewVerifier(keys []Key, now func() time.Time) *Verifier {
 	if now == nil {
 		now = time.Now
 	}
@@ -62,52 +105,62 @@ type roleClaims struct {
 	Role string `json:"role"`
 }
 
-// Verify returns the role of a valid token.
-func (v *Verifier) Verify(token string) (string, error) {
+// Verify returns the identity of a valid token.
+func (v *Verifier) Verify(token string) (Identity, error) {
 	if token == "" {
-		return "", ErrMissing
+		return Identity{}, ErrMissing
 	}
 	if len(token) > MaxTokenSize {
-		return "", &Error{CheckMalformed, fmt.Sprintf("admin token is %d bytes, limit is %d", len(token), MaxTokenSize)}
+		return Identity{}, &Error{CheckMalformed, fmt.Sprintf("admin token is %d bytes, limit is %d", len(token), MaxTokenSize)}
 	}
 	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.EdDSA})
 	if err != nil {
-		return "", &Error{CheckMalformed, fmt.Sprintf("admin token is not an EdDSA JWT: %v", err)}
+		return Identity{}, &Error{CheckMalformed, fmt.Sprintf("admin token is not an EdDSA JWT: %v", err)}
 	}
 	var std jwt.Claims
 	var rc roleClaims
-	verified := false
-	for _, k := range v.keys {
-		if err := tok.Claims(k, &std, &rc); err == nil {
-			verified = true
+	var key *Key
+	for i, k := range v.keys {
+		if err := tok.Claims(k.Public, &std, &rc); err == nil {
+			key = &v.keys[i]
 			break
 		}
 	}
-	if !verified {
-		return "", &Error{CheckSignature, "admin token is not signed by any configured --admin-public-key"}
+	if key == nil {
+		return Identity{}, &Error{CheckSignature, "admin token is not signed by any configured --admin-public-key or --auditor-public-key"}
 	}
+	return v.check(std, rc, *key)
+}
+
+func (v *Verifier) check(std jwt.Claims, rc roleClaims, key Key) (Identity, error) {
 	if std.Expiry == nil || std.IssuedAt == nil {
-		return "", &Error{CheckClaims, "admin token must carry both exp and iat claims"}
+		return Identity{}, &Error{CheckClaims, "admin token must carry both exp and iat claims"}
 	}
 	now := v.now()
-	err = std.ValidateWithLeeway(jwt.Expected{Time: now}, ClockSkew)
+	err := std.ValidateWithLeeway(jwt.Expected{Time: now}, ClockSkew)
 	switch {
 	case errors.Is(err, jwt.ErrExpired):
-		return "", &Error{CheckExpired, fmt.Sprintf("admin token expired at %s; create a new one", std.Expiry.Time().UTC().Format(time.RFC3339))}
+		return Identity{}, &Error{CheckExpired, fmt.Sprintf("admin token expired at %s; create a new one", std.Expiry.Time().UTC().Format(time.RFC3339))}
 	case errors.Is(err, jwt.ErrIssuedInTheFuture):
-		return "", &Error{CheckClaims, "admin token iat is in the future; check the clocks"}
+		return Identity{}, &Error{CheckClaims, "admin token iat is in the future; check the clocks"}
 	case err != nil:
-		return "", &Error{CheckClaims, fmt.Sprintf("admin token claims invalid: %v", err)}
+		return Identity{}, &Error{CheckClaims, fmt.Sprintf("admin token claims invalid: %v", err)}
 	}
 	if life := std.Expiry.Time().Sub(std.IssuedAt.Time()); life > MaxLifetime {
-		return "", &Error{CheckClaims, fmt.Sprintf("admin token lifetime %s exceeds the maximum %s; use a shorter exp", life, MaxLifetime)}
+		return Identity{}, &Error{CheckClaims, fmt.Sprintf("admin token lifetime %s exceeds the maximum %s; use a shorter exp", life, MaxLifetime)}
 	}
-	switch rc.Role {
-	case adminapi.RoleAdmin, adminapi.RoleAuditor:
-		return rc.Role, nil
+	id := Identity{Role: key.Role, KeyRole: key.Role, Fingerprint: Fingerprint(key.Public)}
+	switch {
+	case rc.Role == "" || rc.Role == key.Role:
+		// No claim (Trustee's kbs-client sends none): the key's role.
+	case rc.Role == adminapi.RoleAuditor:
+		id.Role = adminapi.RoleAuditor
+	case rc.Role == adminapi.RoleAdmin:
+		return Identity{}, &Error{CheckRole, fmt.Sprintf("admin token claims role %q but is signed by an auditor key (%s); a token's role can only narrow its key's role: sign with a key given to kbs as --admin-public-key", rc.Role, id.Fingerprint)}
 	default:
-		return "", &Error{CheckClaims, fmt.Sprintf("admin token role %q unknown (want %q or %q)", rc.Role, adminapi.RoleAdmin, adminapi.RoleAuditor)}
+		return Identity{}, &Error{CheckClaims, fmt.Sprintf("admin token role %q unknown (want %q, %q or none)", rc.Role, adminapi.RoleAdmin, adminapi.RoleAuditor)}
 	}
+	return id, nil
 }
 
 // ParsePublicKey parses a PEM PKIX Ed25519 public key.

@@ -3,7 +3,9 @@ package adminauth
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"strings"
@@ -31,9 +33,13 @@ func TestVerify(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	otherPub, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Unix(1_800_000_000, 0)
-	v := NewVerifier([]ed25519.PublicKey{otherPub, pub}, func() time.Time { return now })
+	auditorPub, auditorPriv, _ := ed25519.GenerateKey(rand.Reader)
+	v := NewVerifier([]Key{{otherPub, "admin"}, {pub, "admin"}, {auditorPub, "auditor"}}, func() time.Time { return now })
 	claims := func(role string, iat, exp time.Duration) map[string]any {
-		c := map[string]any{"role": role}
+		c := map[string]any{}
+		if role != "" {
+			c["role"] = role
+		}
 		if iat != 0 {
 			c["iat"] = now.Add(iat).Unix()
 		}
@@ -47,7 +53,11 @@ func TestVerify(t *testing.T) {
 		name, token, role, check string
 	}{
 		{"admin", sign(t, priv, claims("admin", -time.Second, time.Minute)), "admin", ""},
-		{"auditor second key", sign(t, otherPriv, claims("auditor", -time.Second, time.Minute)), "auditor", ""},
+		{"admin key narrowed to auditor", sign(t, otherPriv, claims("auditor", -time.Second, time.Minute)), "auditor", ""},
+		{"admin key without role claim", sign(t, priv, claims("", -time.Second, time.Minute)), "admin", ""},
+		{"auditor key", sign(t, auditorPriv, claims("auditor", -time.Second, time.Minute)), "auditor", ""},
+		{"auditor key without role claim", sign(t, auditorPriv, claims("", -time.Second, time.Minute)), "auditor", ""},
+		{"auditor key claims admin", sign(t, auditorPriv, claims("admin", -time.Second, time.Minute)), "", CheckRole},
 		{"missing", "", "", CheckMissing},
 		{"garbage", "x.y.z", "", CheckMalformed},
 		{"other key", sign(t, strangerPriv, claims("admin", -time.Second, time.Minute)), "", CheckSignature},
@@ -55,15 +65,17 @@ func TestVerify(t *testing.T) {
 		{"no exp", sign(t, priv, claims("admin", -time.Second, 0)), "", CheckClaims},
 		{"no iat", sign(t, priv, claims("admin", 0, time.Minute)), "", CheckClaims},
 		{"future iat", sign(t, priv, claims("admin", 10*time.Minute, 20*time.Minute)), "", CheckClaims},
+		// Trustee's kbs-client: exp = iat + 7200, no role claim.
+		{"kbs-client lifetime", sign(t, priv, claims("", -time.Second, 2*time.Hour-time.Second)), "admin", ""},
 		{"too long", sign(t, priv, claims("admin", -time.Second, 2*time.Hour)), "", CheckClaims},
 		{"bad role", sign(t, priv, claims("root", -time.Second, time.Minute)), "", CheckClaims},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			role, err := v.Verify(tc.token)
+			id, err := v.Verify(tc.token)
 			if tc.check == "" {
-				if err != nil || role != tc.role {
-					t.Fatalf("Verify = %q, %v", role, err)
+				if err != nil || id.Role != tc.role {
+					t.Fatalf("Verify = %+v, %v", id, err)
 				}
 				return
 			}
@@ -71,7 +83,25 @@ func TestVerify(t *testing.T) {
 			if !errors.As(err, &e) || e.Check != tc.check {
 				t.Fatalf("err = %v, want check %s", err, tc.check)
 			}
+			if tc.check == CheckRole && !strings.Contains(e.Detail, "auditor key") {
+				t.Fatalf("detail %q does not say the key is an auditor key", e.Detail)
+			}
 		})
+	}
+}
+
+func TestIdentityNamesTheKey(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	now := time.Unix(1_800_000_000, 0)
+	v := NewVerifier([]Key{{pub, "admin"}}, func() time.Time { return now })
+	id, err := v.Verify(sign(t, priv, map[string]any{"iat": now.Unix(), "exp": now.Add(time.Minute).Unix()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(pub)
+	sum := sha256.Sum256(der)
+	if id.Fingerprint != hex.EncodeToString(sum[:]) || id.KeyRole != "admin" {
+		t.Fatalf("identity %+v, want fingerprint %x", id, sum)
 	}
 }
 
@@ -90,14 +120,14 @@ func TestParsePublicKey(t *testing.T) {
 func FuzzVerify(f *testing.F) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Unix(1_800_000_000, 0)
-	v := NewVerifier([]ed25519.PublicKey{pub}, func() time.Time { return now })
+	v := NewVerifier([]Key{{pub, "admin"}}, func() time.Time { return now })
 	good := sign(f, priv, map[string]any{"role": "admin", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()})
 	f.Add(good)
 	f.Add("eyJhbGciOiJFZERTQSJ9.e30.AAAA")
 	f.Fuzz(func(t *testing.T, tok string) {
-		role, err := v.Verify(tok)
-		if err == nil && role != "admin" {
-			t.Fatalf("accepted role %q", role)
+		id, err := v.Verify(tok)
+		if err == nil && id.Role != "admin" && id.Role != "auditor" {
+			t.Fatalf("accepted role %q", id.Role)
 		}
 		var e *Error
 		if err != nil && !errors.As(err, &e) {

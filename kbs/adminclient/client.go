@@ -51,7 +51,9 @@ type Option func(*Client)
 // DATA_DIR/tls/cert.pem) instead of the system roots.
 func WithCACert(pem []byte) Option { return func(c *Client) { c.caPEM = pem } }
 
-// WithRole sets the token's role claim (adminapi.RoleAdmin by default).
+// WithRole sets the token's role claim. By default tokens carry none and the
+// KBS grants the role of the key (admin or auditor); a claim can only narrow
+// that role, so WithRole(adminapi.RoleAuditor) makes an admin key read-only.
 func WithRole(role string) Option { return func(c *Client) { c.role = role } }
 
 // WithHTTPClient replaces the HTTP client; WithCACert is then ignored.
@@ -71,7 +73,7 @@ func New(baseURL string, key ed25519.PrivateKey, opts ...Option) (*Client, error
 		return nil, errors.New("admin key: want an Ed25519 private key")
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
-	c := &Client{base: u, key: key, role: adminapi.RoleAdmin, now: time.Now}
+	c := &Client{base: u, key: key, now: time.Now}
 	for _, o := range opts {
 		o(c)
 	}
@@ -92,7 +94,7 @@ func New(baseURL string, key ed25519.PrivateKey, opts ...Option) (*Client, error
 }
 
 // MintToken returns an admin token: an EdDSA JWT with iat = now, exp = now +
-// TokenLifetime and the role claim. Client mints one per request; it is
+// TokenLifetime and, unless role is empty, the role claim. Client mints one per request; it is
 // exported for tools that call the admin API themselves (curl).
 func MintToken(key ed25519.PrivateKey, role string, now time.Time) (string, error) {
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key},
@@ -104,7 +106,11 @@ func MintToken(key ed25519.PrivateKey, role string, now time.Time) (string, erro
 		IssuedAt: jwt.NewNumericDate(now),
 		Expiry:   jwt.NewNumericDate(now.Add(TokenLifetime)),
 	}
-	tok, err := jwt.Signed(signer).Claims(std).Claims(map[string]any{"role": role}).Serialize()
+	b := jwt.Signed(signer).Claims(std)
+	if role != "" {
+		b = b.Claims(map[string]any{"role": role})
+	}
+	tok, err := b.Serialize()
 	if err != nil {
 		return "", fmt.Errorf("sign admin token: %w", err)
 	}
@@ -264,15 +270,31 @@ func (c *Client) getPolicy(ctx context.Context, path string) (Policy, error) {
 	return p, nil
 }
 
-// SetReferenceValue replaces the accepted values of name; no values deletes it.
+// SetReferenceValue replaces the accepted values of name. The KBS refuses
+// an empty list (DeleteReferenceValue deletes) and values that do not fit the
+// name (adminapi.CheckReferenceValues).
 func (c *Client) SetReferenceValue(ctx context.Context, name string, values []string) error {
+	return c.PutReferenceValue(ctx, adminapi.ReferenceValue{Name: name, Values: values})
+}
+
+// PutReferenceValue sends rv as it is, Custom included.
+func (c *Client) PutReferenceValue(ctx context.Context, rv adminapi.ReferenceValue) error {
+	if rv.Name == "" {
+		return errors.New("reference value name is empty")
+	}
+	if rv.Values == nil {
+		rv.Values = []string{}
+	}
+	return c.postJSON(ctx, adminapi.PathReferenceValues, rv, nil)
+}
+
+// DeleteReferenceValue deletes name and all its values.
+func (c *Client) DeleteReferenceValue(ctx context.Context, name string) error {
 	if name == "" {
 		return errors.New("reference value name is empty")
 	}
-	if values == nil {
-		values = []string{}
-	}
-	return c.postJSON(ctx, adminapi.PathReferenceValues, adminapi.ReferenceValue{Name: name, Values: values}, nil)
+	_, err := c.do(ctx, http.MethodDelete, adminapi.PathReferenceValues+"/"+url.PathEscape(name), nil, "", nil, maxErrorBody)
+	return err
 }
 
 // ListReferenceValues returns every reference value name with its values.
@@ -310,12 +332,16 @@ func (c *Client) ImportReferenceValues(ctx context.Context, cose []byte) (admina
 }
 
 // Audit returns up to limit audit entries with seq greater than after
-// (limit 0 lets the KBS choose).
-func (c *Client) Audit(ctx context.Context, after uint64, limit int) (adminapi.AuditPage, error) {
+// (limit 0 lets the KBS choose), only those of kind (adminapi.Kind*) unless
+// it is empty.
+func (c *Client) Audit(ctx context.Context, after uint64, limit int, kind string) (adminapi.AuditPage, error) {
 	q := url.Values{}
 	q.Set("after", strconv.FormatUint(after, 10))
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
+	}
+	if kind != "" {
+		q.Set("kind", kind)
 	}
 	var page adminapi.AuditPage
 	if err := c.getJSON(ctx, adminapi.PathAudit, q, &page); err != nil {

@@ -91,7 +91,7 @@ func TestTokenShape(t *testing.T) {
 		opts     []Option
 		wantRole string
 	}{
-		{"default role", nil, adminapi.RoleAdmin},
+		{"no role claim by default", nil, ""},
 		{"auditor", []Option{WithRole(adminapi.RoleAuditor)}, adminapi.RoleAuditor},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -212,9 +212,21 @@ func TestRoutes(t *testing.T) {
 			method: "POST", path: "/kbs/v0/reference-values", wantBody: `{"name":"sample.svn","values":["1","2"]}`,
 		},
 		{
-			name:   "delete reference value sends an empty list, not null",
+			name:   "no values sends an empty list, not null (the KBS refuses it)",
 			call:   func(c *Client) (any, error) { return nil, c.SetReferenceValue(ctx, "sample.svn", nil) },
 			method: "POST", path: "/kbs/v0/reference-values", wantBody: `{"name":"sample.svn","values":[]}`,
+		},
+		{
+			name: "set custom reference value",
+			call: func(c *Client) (any, error) {
+				return nil, c.PutReferenceValue(ctx, adminapi.ReferenceValue{Name: "svn", Values: []string{"1"}, Custom: true})
+			},
+			method: "POST", path: "/kbs/v0/reference-values", wantBody: `{"name":"svn","values":["1"],"custom":true}`,
+		},
+		{
+			name:   "delete reference value",
+			call:   func(c *Client) (any, error) { return nil, c.DeleteReferenceValue(ctx, "sample_svn") },
+			method: "DELETE", path: "/kbs/v0/reference-values/sample_svn",
 		},
 		{
 			name: "list reference values", respond: `{"reference_values":{"sample.svn":["2"]}}`,
@@ -223,16 +235,22 @@ func TestRoutes(t *testing.T) {
 		},
 		{
 			name: "audit", respond: `{"entries":[{"seq":8,"time":"2026-01-02T03:04:05Z","kind":"attest","verdict":"affirming","check":"attestation-policy"}],"next":8}`,
-			call:   func(c *Client) (any, error) { return c.Audit(ctx, 7, 50) },
+			call:   func(c *Client) (any, error) { return c.Audit(ctx, 7, 50, "") },
 			method: "GET", path: "/kbs/v0/audit", query: "after=7&limit=50",
 			wantValue: adminapi.AuditPage{Next: 8, Entries: []adminapi.AuditEntry{{
 				Seq: 8, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Kind: "attest", Verdict: "affirming", Check: "attestation-policy"}}},
 		},
 		{
 			name: "audit without limit", respond: `{"entries":[],"next":0}`,
-			call:   func(c *Client) (any, error) { return c.Audit(ctx, 0, 0) },
+			call:   func(c *Client) (any, error) { return c.Audit(ctx, 0, 0, "") },
 			method: "GET", path: "/kbs/v0/audit", query: "after=0",
 			wantValue: adminapi.AuditPage{Entries: []adminapi.AuditEntry{}},
+		},
+		{
+			name: "audit of one kind", respond: `{"entries":[],"next":3}`,
+			call:   func(c *Client) (any, error) { return c.Audit(ctx, 0, 0, adminapi.KindAdmin) },
+			method: "GET", path: "/kbs/v0/audit", query: "after=0&kind=admin",
+			wantValue: adminapi.AuditPage{Entries: []adminapi.AuditEntry{}, Next: 3},
 		},
 	}
 	for _, tc := range tests {

@@ -41,6 +41,9 @@ var checkPhrases = map[string]string{
 // for anything short of success, each trust claim and reference-value
 // comparison that went wrong.
 func Explain(e adminapi.AuditEntry) string {
+	if e.Kind == adminapi.KindAdmin {
+		return explainAdmin(e)
+	}
 	var b strings.Builder
 	b.WriteString(subject(e))
 	b.WriteString(" " + verdictPhrase(e))
@@ -74,6 +77,23 @@ func Explain(e adminapi.AuditEntry) string {
 	return kbstypes.SafeText(b.String())
 }
 
+// explainAdmin describes an admin change: which key did what to what, and
+// the digest of the value it stored.
+func explainAdmin(e adminapi.AuditEntry) string {
+	key := e.Key
+	if len(key) > 16 {
+		key = key[:16] // enough to tell keys apart; -o json has all of it
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Admin change %s of %s by %s key %s", orUnknown(e.Action, "(no action)"), orUnknown(e.Target, "(no target)"),
+		orUnknown(e.Role, "an"), orUnknown(key, "(unknown)"))
+	if e.Digest != "" {
+		b.WriteString("; new value " + e.Digest)
+	}
+	b.WriteString(".")
+	return kbstypes.SafeText(b.String())
+}
+
 // maxRemembered bounds the attestations an Explainer keeps; a long
 // "audit --follow" must not grow without limit.
 const maxRemembered = 4096
@@ -89,7 +109,12 @@ type Explainer struct {
 // Explain explains e, borrowing the session's attestation claims for a
 // release when e carries none.
 func (x *Explainer) Explain(e adminapi.AuditEntry) string {
-	if e.Session == "" {
+	// A release by Bearer token has no session; its token id joins it.
+	join := e.Session
+	if join == "" && e.TokenID != "" {
+		join = "token " + e.TokenID
+	}
+	if join == "" {
 		return Explain(e)
 	}
 	switch e.Kind {
@@ -97,9 +122,12 @@ func (x *Explainer) Explain(e adminapi.AuditEntry) string {
 		if x.attest == nil || len(x.attest) >= maxRemembered {
 			x.attest = map[string]adminapi.AuditEntry{}
 		}
-		x.attest[e.Session] = e
+		x.attest[join] = e
+		if e.TokenID != "" {
+			x.attest["token "+e.TokenID] = e
+		}
 	case adminapi.KindRelease:
-		if a, ok := x.attest[e.Session]; ok && len(e.TrustVector) == 0 && len(e.Findings) == 0 {
+		if a, ok := x.attest[join]; ok && len(e.TrustVector) == 0 && len(e.Findings) == 0 {
 			e.TrustVector, e.Findings = a.TrustVector, a.Findings
 		}
 	}
@@ -115,7 +143,11 @@ func subject(e adminapi.AuditEntry) string {
 		if who == "" {
 			who = "a client"
 		}
-		who += " (" + e.Tee + " TEE)"
+		if e.Emulated {
+			who += " (emulated " + e.Tee + " TEE, no hardware protection)"
+		} else {
+			who += " (" + e.Tee + " TEE)"
+		}
 	}
 	switch e.Kind {
 	case adminapi.KindRelease:
@@ -263,6 +295,13 @@ func findingText(f adminapi.Finding) string {
 	var s string
 	switch ref := f.Reference.(type) {
 	case nil:
+		if f.ReferenceCount > 0 {
+			s = fmt.Sprintf("%s %s is not among the %d values of reference value %q", f.Claim, jsonText(f.Value), f.ReferenceCount, f.ReferenceName)
+			if f.Value == nil {
+				s = fmt.Sprintf("%s is missing from the evidence (%d reference values %q)", f.Claim, f.ReferenceCount, f.ReferenceName)
+			}
+			break
+		}
 		if f.Value == nil {
 			s = f.Claim + " failed"
 		} else {

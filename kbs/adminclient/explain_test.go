@@ -32,6 +32,19 @@ func TestExplain(t *testing.T) {
 				`sample.svn "1" is not among the reference values ["2"].`,
 		},
 		{
+			name: "a long reference list is named by its count",
+			e: adminapi.AuditEntry{
+				Kind: adminapi.KindAttest, Session: "s3", Tee: "snp", Verdict: "warning",
+				Check: "attestation-policy", PolicyID: "default",
+				TrustVector: map[string]int{"executables": 33, "hardware": 2},
+				Findings: []adminapi.Finding{{Claim: "snp.measurement", Value: "aa", ReferenceCount: 768,
+					ReferenceName: "snp_launch_measurement", Group: "executables"}},
+			},
+			want: `Attestation of session s3 (snp TEE) was appraised WARNING by the attestation policy (policy "default"). ` +
+				`The attestation was warning: executables = 33 (unrecognized run-time). ` +
+				`snp.measurement "aa" is not among the 768 values of reference value "snp_launch_measurement".`,
+		},
+		{
 			name: "release allowed",
 			e: adminapi.AuditEntry{
 				Kind: adminapi.KindRelease, Session: "abc", Tee: "snp", Resource: "default/key/1",

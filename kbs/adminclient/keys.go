@@ -26,10 +26,8 @@ func GenerateKeyFiles(privatePath, publicPath string, force bool) (ed25519.Publi
 	}
 	if !force {
 		for _, p := range []string{privatePath, publicPath} {
-			if _, err := os.Lstat(p); err == nil {
-				return nil, fmt.Errorf("%s already exists; pass --force to overwrite it", p)
-			} else if !errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("check %s: %w", p, err)
+			if err := checkAbsent(p); err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -52,6 +50,27 @@ func GenerateKeyFiles(privatePath, publicPath string, force bool) (ed25519.Publi
 		return nil, err
 	}
 	return pub, nil
+}
+
+// WriteKeyFile writes data to a fresh file path with exactly mode perm, as
+// GenerateKeyFiles writes its keys: an existing path is an error unless
+// force is set, and is then replaced, never written through.
+func WriteKeyFile(path string, data []byte, perm fs.FileMode, force bool) error {
+	if !force {
+		if err := checkAbsent(path); err != nil {
+			return err
+		}
+	}
+	return writeNew(path, data, perm)
+}
+
+func checkAbsent(path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("%s already exists; pass --force to overwrite it", path)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	return nil
 }
 
 // writeNew writes a fresh file with exactly mode perm. An existing file

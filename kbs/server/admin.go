@@ -1,12 +1,14 @@
 package server
 
 import (
+	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,41 +21,47 @@ import (
 	"github.com/cloak-containers/cloak/policy"
 )
 
-// Reference value limits.
+// checkReferenceValue names a reference value refused by name or value.
+const checkReferenceValue = "reference-value"
+
 const (
-	maxReferenceValues = 1024
 	// An imported image build brings one SNP measurement per CPU model and
 	// vCPU count (769 for Cloak's image): room for a few builds per name.
-	maxImportedValues     = 4096
-	maxReferenceValueSize = 1 << 10
-	defaultAuditLimit     = 100
-	maxAuditLimit         = 1000
+	maxImportedValues = 4096
+	defaultAuditLimit = 100
+	maxAuditLimit     = 1000
 )
 
-var referenceName = regexp.MustCompile(`^[a-z0-9_]{1,64}$`)
-
 // adminOnly authenticates an admin request. need is the least role allowed:
-// RoleAuditor routes accept both roles, RoleAdmin routes only admins.
-// Without configured admin keys every admin route answers 403: the API is
-// off, which is a matter of configuration, not of credentials.
+// RoleAuditor routes accept both roles, RoleAdmin routes only admins. The
+// role is the one of the key that signed the token (adminauth), so an
+// auditor key is refused on write routes whatever its token claims.
+// Without configured keys every admin route answers 403: the API is off,
+// which is a matter of configuration, not of credentials.
 func (s *Server) adminOnly(need string, h handlerFunc) http.Handler {
 	return s.wrap(func(w http.ResponseWriter, r *http.Request) error {
-		if len(s.cfg.AdminKeys) == 0 {
-			return fail(http.StatusForbidden, checkAdminDisabled, "admin API disabled: start kbs with --admin-public-key")
+		if len(s.cfg.AdminKeys) == 0 && len(s.cfg.AuditorKeys) == 0 {
+			return fail(http.StatusForbidden, checkAdminDisabled, "admin API disabled: start kbs with --admin-public-key (or --auditor-public-key)")
 		}
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		role, err := s.admin.Verify(strings.TrimSpace(tok))
+		id, err := s.admin.Verify(strings.TrimSpace(tok))
 		if err != nil {
 			var ae *adminauth.Error
-			if errors.As(err, &ae) {
+			switch {
+			case errors.As(err, &ae) && ae.Check == adminauth.CheckRole:
+				return fail(http.StatusForbidden, ae.Check, "%s", ae.Detail)
+			case errors.As(err, &ae):
 				return fail(http.StatusUnauthorized, ae.Check, "%s", ae.Detail)
 			}
 			return err
 		}
-		if need == adminapi.RoleAdmin && role != adminapi.RoleAdmin {
-			return fail(http.StatusForbidden, checkAdminRole, "role %q may not %s %s; use an admin token", role, r.Method, r.URL.Path)
+		if need == adminapi.RoleAdmin && id.Role != adminapi.RoleAdmin {
+			if id.KeyRole == adminapi.RoleAuditor {
+				return fail(http.StatusForbidden, checkAdminRole, "%s %s needs the admin role, and the token is signed by an auditor key (%s), which may only read; use a key given to kbs as --admin-public-key", r.Method, r.URL.Path, id.Fingerprint)
+			}
+			return fail(http.StatusForbidden, checkAdminRole, "%s %s needs the admin role, and the token narrows its admin key to role %q; send a token without a role claim or with role \"admin\"", r.Method, r.URL.Path, id.Role)
 		}
-		return h(w, r)
+		return h(w, r.WithContext(context.WithValue(r.Context(), keyAdminIdentity, id)))
 	})
 }
 
@@ -81,6 +89,7 @@ func (s *Server) handlePutResource(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
+	s.auditAdmin(r, adminapi.ActionResourceSet, p.String(), value)
 	writeJSON(w, http.StatusOK, info)
 	return nil
 }
@@ -95,7 +104,9 @@ func (s *Server) handleDeleteResource(w http.ResponseWriter, r *http.Request) er
 	} else if err != nil {
 		return err
 	}
-	w.WriteHeader(http.StatusNoContent)
+	s.auditAdmin(r, adminapi.ActionResourceDelete, p.String(), nil)
+	// 200, not 204: Trustee's kbs-client (delete_resource) accepts only 200.
+	w.WriteHeader(http.StatusOK)
 	return nil
 }
 
@@ -161,6 +172,7 @@ func (s *Server) handleSetResourcePolicy(w http.ResponseWriter, r *http.Request)
 		return err
 	}
 	s.resource = rp
+	s.auditAdmin(r, adminapi.ActionResourcePolicySet, "resource-policy", src)
 	w.WriteHeader(http.StatusOK)
 	return nil
 }
@@ -199,6 +211,7 @@ func (s *Server) handleSetAttestationPolicy(w http.ResponseWriter, r *http.Reque
 		return err
 	}
 	s.attestation = ap
+	s.auditAdmin(r, adminapi.ActionAttestationPolicySet, id, src)
 	w.WriteHeader(http.StatusOK)
 	return nil
 }
@@ -223,21 +236,85 @@ func (s *Server) handleSetReferenceValue(w http.ResponseWriter, r *http.Request)
 	if err := decodeJSON(r, &rv); err != nil {
 		return err
 	}
-	if !referenceName.MatchString(rv.Name) {
-		return fail(http.StatusBadRequest, checkBody, "reference value name %q invalid: use 1-64 characters of [a-z0-9_]", rv.Name)
+	if err := adminapi.CheckReferenceValues(rv); err != nil {
+		return fail(http.StatusBadRequest, checkReferenceValue, "%v", err)
 	}
-	if len(rv.Values) > maxReferenceValues {
-		return fail(http.StatusBadRequest, checkBody, "reference value %s has %d values, limit is %d", rv.Name, len(rv.Values), maxReferenceValues)
-	}
-	for i, v := range rv.Values {
-		if len(v) > maxReferenceValueSize {
-			return fail(http.StatusBadRequest, checkBody, "reference value %s[%d] is %d bytes, limit is %d", rv.Name, i, len(v), maxReferenceValueSize)
-		}
-	}
-	if err := s.store.SetReferenceValue(rv.Name, rv.Values); err != nil {
+	if err := s.setReferenceValue(r, rv); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// setReferenceValue stores a checked, non-empty reference value and audits
+// the change (CheckReferenceValues refuses an empty list: deleting is
+// handleDeleteReferenceValue's, which audits it).
+func (s *Server) setReferenceValue(r *http.Request, rv adminapi.ReferenceValue) error {
+	if err := s.store.SetReferenceValue(rv.Name, rv.Values); err != nil {
+		return err
+	}
+	values, err := json.Marshal(rv.Values)
+	if err != nil {
+		return err
+	}
+	s.auditAdmin(r, adminapi.ActionReferenceValueSet, rv.Name, values)
+	return nil
+}
+
+// handleSetTrusteeReferenceValue serves Trustee's kbs-client
+// set-sample-reference-value: each name of the message is set as
+// handleSetReferenceValue would, after all of them passed the check.
+func (s *Server) handleSetTrusteeReferenceValue(w http.ResponseWriter, r *http.Request) error {
+	if err := requireJSON(r); err != nil {
+		return err
+	}
+	body, err := io.ReadAll(r.Body) // bounded by MaxBodyBytes
+	if err != nil {
+		return bodyError(err)
+	}
+	rvs, err := adminapi.ParseTrusteeReferenceValues(body)
+	if err != nil {
+		return fail(http.StatusBadRequest, checkReferenceValue, "%v", err)
+	}
+	for _, rv := range rvs {
+		if err := s.setReferenceValue(r, rv); err != nil {
+			return err
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// handleGetTrusteeReferenceValue answers Trustee's kbs-client
+// get-reference-value: the values of one name, a JSON list.
+func (s *Server) handleGetTrusteeReferenceValue(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	all, err := s.store.ReferenceValues()
+	if err != nil {
+		return err
+	}
+	values, ok := all[name]
+	if !ok {
+		return fail(http.StatusNotFound, checkReferenceValue, "reference value %q is not set", name)
+	}
+	writeJSON(w, http.StatusOK, values)
+	return nil
+}
+
+func (s *Server) handleDeleteReferenceValue(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	all, err := s.store.ReferenceValues()
+	if err != nil {
+		return err
+	}
+	if _, ok := all[name]; !ok {
+		return fail(http.StatusNotFound, checkReferenceValue, "reference value %q is not set", name)
+	}
+	if err := s.store.SetReferenceValue(name, nil); err != nil {
+		return err
+	}
+	s.auditAdmin(r, adminapi.ActionReferenceValueDelete, name, nil)
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
@@ -279,6 +356,13 @@ func (s *Server) handleImportReferenceValues(w http.ResponseWriter, r *http.Requ
 	}
 	values := map[string][]string{}
 	for _, rv := range v.Document.Values {
+		err := adminapi.CheckReferenceName(rv.Name, false)
+		if err == nil {
+			err = adminapi.CheckReferenceValue(rv.Name, len(values[rv.Name]), rv.Value)
+		}
+		if err != nil {
+			return fail(http.StatusBadRequest, checkBundle, "bundle %s not imported: %v", v.ID, err)
+		}
 		values[rv.Name] = append(values[rv.Name], rv.Value)
 	}
 	src := adminapi.ReferenceValueSource{Bundle: v.ID, BundleName: v.Document.Name, Signer: v.Signer, Imported: s.now().UTC()}
@@ -292,6 +376,7 @@ func (s *Server) handleImportReferenceValues(w http.ResponseWriter, r *http.Requ
 	for _, rv := range v.Document.Values {
 		res.Values = append(res.Values, adminapi.ImportedValue{Name: rv.Name, Value: rv.Value, New: added[rv.Name][rv.Value]})
 	}
+	s.auditAdmin(r, adminapi.ActionReferenceImport, v.ID, data)
 	s.log.Info("reference values imported", "bundle", v.ID, "bundle_name", v.Document.Name, "signer", v.Signer, "values", len(res.Values))
 	writeJSON(w, http.StatusOK, res)
 	return nil
@@ -330,8 +415,30 @@ func (s *Server) withSources(findings []adminapi.Finding) []adminapi.Finding {
 	return out
 }
 
+// auditAdmin records a change made through the admin API by the key that
+// signed r. value is the new value, of which only its digest is kept (none
+// for a deletion): the audit log is readable by auditors, values are not.
+func (s *Server) auditAdmin(r *http.Request, action, target string, value []byte) {
+	id, _ := r.Context().Value(keyAdminIdentity).(adminauth.Identity)
+	e := adminapi.AuditEntry{
+		Kind: adminapi.KindAdmin, Verdict: adminapi.VerdictApplied, RemoteAddr: r.RemoteAddr,
+		Key: id.Fingerprint, Role: id.Role, Action: action, Target: target,
+	}
+	if value != nil {
+		sum := sha256.Sum256(value)
+		e.Digest = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	s.audit(r.Context(), e)
+}
+
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
+	kind := q.Get("kind")
+	switch kind {
+	case "", adminapi.KindAttest, adminapi.KindRelease, adminapi.KindAdmin:
+	default:
+		return fail(http.StatusBadRequest, checkBody, "query parameter kind=%q: want %s, %s or %s", kind, adminapi.KindAttest, adminapi.KindRelease, adminapi.KindAdmin)
+	}
 	var after uint64
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
@@ -348,13 +455,9 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) error {
 		}
 		limit = n
 	}
-	entries, err := s.store.Audit(after, limit)
+	entries, next, err := s.store.Audit(after, limit, kind)
 	if err != nil {
 		return err
-	}
-	next := after
-	if len(entries) > 0 {
-		next = entries[len(entries)-1].Seq
 	}
 	writeJSON(w, http.StatusOK, adminapi.AuditPage{Entries: entries, Next: next})
 	return nil

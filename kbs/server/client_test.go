@@ -62,13 +62,12 @@ func (k *kbs) run(t *testing.T, name string, fn func(t *testing.T)) {
 
 // guest is a test-only protocol client: one cookie jar, one TEE key.
 type guest struct {
-	k      *kbs
-	c      *http.Client
-	key    any             // private key
-	jwk    json.RawMessage // public JWK
-	nonce  string
-	token  string
-	status int
+	k     *kbs
+	c     *http.Client
+	key   any             // private key
+	jwk   json.RawMessage // public JWK
+	nonce string
+	token string
 }
 
 func (k *kbs) guest(key any, pub any, alg string) *guest {
@@ -125,7 +124,7 @@ func (g *guest) auth() {
 
 // attestBody builds an attestation over nonce with correct sample evidence.
 func (g *guest) attestBody(nonce string) []byte {
-	rd, err := kbstypes.ReportData("", nonce, g.jwk)
+	rd, err := kbstypes.RuntimeDataDigest("", nonce, g.jwk)
 	if err != nil {
 		g.k.t.Fatal(err)
 	}
@@ -187,7 +186,11 @@ func (k *kbs) adminToken(key ed25519.PrivateKey, role string, iat, exp time.Dura
 	if err != nil {
 		k.t.Fatal(err)
 	}
-	tok, err := jwt.Signed(s).Claims(map[string]any{"role": role, "iat": k.now.Add(iat).Unix(), "exp": k.now.Add(exp).Unix()}).Serialize()
+	claims := map[string]any{"iat": k.now.Add(iat).Unix(), "exp": k.now.Add(exp).Unix()}
+	if role != "" { // none: the KBS grants the key's role
+		claims["role"] = role
+	}
+	tok, err := jwt.Signed(s).Claims(claims).Serialize()
 	if err != nil {
 		k.t.Fatal(err)
 	}

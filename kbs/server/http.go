@@ -66,6 +66,7 @@ type ctxKey int
 const (
 	keyRequestID ctxKey = iota
 	keySessionID
+	keyAdminIdentity // adminauth.Identity of an authenticated admin request
 )
 
 func (s *Server) logger(ctx context.Context) *slog.Logger {
@@ -144,7 +145,10 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET "+adminapi.PathAttestationPolicy, s.adminOnly(adminapi.RoleAuditor, s.handleGetAttestationPolicy))
 	mux.Handle("POST "+adminapi.PathReferenceValues, s.adminOnly(adminapi.RoleAdmin, s.handleSetReferenceValue))
 	mux.Handle("GET "+adminapi.PathReferenceValues, s.adminOnly(adminapi.RoleAuditor, s.handleGetReferenceValues))
+	mux.Handle("DELETE "+adminapi.PathReferenceValues+"/{name}", s.adminOnly(adminapi.RoleAdmin, s.handleDeleteReferenceValue))
 	mux.Handle("POST "+adminapi.PathReferenceImport, s.adminOnly(adminapi.RoleAdmin, s.handleImportReferenceValues))
+	mux.Handle("POST "+adminapi.PathTrusteeReferenceValue, s.adminOnly(adminapi.RoleAdmin, s.handleSetTrusteeReferenceValue))
+	mux.Handle("GET "+adminapi.PathTrusteeReferenceValue+"/{name}", s.adminOnly(adminapi.RoleAuditor, s.handleGetTrusteeReferenceValue))
 	mux.Handle("GET "+adminapi.PathAudit, s.adminOnly(adminapi.RoleAuditor, s.handleAudit))
 	// Operations.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -1,8 +1,12 @@
 package server
 
 import (
+	"runtime"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/cloak-containers/cloak/internal/version"
 )
 
 // metrics live in a registry per server so that tests can run several.
@@ -30,7 +34,14 @@ func newMetrics() *metrics {
 			Help: "Resource release decisions by TEE and verdict (allow, deny).",
 		}, []string{"tee", "verdict"}),
 	}
-	m.registry.MustRegister(m.requests, m.attestations, m.releases,
+	// The usual *_build_info shape: join on it to see which build answered.
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "kbs_build_info",
+		Help:        "Always 1; the labels are the KBS's version, commit and Go version.",
+		ConstLabels: prometheus.Labels{"version": version.Version, "commit": version.Commit, "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
+	m.registry.MustRegister(m.requests, m.attestations, m.releases, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

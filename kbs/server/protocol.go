@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
@@ -148,12 +149,17 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 		return sessionError(err)
 	}
 	s.metrics.attestations.WithLabelValues(sess.Tee, appraisal.Status).Inc()
-	s.audit(r.Context(), adminapi.AuditEntry{
-		Kind: adminapi.KindAttest, Session: sess.ID, Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
+	tokenID, _ := tokClaims["jti"].(string)
+	entry := adminapi.AuditEntry{
+		Kind: adminapi.KindAttest, Session: auditSessionRef(sess.ID), TokenID: tokenID, Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
 		Verdict: appraisal.Status, Check: checkAttestPolicy, PolicyID: appraisal.PolicyID,
 		TrustVector: appraisal.TrustVector, Findings: s.withSources(appraisal.Findings),
 		Detail: "evidence verified and appraised",
-	})
+	}
+	if _, entry.Emulated = policy.Emulated(annotated); entry.Emulated {
+		entry.Detail = "emulated evidence verified and appraised; it carries no hardware protection"
+	}
+	s.audit(r.Context(), entry)
 	writeJSON(w, http.StatusOK, kbstypes.AttestationToken{Token: tok})
 	return nil
 }
@@ -180,7 +186,7 @@ func (s *Server) verifyEvidence(r *http.Request, sess session.Session, att *kbst
 		}
 		digest, initClaims = doc.Digest, doc.Data
 	}
-	expected, err := kbstypes.ReportData(att.TeeEvidence.AdditionalEvidence, att.RuntimeData.Nonce, att.RuntimeData.TeePubKey)
+	expected, err := kbstypes.RuntimeDataDigest(att.TeeEvidence.AdditionalEvidence, att.RuntimeData.Nonce, att.RuntimeData.TeePubKey)
 	if err != nil {
 		return nil, nil, fail(http.StatusBadRequest, checkTeePubKey, "cannot compute report data: %v", err)
 	}
@@ -225,7 +231,7 @@ func (s *Server) rejectAttest(r *http.Request, sess session.Session, err error) 
 	}
 	s.metrics.attestations.WithLabelValues(tee, "rejected").Inc()
 	s.audit(r.Context(), adminapi.AuditEntry{
-		Kind: adminapi.KindAttest, Session: sess.ID, Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
+		Kind: adminapi.KindAttest, Session: auditSessionRef(sess.ID), Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
 		Verdict: "rejected", Check: check, Detail: detail,
 	})
 	return err
@@ -280,11 +286,13 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request) error
 		return fail(http.StatusBadRequest, checkResourcePath, "%v", err)
 	}
 	entry := adminapi.AuditEntry{
-		Kind: adminapi.KindRelease, Session: who.session, Tee: who.tee, Resource: p.String(), RemoteAddr: r.RemoteAddr,
+		Kind: adminapi.KindRelease, Session: auditSessionRef(who.session), Tee: who.tee, Resource: p.String(), RemoteAddr: r.RemoteAddr,
 	}
 	// The release record carries the appraisal it relied on, so a denial can
 	// be explained claim by claim from this one entry.
 	entry.TrustVector, entry.Findings = appraisalOf(who.claims)
+	entry.TokenID, _ = who.claims["jti"].(string)
+	entry.Emulated = emulatedToken(who.claims)
 	release := func(verdict, check, rule, detail string) {
 		entry.Verdict, entry.Check, entry.Rule, entry.Detail = verdict, check, rule, detail
 		s.metrics.releases.WithLabelValues(who.tee, verdict).Inc()
@@ -326,6 +334,16 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request) error
 // appraisalOf extracts the trust vector and findings from EAR token claims.
 // The claims come from a token this KBS signed; anything unexpected in them
 // is left out rather than failing the request.
+// emulatedToken reports whether an attestation token's annotated evidence
+// is from an emulated TEE.
+func emulatedToken(claims map[string]any) bool {
+	submods, _ := claims["submods"].(map[string]any)
+	sub, _ := submods[token.Submod].(map[string]any)
+	evidence, _ := sub["ear.veraison.annotated-evidence"].(map[string]any)
+	_, emulated := policy.Emulated(evidence)
+	return emulated
+}
+
 func appraisalOf(claims map[string]any) (map[string]int, []adminapi.Finding) {
 	submods, _ := claims["submods"].(map[string]any)
 	sub, _ := submods[token.Submod].(map[string]any)
@@ -345,4 +363,15 @@ func appraisalOf(claims map[string]any) (map[string]int, []adminapi.Finding) {
 		}
 	}
 	return tv, findings
+}
+
+// auditSessionRef is what the audit log records for a session: a digest of
+// its id, never the id. The id is the session cookie, and auditors read the
+// log; the digest still joins a release to its attestation.
+func auditSessionRef(id string) string {
+	if id == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:16])
 }

@@ -53,17 +53,17 @@ func TestReferenceValueImport(t *testing.T) {
 	tampered := bytes.Clone(good)
 	tampered[bytes.Index(tampered, []byte(meas))] = 'f'
 	bare := bytes.Clone(good)[10:] // not a COSE_Sign1 any more
-	// "many" holds the most a hand-set name may; the bundle's values would
-	// take it past the import limit.
+	// tpm_pcr00 holds the most a hand-set name may; the bundle's values
+	// would take it past the import limit.
 	var handSet []string
-	for i := 0; i < maxReferenceValues; i++ {
-		handSet = append(handSet, fmt.Sprintf("h%04x", i))
+	for i := 0; i < adminapi.MaxReferenceValues; i++ {
+		handSet = append(handSet, fmt.Sprintf("%064x", i))
 	}
-	hs, _ := json.Marshal(adminapi.ReferenceValue{Name: "many", Values: handSet})
+	hs, _ := json.Marshal(adminapi.ReferenceValue{Name: "tpm_pcr00", Values: handSet})
 	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", hs)
 	tooMany := refDoc()
-	for i := 0; i <= maxImportedValues-maxReferenceValues; i++ {
-		tooMany.Values = append(tooMany.Values, bundle.Value{Name: "many", Value: fmt.Sprintf("%04x", i)})
+	for i := 0; i <= maxImportedValues-adminapi.MaxReferenceValues; i++ {
+		tooMany.Values = append(tooMany.Values, bundle.Value{Name: "tpm_pcr00", Value: fmt.Sprintf("%064x", 1<<20+i)})
 	}
 	for _, c := range []struct {
 		name   string
@@ -78,10 +78,13 @@ func TestReferenceValueImport(t *testing.T) {
 		{"garbage", bare, 400, "reference-bundle"},
 		{"oversized", make([]byte, bundle.MaxSize+1), 413, "body-too-large"},
 		{"too many for one name", signBundle(t, signer, tooMany), 400, "reference-bundle"},
+		// Signed or not, a value must fit its name.
+		{"typo name", signBundle(t, signer, refDoc(bundle.Value{Name: "snp_launch_measurment", Value: meas})), 400, "reference-bundle"},
+		{"short measurement", signBundle(t, signer, refDoc(bundle.Value{Name: "snp_launch_measurement", Value: "abcd"})), 400, "reference-bundle"},
 	} {
 		st, b := k.adminDo(adminapi.RoleAdmin, "POST", adminapi.PathReferenceImport, adminapi.ContentTypeCOSE, c.body)
 		p := wantProblem(t, st, b, c.status, c.check)
-		if rv := k.referenceValues(); len(rv.ReferenceValues) != 1 || len(rv.ReferenceValues["many"]) != maxReferenceValues || len(rv.Sources) != 0 {
+		if rv := k.referenceValues(); len(rv.ReferenceValues) != 1 || len(rv.ReferenceValues["tpm_pcr00"]) != adminapi.MaxReferenceValues || len(rv.Sources) != 0 {
 			t.Fatalf("%s (%s): stored %+v", c.name, p.Detail, rv)
 		}
 	}
@@ -97,7 +100,7 @@ func TestReferenceValueImport(t *testing.T) {
 	if !strings.HasPrefix(res.Bundle, "sha256:") || res.BundleName != "test image" || len(res.Values) != 2 || !res.Values[0].New || res.Signer != hex.EncodeToString(kid) {
 		t.Fatalf("import result %+v", res)
 	}
-	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"many","values":[]}`))
+	k.mustAdmin("DELETE", adminapi.PathReferenceValues+"/tpm_pcr00", "", nil)
 	rv := k.referenceValues()
 	if got := rv.ReferenceValues["snp_launch_measurement"]; len(got) != 1 || got[0] != meas {
 		t.Fatalf("stored %+v", rv.ReferenceValues)
@@ -132,7 +135,7 @@ func TestReferenceValueImport(t *testing.T) {
 	// A claim that matches none of the imported values: the audit line
 	// names the bundles of the values it was compared with.
 	other := signBundle(t, signer, refDoc(bundle.Value{Name: "sample_svn", Value: "7"}))
-	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"sample_svn","values":[]}`))
+	k.mustAdmin("DELETE", adminapi.PathReferenceValues+"/sample_svn", "", nil)
 	var res2 adminapi.ImportResult
 	json.Unmarshal(k.mustAdmin("POST", adminapi.PathReferenceImport, adminapi.ContentTypeCOSE, other), &res2)
 	g2 := k.ecGuest()

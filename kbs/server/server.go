@@ -37,7 +37,8 @@ const TokenKeyFile = "token-key.pem"
 // Config configures a Server. Zero values pick the defaults.
 type Config struct {
 	DataDir      string
-	AdminKeys    []ed25519.PublicKey // none: the admin API answers 403
+	AdminKeys    []ed25519.PublicKey // may do everything; with AuditorKeys, none: the admin API answers 403
+	AuditorKeys  []ed25519.PublicKey // may only read (RoleAuditor), whatever their tokens claim
 	SessionTTL   time.Duration       // default 5 min
 	TokenTTL     time.Duration       // default 5 min
 	MaxBodyBytes int64               // default kbstypes.MaxRequestBody
@@ -114,7 +115,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  session.NewManager(cfg.SessionTTL, cfg.MaxSessions, now),
 		tokens:    token.NewSigner(key, cfg.TokenTTL, now),
 		verifiers: verifier.NewRegistry(),
-		admin:     adminauth.NewVerifier(cfg.AdminKeys, now),
+		admin:     adminauth.NewVerifier(adminKeys(cfg), now),
 		metrics:   newMetrics(),
 	}
 	s.verifiers.Register(kbstypes.TeeSample, sample.Verifier{})
@@ -146,6 +147,18 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.handler = s.routes()
 	return s, nil
+}
+
+// adminKeys pairs each configured key with the role it grants.
+func adminKeys(cfg Config) []adminauth.Key {
+	var keys []adminauth.Key
+	for _, k := range cfg.AdminKeys {
+		keys = append(keys, adminauth.Key{Public: k, Role: adminapi.RoleAdmin})
+	}
+	for _, k := range cfg.AuditorKeys {
+		keys = append(keys, adminauth.Key{Public: k, Role: adminapi.RoleAuditor})
+	}
+	return keys
 }
 
 func (s *Server) loadPolicies() error {

@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cloak-containers/cloak/internal/version"
 	"github.com/cloak-containers/cloak/kbs/adminapi"
 	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/policy"
@@ -245,9 +247,9 @@ func TestAdminAPI(t *testing.T) {
 	st, b = k.adminDo("admin", "POST", adminapi.PathAttestationPolicy, "application/json", policyBody("package nope"))
 	wantProblem(t, st, b, 400, "attestation-policy")
 	st, b = k.adminDo("admin", "POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"Bad-Name","values":["1"]}`))
-	wantProblem(t, st, b, 400, "body")
-	st, b = k.adminDo("admin", "POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"svn","values":["`+strings.Repeat("1", 1025)+`"]}`))
-	wantProblem(t, st, b, 400, "body")
+	wantProblem(t, st, b, 400, "reference-value")
+	st, b = k.adminDo("admin", "POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"svn","custom":true,"values":["`+strings.Repeat("1", 1025)+`"]}`))
+	wantProblem(t, st, b, 400, "reference-value")
 	st, b = k.adminDo("admin", "DELETE", adminapi.PathResource+"a/b/c", "", nil)
 	wantProblem(t, st, b, 404, "unknown-resource")
 	k.mustAdmin("POST", adminapi.PathResource+"a/b/c", "", []byte("val"))
@@ -269,7 +271,7 @@ func TestRestartPersistence(t *testing.T) {
 	dir := t.TempDir()
 	k := startKBS(t, dir, nil)
 	k.allowAllAndPut("default/key/one", "persisted")
-	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"svn","values":["1"]}`))
+	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", []byte(`{"name":"svn","custom":true,"values":["1"]}`))
 	custom, _ := json.Marshal(adminapi.PolicyBody{Type: "rego", PolicyID: "custom", Policy: base64.StdEncoding.EncodeToString(policy.DefaultAttestationSource())})
 	k.mustAdmin("POST", adminapi.PathAttestationPolicy, "application/json", custom)
 	g := k.ecGuest()
@@ -292,9 +294,15 @@ func TestRestartPersistence(t *testing.T) {
 		t.Fatalf("reference values lost: %+v", rv)
 	}
 	var page adminapi.AuditPage
-	json.Unmarshal(k2.mustAdmin("GET", adminapi.PathAudit, "", nil), &page)
-	if len(page.Entries) < 2 || page.Entries[0].Kind != adminapi.KindAttest || page.Entries[0].Check == "" {
-		t.Fatalf("audit after restart: %+v", page)
+	json.Unmarshal(k2.mustAdmin("GET", adminapi.PathAudit+"?kind=attest", "", nil), &page)
+	if len(page.Entries) != 1 || page.Entries[0].Check == "" || page.Entries[0].TokenID == "" {
+		t.Fatalf("attest audit after restart: %+v", page)
+	}
+	attest := page.Entries[0]
+	json.Unmarshal(k2.mustAdmin("GET", adminapi.PathAudit+"?kind=release", "", nil), &page)
+	// The release by a token issued before the restart joins its attestation.
+	if len(page.Entries) != 1 || page.Entries[0].TokenID != attest.TokenID {
+		t.Fatalf("release audit after restart: %+v, attest token %s", page, attest.TokenID)
 	}
 	var pb adminapi.PolicyBody
 	json.Unmarshal(k2.mustAdmin("GET", adminapi.PathResourcePolicy, "", nil), &pb)
@@ -333,7 +341,8 @@ func TestAuditAndMetrics(t *testing.T) {
 	g.resource("default/key/one", "")
 
 	var page adminapi.AuditPage
-	json.Unmarshal(k.mustAdmin("GET", adminapi.PathAudit+"?limit=10", "", nil), &page)
+	// Entry 1 is the admin change that stored the resource.
+	json.Unmarshal(k.mustAdmin("GET", adminapi.PathAudit+"?after=1&limit=10", "", nil), &page)
 	if len(page.Entries) != 3 {
 		t.Fatalf("audit entries: %+v", page.Entries)
 	}
@@ -365,8 +374,8 @@ func TestAuditAndMetrics(t *testing.T) {
 	if page.Next != rel.Seq {
 		t.Fatalf("next = %d, want %d", page.Next, rel.Seq)
 	}
-	json.Unmarshal(k.mustAdmin("GET", adminapi.PathAudit+"?after="+"2", "", nil), &page)
-	if len(page.Entries) != 1 || page.Entries[0].Seq != 3 {
+	json.Unmarshal(k.mustAdmin("GET", adminapi.PathAudit+"?after="+"3", "", nil), &page)
+	if len(page.Entries) != 1 || page.Entries[0].Seq != 4 {
 		t.Fatalf("paged audit: %+v", page)
 	}
 
@@ -375,6 +384,7 @@ func TestAuditAndMetrics(t *testing.T) {
 		`kbs_attestations_total{tee="sample",verdict="rejected"} 1`,
 		`kbs_releases_total{tee="sample",verdict="deny"} 1`,
 		`kbs_http_request_duration_seconds_count{code="200",route="POST /kbs/v0/auth"}`,
+		`kbs_build_info{commit="` + version.Commit + `",goversion="` + runtime.Version() + `",version="` + version.Version + `"} 1`,
 	} {
 		if st != 200 || !strings.Contains(string(b), want) {
 			t.Fatalf("metrics lack %q:\n%s", want, b)
@@ -391,4 +401,48 @@ func TestSessionTableFull(t *testing.T) {
 	k.ecGuest().auth()
 	st, b := k.do(k.ts.Client(), "POST", "/kbs/v0/auth", "application/json", []byte(`{"version":"0.4.0","tee":"sample"}`), nil)
 	wantProblem(t, st, b, 503, "busy")
+}
+
+// A signed bundle brings hundreds of accepted values for one claim (SEV-SNP
+// measurements for every vCPU count and CPU model). The token must not repeat
+// them: it travels in an Authorization header, which the KBS itself caps at
+// 64 KiB (a token of hundreds of KiB was refused with 431 in e2e).
+func TestManyReferenceValuesKeepTokenSmall(t *testing.T) {
+	k := startKBS(t, t.TempDir(), nil)
+	k.allowAllAndPut("default/key/one", "plaintext-1")
+	values := make([]string, 800)
+	for i := range values {
+		values[i] = strings.Repeat("0", 90) + strconv.Itoa(100000+i)
+	}
+	values[799] = "1" // the sample guest's svn
+	body, _ := json.Marshal(map[string]any{"name": "sample_svn", "values": values})
+	k.mustAdmin("POST", adminapi.PathReferenceValues, "application/json", body)
+
+	g := k.ecGuest()
+	g.mustAttest()
+	if len(g.token) > 16<<10 {
+		t.Fatalf("token is %d bytes with 800 reference values; it must not carry them", len(g.token))
+	}
+	fresh := k.guest(g.key, publicOf(g.key), "")
+	if st, pt := fresh.resource("default/key/one", g.token); st != 200 || string(pt) != "plaintext-1" {
+		t.Fatalf("bearer fetch: %d %q", st, pt)
+	}
+
+	var page adminapi.AuditPage
+	json.Unmarshal(k.mustAdmin("GET", adminapi.PathAudit+"?limit=10", "", nil), &page)
+	var svn *adminapi.Finding
+	for _, e := range page.Entries {
+		for i := range e.Findings {
+			if e.Kind == adminapi.KindAttest && e.Findings[i].Claim == "sample.svn" {
+				svn = &e.Findings[i]
+			}
+		}
+	}
+	if svn == nil {
+		t.Fatalf("no sample.svn finding in %+v", page.Entries)
+	}
+	if !svn.OK || svn.Reference != nil || svn.ReferenceCount != 800 ||
+		svn.Message != `sample.svn "1" is among the 800 values of reference value "sample_svn"` {
+		t.Fatalf("finding %+v: want ok, no reference list, count 800 and a message naming the count", *svn)
+	}
 }

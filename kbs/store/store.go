@@ -480,24 +480,31 @@ func (s *Store) commitAudit(batch []*auditReq) error {
 	return nil
 }
 
-// Audit returns up to limit entries with seq > after, oldest first.
-func (s *Store) Audit(after uint64, limit int) ([]adminapi.AuditEntry, error) {
+// Audit returns up to limit entries with seq > after, oldest first, only
+// those of kind unless it is empty. next is the seq of the last entry
+// examined (after when none was): with a kind filter, entries of other
+// kinds past the last one returned were skipped and need no second look.
+func (s *Store) Audit(after uint64, limit int, kind string) (entries []adminapi.AuditEntry, next uint64, err error) {
 	out := []adminapi.AuditEntry{}
+	next = after
 	if after == math.MaxUint64 {
-		return out, nil
+		return out, next, nil
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAudit).Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
 			var e adminapi.AuditEntry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("audit entry %d: %w", binary.BigEndian.Uint64(k), err)
 			}
-			out = append(out, e)
+			next = binary.BigEndian.Uint64(k)
+			if kind == "" || e.Kind == kind {
+				out = append(out, e)
+			}
 		}
 		return nil
 	})
-	return out, err
+	return out, next, err
 }
 
 func seqKey(seq uint64) []byte {

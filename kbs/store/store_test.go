@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,7 +70,7 @@ func TestPersistence(t *testing.T) {
 	if rv, err := s.ReferenceValues(); err != nil || len(rv["svn"]) != 2 {
 		t.Fatalf("ReferenceValues = %v, %v", rv, err)
 	}
-	if a, err := s.Audit(0, 10); err != nil || len(a) != 1 || a[0].Seq != 1 || a[0].Verdict != "affirming" {
+	if a, _, err := s.Audit(0, 10, ""); err != nil || len(a) != 1 || a[0].Seq != 1 || a[0].Verdict != "affirming" {
 		t.Fatalf("Audit = %+v, %v", a, err)
 	}
 }
@@ -131,6 +132,40 @@ func TestResourceBoundToPath(t *testing.T) {
 	}
 }
 
+func TestAuditKindFilter(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	for _, kind := range []string{"release", "admin", "attest", "admin", "release", "release"} {
+		if _, err := s.AppendAudit(adminapi.AuditEntry{Kind: kind}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seqs := func(es []adminapi.AuditEntry) (out []uint64) {
+		for _, e := range es {
+			out = append(out, e.Seq)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		after    uint64
+		limit    int
+		kind     string
+		want     []uint64
+		wantNext uint64
+	}{
+		{0, 10, "admin", []uint64{2, 4}, 6}, // next skips the releases after #4
+		{0, 1, "admin", []uint64{2}, 2},     // a full page ends at its last entry
+		{4, 10, "admin", nil, 6},            // nothing left, but no need to look again
+		{0, 10, "", []uint64{1, 2, 3, 4, 5, 6}, 6},
+		{6, 10, "admin", nil, 6},
+	} {
+		got, next, err := s.Audit(tc.after, tc.limit, tc.kind)
+		if err != nil || !slices.Equal(seqs(got), tc.want) || next != tc.wantNext {
+			t.Errorf("Audit(%d, %d, %q) = %v next %d, %v; want %v next %d", tc.after, tc.limit, tc.kind, seqs(got), next, err, tc.want, tc.wantNext)
+		}
+	}
+}
+
 func TestAuditPagingAndRetention(t *testing.T) {
 	s := open(t, t.TempDir())
 	defer s.Close()
@@ -140,15 +175,15 @@ func TestAuditPagingAndRetention(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	all, err := s.Audit(0, 100)
+	all, _, err := s.Audit(0, 100, "")
 	if err != nil || len(all) != 5 || all[0].Seq != 4 || all[4].Seq != 8 {
 		t.Fatalf("after retention: %+v, %v", all, err)
 	}
-	page, err := s.Audit(5, 2)
+	page, _, err := s.Audit(5, 2, "")
 	if err != nil || len(page) != 2 || page[0].Seq != 6 || page[1].Seq != 7 {
 		t.Fatalf("page: %+v, %v", page, err)
 	}
-	if page, _ := s.Audit(^uint64(0), 2); len(page) != 0 {
+	if page, _, _ := s.Audit(^uint64(0), 2, ""); len(page) != 0 {
 		t.Fatalf("after max: %+v", page)
 	}
 }
@@ -215,7 +250,7 @@ func TestAuditConcurrentAppends(t *testing.T) {
 				errs <- err
 				return
 			}
-			got, err := s.Audit(seq-1, 1)
+			got, _, err := s.Audit(seq-1, 1, "")
 			if err != nil || len(got) != 1 || got[0].Seq != seq || got[0].Session != fmt.Sprint(i) {
 				errs <- fmt.Errorf("entry %d not readable right after append: %v %v", seq, got, err)
 				return
