@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -25,6 +24,8 @@ import (
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/detect"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/attestation-agent/service"
+	"github.com/cloak-containers/cloak/internal/cmdline"
+	"github.com/cloak-containers/cloak/internal/logging"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -48,10 +49,8 @@ type options struct {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
 	root := &cobra.Command{
-		Use:           "cloak-aa",
-		Short:         "Cloak attestation agent: attest this guest to a KBS and fetch released secrets",
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:   "cloak-aa",
+		Short: "Cloak attestation agent: attest this guest to a KBS and fetch released secrets",
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			if o.output != "text" && o.output != "json" {
 				return fmt.Errorf("--output %q: want text or json", o.output)
@@ -59,9 +58,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return nil
 		},
 	}
-	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
 	pf := root.PersistentFlags()
 	pf.StringVar(&o.tee, "tee", kbstypes.TeeSample, "TEE to produce evidence for ("+strings.Join(detect.Names(), ", ")+")")
 	pf.StringVar(&o.sampleSVN, "sample-svn", "", "svn reported by the sample TEE (default 1)")
@@ -130,14 +126,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	kbsFlags(getToken)
 
+	var logOpts *logging.Options // set with serve's flags
 	serve := &cobra.Command{
 		Use:   "serve --kbs URL [--socket PATH]",
 		Short: "Serve the ocicrypt keyprovider and the local attestation API on a unix socket until SIGTERM",
 		Example: `  cloak-aa serve --kbs https://10.0.2.2:8080 --kbs-cert kbs.pem --initdata /run/cloak/initdata.toml
   # ocicrypt config: {"key-providers":{"attestation-agent":{"grpc":"unix:///run/cloak-aa/aa.sock"}}}`,
 		Args: cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			return logOpts.Check()
+		},
 		RunE: func(c *cobra.Command, _ []string) error {
 			client, err := newClient(o)
+			if err != nil {
+				return err
+			}
+			log, err := logOpts.New(stderr)
 			if err != nil {
 				return err
 			}
@@ -147,16 +151,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			return service.Serve(ctx, service.Config{
 				Socket: o.socket, KBS: client, Provider: provider,
-				Logger: slog.New(slog.NewTextHandler(stderr, nil)),
+				Logger: log,
 			})
 		},
 	}
 	kbsFlags(serve)
 	serve.Flags().StringVar(&o.socket, "socket", defaultSocket, "unix socket to serve on (created mode 0600)")
+	logOpts = logging.Flags(serve.Flags(), logging.Text)
 
 	evidenceCmd := &cobra.Command{
 		Use:   "evidence [--tee NAME]",
-		Short: "Print the evidence this guest produces (over all-zero report data)",
+		Short: "Print the evidence this guest produces (over an all-zero runtime-data digest)",
 		Long: `Evidence prints the evidence this guest produces, as the KBS would receive it. Without
 --tee it detects the TEE (order: ` + strings.Join(detect.AutoOrder, ", ") + `) and says on stderr why each
 one before the chosen one is not available here.`,
@@ -183,7 +188,8 @@ one before the chosen one is not available here.`,
 			if err != nil {
 				return err
 			}
-			ev, err := provider.Evidence(ctx, make([]byte, kbstypes.ReportDataSize))
+			// The size of the KBS binding, so sample evidence has its real shape.
+			ev, err := provider.Evidence(ctx, make([]byte, kbstypes.RuntimeDataDigestSize))
 			if err != nil {
 				return err
 			}
@@ -195,11 +201,26 @@ one before the chosen one is not available here.`,
 	}
 
 	root.AddCommand(getResource, getToken, serve, evidenceCmd)
-	if err := root.Execute(); err != nil {
-		fmt.Fprintf(stderr, "cloak-aa: %s\n", explain(err))
+	usage, err := cmdline.Execute(ctx, root, args, stdout, stderr)
+	asJSON := cmdline.JSONOutput(root, args)
+	switch {
+	case err == nil:
+		return 0
+	case usage:
+		cmdline.PrintError(stdout, stderr, asJSON, "cloak-aa", err, cmdline.UsageHint(root))
+		return 2
+	case asJSON:
+		cmdline.PrintError(stdout, stderr, true, "cloak-aa", err, hint(err))
+		return 1
+	default:
+		// One line, so the tail of a guest's console shows the fix with the error.
+		msg := err.Error()
+		if h := hint(err); h != "" {
+			msg += "; " + h
+		}
+		fmt.Fprintf(stderr, "cloak-aa: %s\n", msg)
 		return 1
 	}
-	return 0
 }
 
 func parseResource(arg string) (kbstypes.ResourcePath, error) {
@@ -251,9 +272,8 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// explain adds what to do to errors whose fix is a flag away.
-func explain(err error) string {
-	msg := err.Error()
+// hint says what to do about errors whose fix is a flag away, or "".
+func hint(err error) string {
 	var (
 		unknownCA x509.UnknownAuthorityError
 		certErr   *tls.CertificateVerificationError
@@ -262,13 +282,13 @@ func explain(err error) string {
 	)
 	switch {
 	case errors.Is(err, rcar.ErrUnreachable):
-		return msg // rcar says what to check
+		return "" // rcar says what to check
 	case errors.As(err, &hostErr):
-		return msg + "; use the host name or IP the KBS certificate was issued for in --kbs"
+		return "use the host name or IP the KBS certificate was issued for in --kbs"
 	case errors.As(err, &unknownCA), errors.As(err, &certErr):
-		return msg + "; pass the KBS certificate with --kbs-cert"
+		return "pass the KBS certificate with --kbs-cert"
 	case errors.Is(err, syscall.ECONNREFUSED), errors.As(err, &dnsErr), errors.Is(err, os.ErrDeadlineExceeded):
-		return msg + "; is the KBS running and --kbs right?"
+		return "is the KBS running and --kbs right?"
 	}
-	return msg
+	return ""
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloak-containers/cloak/internal/testutil"
+	"github.com/cloak-containers/cloak/internal/version"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -32,8 +34,8 @@ func TestEvidence(t *testing.T) {
 		t.Fatalf("output %q: %v", out, err)
 	}
 	rd, _ := base64.StdEncoding.DecodeString(ev.ReportData)
-	if ev.SVN != "3" || !bytes.Equal(rd, make([]byte, kbstypes.ReportDataSize)) {
-		t.Errorf("evidence = %+v, want svn 3 and zero report data", ev)
+	if ev.SVN != "3" || !bytes.Equal(rd, make([]byte, kbstypes.RuntimeDataDigestSize)) {
+		t.Errorf("evidence = %+v, want svn 3 and a 48-byte zero report data", ev)
 	}
 
 	code, out, _ = runCLI(t, "evidence", "-o", "json")
@@ -76,11 +78,9 @@ func TestErrors(t *testing.T) {
 		args    []string
 		wantErr string
 	}{
-		{"missing --kbs", []string{"get-token"}, `required flag(s) "kbs" not set`},
 		{"bad resource", []string{"get-resource", "--kbs", denied.URL, "kbs:///a/b"}, "want exactly three segments"},
 		{"unknown tee", []string{"evidence", "--tee", "cca"}, `unknown TEE "cca": this agent supports `},
 		{"no snp here", []string{"evidence", "--tee", "snp"}, "no SEV-SNP report source in this guest"},
-		{"bad output", []string{"evidence", "-o", "yaml"}, `--output "yaml": want text or json`},
 		{"untrusted cert", []string{"get-token", "--kbs", denied.URL}, "pass the KBS certificate with --kbs-cert"},
 		{"refused", []string{"get-token", "--kbs", closed.URL}, "KBS " + closed.URL + " did not answer: 6 attempts over "},
 		{"denied", []string{"get-token", "--kbs", denied.URL, "--kbs-cert", writeCert(t, denied)},
@@ -103,11 +103,68 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestCommandLine: mistakes on the command line exit 2 with the way to the
+// usage, before any evidence is taken; --version exits 0.
+func TestCommandLine(t *testing.T) {
+	const hint = "\n  run 'cloak-aa --help' for usage\n"
+	tests := []struct {
+		name         string
+		args         []string
+		code         int
+		stdout, want string
+	}{
+		{"unknown flag", []string{"--bogus"}, 2, "", "cloak-aa: unknown flag: --bogus" + hint},
+		{"unknown flag of a subcommand", []string{"get-token", "--kbs", "https://x", "--socket", "s"}, 2, "", "cloak-aa: unknown flag: --socket" + hint},
+		{"missing --kbs", []string{"get-token"}, 2, "", `cloak-aa: required flag(s) "kbs" not set` + hint},
+		{"bad output", []string{"evidence", "-o", "yaml"}, 2, "", `cloak-aa: --output "yaml": want text or json` + hint},
+		{"bad log level", []string{"serve", "--kbs", "https://x", "--log-level", "loud"}, 2, "", `cloak-aa: --log-level "loud": want debug, info, warn or error` + hint},
+		{"bad log format", []string{"serve", "--kbs", "https://x", "--log-format", "xml"}, 2, "", `cloak-aa: --log-format "xml": want text or json` + hint},
+		{"unknown command", []string{"attest"}, 2, "", `cloak-aa: unknown command "attest" for "cloak-aa"` + hint},
+		{"version", []string{"--version"}, 0, "cloak-aa version " + version.String() + "\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, tt.args...)
+			if code != tt.code || out != tt.stdout || errOut != tt.want {
+				t.Fatalf("exit %d, want %d\nstdout %q, want %q\nstderr %q, want %q", code, tt.code, out, tt.stdout, errOut, tt.want)
+			}
+		})
+	}
+}
+
 func TestHelpHasExamples(t *testing.T) {
 	for _, sub := range []string{"get-resource", "get-token", "serve", "evidence"} {
 		code, out, _ := runCLI(t, sub, "--help")
 		if code != 0 || !strings.Contains(out, "Examples:") || !strings.Contains(out, "cloak-aa "+sub) {
 			t.Errorf("%s --help: exit %d, output %q", sub, code, out)
 		}
+	}
+}
+
+// TestJSONErrors: with -o json a failure is one JSON object on stdout,
+// {"error", "hint"}, and nothing on stderr; the exit code is as in text.
+func TestJSONErrors(t *testing.T) {
+	denied := problemServer(t, 403, "attestation-policy", "evidence comes from the unsigned sample TEE")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		hint string
+	}{
+		{"unknown flag", []string{"evidence", "-o", "json", "--bogus"}, 2, "run 'cloak-aa --help' for usage"},
+		{"missing required flag", []string{"-o", "json", "get-token"}, 2, "run 'cloak-aa --help' for usage"},
+		{"no snp here", []string{"-o", "json", "evidence", "--tee", "snp"}, 1, ""},
+		{"untrusted cert", []string{"-o", "json", "get-token", "--kbs", denied.URL}, 1, "pass the KBS certificate with --kbs-cert"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, tc.args...)
+			obj := testutil.OneJSONObject(t, out)
+			msg, _ := obj["error"].(string)
+			hint, hasHint := obj["hint"].(string)
+			if code != tc.code || errOut != "" || msg == "" || hint != tc.hint || hasHint != (tc.hint != "") {
+				t.Errorf("exit %d (want %d), stdout %s, stderr %q; want error and hint %q", code, tc.code, out, errOut, tc.hint)
+			}
+		})
 	}
 }

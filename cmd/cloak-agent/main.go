@@ -32,15 +32,18 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/netconf"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 	"github.com/cloak-containers/cloak/guest-image/transport"
+	"github.com/cloak-containers/cloak/internal/logging"
+	"github.com/cloak-containers/cloak/internal/version"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getpid() == 1, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Getpid() == 1, os.Stdout, os.Stderr))
 }
 
 type options struct {
 	listen, stateDir, runc string
-	applyNetwork           bool
+	applyNetwork, version  bool
+	log                    *logging.Options
 }
 
 // parseFlags uses the standard flag package: PID 1 has no use for
@@ -48,12 +51,19 @@ type options struct {
 func parseFlags(args []string, pid1 bool, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("cloak-agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package prints a failure's error and the whole usage to
+	// its output; run prints the error and the way to the usage instead.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	fs.StringVar(&o.listen, "listen", "", "serve on unix:/path.sock instead of the VM's agent channel (required when not PID 1)")
 	fs.StringVar(&o.stateDir, "state-dir", "/run/cloak", "directory for bundles, pulled images and runc state")
 	fs.StringVar(&o.runc, "runc", "/usr/bin/runc", "OCI runtime binary")
 	fs.BoolVar(&o.applyNetwork, "apply-network", pid1, "apply CreateSandbox's hostname, DNS and network to this machine (default only as PID 1)")
-	fs.Usage = func() {
+	fs.BoolVar(&o.version, "version", false, "print the version (and exit, when not PID 1)")
+	// JSON by default: the host reads the agent's lines on the serial console.
+	o.log = logging.Flags(fs, logging.JSON)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(stderr, `cloak-agent: the Cloak guest agent (PID 1 of a pod VM).
 
 As PID 1 it mounts /proc, /sys, /dev, cgroups, loads modules and serves the
@@ -61,13 +71,17 @@ agent API on vsock port %d or the virtio-serial port %q.
 By hand: cloak-agent --listen unix:/tmp/agent.sock --state-dir /tmp/cloak
 
 `, agentapi.VsockPort, agentapi.AgentPortName)
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err != nil || o.version && !pid1 {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := o.log.Check(); err != nil {
+		return o, err
 	}
 	if o.listen != "" && !strings.HasPrefix(o.listen, "unix:") {
 		return o, fmt.Errorf("--listen %q: want unix:/path.sock", o.listen)
@@ -78,22 +92,34 @@ By hand: cloak-agent --listen unix:/tmp/agent.sock --state-dir /tmp/cloak
 	return o, nil
 }
 
-func run(args []string, pid1 bool, stderr io.Writer) int {
-	o, err := parseFlags(args, pid1, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "cloak-agent: %v\n", err)
-		return 2
-	}
+func run(args []string, pid1 bool, stdout, stderr io.Writer) int {
 	// As PID 1, stderr is /dev/console (the kernel opens it for init): JSON
-	// lines there reach the host's serial console log.
+	// lines there reach the host's serial console log. This logger says
+	// why a bad command line powers the VM off; the flags' replaces it.
 	log := slog.New(slog.NewJSONHandler(stderr, nil)).With("component", "cloak-agent")
-	err = serve(o, pid1, log)
-	if pid1 {
+	o, err := parseFlags(args, pid1, stderr)
+	if l, lerr := o.log.New(stderr); err == nil && lerr == nil {
+		log = l.With("component", "cloak-agent")
+	}
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil && pid1:
 		// PID 1 must not exit (the kernel would panic): a fatal error
 		// ends the VM instead, after saying why.
+		log.Error("bad command line; powering off", "err", err)
+		guestinit.PowerOff(log)
+	case err != nil:
+		fmt.Fprintf(stderr, "cloak-agent: %v\n  run 'cloak-agent --help' for usage\n", err)
+		return 2
+	case o.version:
+		fmt.Fprintln(stdout, "cloak-agent version", version.String())
+		if !pid1 {
+			return 0
+		}
+	}
+	err = serve(o, pid1, log)
+	if pid1 {
 		log.Error("agent stopped; powering off", "err", err)
 		guestinit.PowerOff(log)
 	}
@@ -149,7 +175,7 @@ func serve(o options, pid1 bool, log *slog.Logger) error {
 		<-ctx.Done()
 		gs.Stop()
 	}()
-	log.Info("serving", "addr", lis.Addr().String(), "version", agent.Version, "pid1", pid1)
+	log.Info("serving", "addr", lis.Addr().String(), "version", version.Version, "commit", version.Commit, "pid1", pid1)
 	if err := gs.Serve(lis); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

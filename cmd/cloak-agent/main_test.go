@@ -13,30 +13,40 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/internal/logging"
+	"github.com/cloak-containers/cloak/internal/version"
 )
 
 func TestFlags(t *testing.T) {
+	const hint = "\n  run 'cloak-agent --help' for usage\n"
 	tests := []struct {
-		name    string
-		args    []string
-		pid1    bool
-		code    int
-		wantErr string
+		name         string
+		args         []string
+		code         int
+		stdout, want string
 	}{
-		{"help", []string{"--help"}, false, 0, "--listen unix:/tmp/agent.sock"},
-		{"not pid 1 without --listen", nil, false, 2, "not running as PID 1"},
-		{"bad listen", []string{"--listen", "tcp:1.2.3.4:1"}, false, 2, "want unix:/path.sock"},
-		{"stray argument", []string{"--listen", "unix:/x", "extra"}, false, 2, "unexpected arguments"},
+		{"help", []string{"--help"}, 0, "", "--listen unix:/tmp/agent.sock"},
+		{"not pid 1 without --listen", nil, 2, "", "cloak-agent: not running as PID 1: pass --listen unix:/path.sock to serve on a unix socket" + hint},
+		{"bad listen", []string{"--listen", "tcp:1.2.3.4:1"}, 2, "", `cloak-agent: --listen "tcp:1.2.3.4:1": want unix:/path.sock` + hint},
+		{"stray argument", []string{"--listen", "unix:/x", "extra"}, 2, "", `cloak-agent: unexpected arguments ["extra"]` + hint},
+		{"unknown flag", []string{"--bogus"}, 2, "", "cloak-agent: flag provided but not defined: -bogus" + hint},
+		{"bad log level", []string{"--listen", "unix:/x", "--log-level", "loud"}, 2, "", `cloak-agent: --log-level "loud": want debug, info, warn or error` + hint},
+		{"bad log format", []string{"--listen", "unix:/x", "--log-format", "xml"}, 2, "", `cloak-agent: --log-format "xml": want text or json` + hint},
+		{"version", []string{"--version"}, 0, "cloak-agent version " + version.String() + "\n", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var stderr bytes.Buffer
-			if code := run(tt.args, tt.pid1, &stderr); code != tt.code || !strings.Contains(stderr.String(), tt.wantErr) {
-				t.Fatalf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr.String())
+			var stdout, stderr bytes.Buffer
+			code := run(tt.args, false, &stdout, &stderr)
+			if code != tt.code || stdout.String() != tt.stdout || !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("exit %d, want %d\nstdout %q, want %q\nstderr %q, want it to contain %q", code, tt.code, stdout.String(), tt.stdout, stderr.String(), tt.want)
+			}
+			if tt.name != "help" && strings.Contains(stderr.String(), "-state-dir") {
+				t.Errorf("the whole usage printed: %q", stderr.String())
 			}
 		})
 	}
-	if o, err := parseFlags(nil, true, &bytes.Buffer{}); err != nil || !o.applyNetwork || o.stateDir != "/run/cloak" {
+	if o, err := parseFlags(nil, true, &bytes.Buffer{}); err != nil || !o.applyNetwork || o.stateDir != "/run/cloak" || *o.log != (logging.Options{Format: "json", Level: "info"}) {
 		t.Fatalf("PID 1 defaults: %+v %v", o, err)
 	}
 }
@@ -47,7 +57,9 @@ func TestServeUnixSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	var stderr bytes.Buffer
 	done := make(chan int, 1)
-	go func() { done <- run([]string{"--listen", "unix:" + sock, "--state-dir", t.TempDir()}, false, &stderr) }()
+	go func() {
+		done <- run([]string{"--listen", "unix:" + sock, "--state-dir", t.TempDir()}, false, &bytes.Buffer{}, &stderr)
+	}()
 
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -69,6 +81,13 @@ func TestServeUnixSocket(t *testing.T) {
 	case code := <-done:
 		if code != 0 {
 			t.Fatalf("exit %d:\n%s", code, stderr.String())
+		}
+		// The host reads these JSON lines on the console and ci/ greps
+		// them: the default format is slog's JSON, keys in this order.
+		line, _, _ := strings.Cut(stderr.String(), "\n")
+		if _, rest, ok := strings.Cut(line, `","level":`); !ok || !strings.HasPrefix(line, `{"time":"`) ||
+			!strings.HasPrefix(rest, `"INFO","msg":"serving","component":"cloak-agent","addr":"`) {
+			t.Errorf("first log line %q, want slog JSON: time, level, msg, component, addr", line)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("agent still serving 20s after SIGTERM")

@@ -21,13 +21,16 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloak-containers/cloak/guest-image/build"
+	"github.com/cloak-containers/cloak/guest-image/build/kernel"
+	"github.com/cloak-containers/cloak/internal/cmdline"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/measurements/launch"
 	"github.com/cloak-containers/cloak/measurements/snp"
 	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
-// Exit codes: 1 for a failed command, 2 when `measure` finds a mismatch.
+// Exit codes: 1 for a failed command or a mistake on the command line, 2
+// when `measure` finds a mismatch (so a typo never reads as a mismatch).
 const (
 	exitError    = 1
 	exitMismatch = 2
@@ -46,10 +49,8 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var output string
 	root := &cobra.Command{
-		Use:           "cloak-image",
-		Short:         "Build Cloak's guest image reproducibly and check its launch measurement",
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:   "cloak-image",
+		Short: "Build Cloak's guest image reproducibly and check its launch measurement",
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
@@ -58,20 +59,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		},
 	}
 	root.PersistentFlags().StringVarP(&output, "output", "o", "text", "output format: text or json")
-	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), signCmd(&output, stdout), trivialCmd(stderr), emulatedRootCmd(&output, stdout))
+	root.AddCommand(buildCmd(&output, stdout, stderr), measureCmd(&output, stdout), signCmd(&output, stdout), trivialCmd(stderr), emulatedRootCmd(&output, stdout), sbomCmd(stdout))
 
-	err := root.ExecuteContext(ctx)
-	switch {
-	case err == nil:
+	usage, err := cmdline.Execute(ctx, root, args, stdout, stderr)
+	if err == nil {
 		return 0
+	}
+	hint := ""
+	if usage {
+		hint = cmdline.UsageHint(root)
+	}
+	cmdline.PrintError(stdout, stderr, cmdline.JSONOutput(root, args), "cloak-image", err, hint)
+	switch {
+	case usage:
+		return exitError
 	case errors.Is(err, errMismatch):
-		fmt.Fprintln(stderr, "cloak-image:", err)
 		return exitMismatch
 	default:
-		fmt.Fprintln(stderr, "cloak-image:", err)
 		return exitError
 	}
 }
@@ -80,11 +84,14 @@ func buildCmd(output *string, stdout, stderr io.Writer) *cobra.Command {
 	var o build.Options
 	cmd := &cobra.Command{
 		Use:   "build --out DIR",
-		Short: "Build vmlinuz, initrd.img and manifest.json into DIR",
-		Long: `Build fetches Debian's linux-image-6.12 cloud kernel from bookworm-backports (cached in
-$CLOAK_CACHE, default ~/.cache/cloak), builds cloak-agent and cloak-aa from this checkout and a
-static runc from its Go module (cached), and writes a reproducible initrd: the same inputs give
-byte-identical files. Progress goes to stderr, the summary to stdout.`,
+		Short: "Build vmlinuz, root.img, debian/ and manifest.json into DIR",
+		Long: `Build compiles Cloak's guest kernel from Debian's linux-source-6.12 (once per source version and
+config: cached in $CLOAK_CACHE, default ~/.cache/cloak; 6-10 minutes on 2 cores), builds
+cloak-agent and cloak-aa from this checkout and a static runc from its Go module (cached), and writes
+the read-only root disk root.img (EROFS + dm-verity; its root hash is on the kernel command line).
+For handlers that select Debian's kernel (guest_kernel = "debian") it also writes debian/vmlinuz
+(linux-image-6.12 cloud from bookworm-backports) and debian/initrd.img with the same binaries. The
+same inputs give byte-identical files. Progress goes to stderr, the summary to stdout.`,
 		Example: `  # from the checkout, newest kernel in bookworm-backports
   cloak-image build --out out/image
 
@@ -110,9 +117,11 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 				return writeJSON(stdout, m)
 			}
 			fmt.Fprintf(stdout, "image in %s\n", o.OutDir)
-			fmt.Fprintf(stdout, "  kernel    %s (%s), %s\n", m.KernelPackage.Name, m.KernelPackage.Version, mib(m.Kernel.Size))
-			fmt.Fprintf(stdout, "  initrd    %s zstd, %d modules, runc %s\n", mib(m.Initrd.Size), len(m.Modules), m.RuncVersion)
+			fmt.Fprintf(stdout, "  kernel    Cloak's, %s %s, config %.12s, %s\n", m.KernelBuild.SourcePackage, m.KernelBuild.SourceVersion, m.KernelBuild.FragmentSHA256, mib(m.Kernel.Size))
+			fmt.Fprintf(stdout, "  root      %s erofs + dm-verity, root hash %s, runc %s\n", mib(m.Root.Size), m.Root.RootHash, m.RuncVersion)
 			fmt.Fprintf(stdout, "  cmdline   %s\n", m.Cmdline)
+			fmt.Fprintf(stdout, "  debian/   %s (%s) %s, initrd %s zstd with %d modules\n", m.Debian.KernelPackage.Name, m.Debian.KernelPackage.Version,
+				mib(m.Debian.Kernel.Size), mib(m.Debian.Initrd.Size), len(m.Debian.Modules))
 			fmt.Fprintf(stdout, "  emulated launch measurement %s\n", m.Measurements.Emulated)
 			if sm := m.Measurements.SNP; sm != nil {
 				fmt.Fprintf(stdout, "  snp       %d measurements (%s, sha256 %.16s...)\n", len(sm.Values), sm.Firmware.File, sm.Firmware.SHA256)
@@ -128,7 +137,8 @@ byte-identical files. Progress goes to stderr, the summary to stdout.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.OutDir, "out", "", "output directory (created if missing)")
-	f.StringVar(&o.KernelVersion, "kernel-version", "", "exact Debian package version of the kernel (default: newest in bookworm-backports)")
+	f.StringVar(&o.KernelVersion, "kernel-version", "", "exact Debian package version of debian/vmlinuz (default: newest in bookworm-backports)")
+	f.StringVar(&o.KernelSourceVersion, "kernel-source-version", "", "linux-source-6.12 version Cloak's kernel is compiled from (default "+kernel.DefaultSourceVersion+")")
 	f.StringVar(&o.Agent, "agent", "", "prebuilt static cloak-agent (default: build ./cmd/cloak-agent)")
 	f.StringVar(&o.AA, "aa", "", "prebuilt static cloak-aa (default: build ./cmd/cloak-aa)")
 	f.StringVar(&o.Runc, "runc", "", "prebuilt static runc (default: build runc "+build.DefaultRuncVersion+" from its Go module, cached)")
@@ -162,15 +172,16 @@ for QEMU booting --kernel (and --initrd, --cmdline) directly from --firmware:
 Without --initrd or --cmdline the values are those of QEMU without -initrd or -append. The
 firmware is what "make vm-deps" caches in ~/.cache/cloak/ovmf-<version>/.
 
-With --dir, measure hashes DIR/vmlinuz and DIR/initrd.img, recomputes the emulated launch
-measurement from them and the manifest's kernel command line (encoding: measurements/README.md),
-and compares everything with DIR/manifest.json. Exit status 2 means a mismatch: a file was changed
-or the manifest does not describe these files.`,
+With --dir, measure hashes DIR/vmlinuz, DIR/root.img (every block against its dm-verity root hash)
+and DIR/debian/, recomputes the emulated launch measurements from them and the manifest's kernel
+command lines (encoding: measurements/README.md), checks that the command line mounts this root
+disk, and compares everything with DIR/manifest.json. Exit status 2 means a mismatch: a file was
+changed or the manifest does not describe these files.`,
 		Example: `  cloak-image measure --tee snp --firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.amdsev.fd \
-      --kernel out/image/vmlinuz --initrd out/image/initrd.img --cmdline "$(jq -r .cmdline out/image/manifest.json)" \
+      --kernel out/image/vmlinuz --cmdline "$(jq -r .cmdline out/image/manifest.json)" \
       --vcpus 2 --cpu-type EPYC-Milan
   cloak-image measure --tee tdx --firmware ~/.cache/cloak/ovmf-2026.08+ds-2/OVMF.inteltdx.fd \
-      --kernel out/image/vmlinuz --initrd out/image/initrd.img --memory 2G -o json
+      --kernel out/image/vmlinuz --cmdline "$(jq -r .cmdline out/image/manifest.json)" --memory 2G -o json
   cloak-image measure --dir out/image
   cloak-image measure --dir out/image --output json | jq -r .emulated`,
 		Args: cobra.NoArgs,
@@ -184,7 +195,7 @@ or the manifest does not describe these files.`,
 			if dir == "" {
 				return errors.New("--dir or --tee is required")
 			}
-			return verifyDir(dir, *output, stdout)
+			return verifyDir(cmd.Context(), dir, *output, stdout)
 		},
 	}
 	f := cmd.Flags()
@@ -269,19 +280,21 @@ func measureLaunch(cmd *cobra.Command, c launch.Config, memory, features, sig, o
 	return nil
 }
 
-func verifyDir(dir, output string, stdout io.Writer) error {
-	v, err := build.VerifyDir(dir)
+func verifyDir(ctx context.Context, dir, output string, stdout io.Writer) error {
+	v, err := build.VerifyDir(ctx, dir)
 	if err != nil {
 		return err
 	}
 	if output == "json" {
 		err = writeJSON(stdout, struct {
-			Emulated   string   `json:"emulated"`
-			Match      bool     `json:"match"`
-			Mismatches []string `json:"mismatches,omitempty"`
-		}{v.Emulated, len(v.Mismatches) == 0, v.Mismatches})
+			Emulated       string   `json:"emulated"`
+			DebianEmulated string   `json:"debian_emulated"`
+			Match          bool     `json:"match"`
+			Mismatches     []string `json:"mismatches,omitempty"`
+		}{v.Emulated, v.DebianEmulated, len(v.Mismatches) == 0, v.Mismatches})
 	} else {
 		fmt.Fprintf(stdout, "emulated launch measurement %s\n", v.Emulated)
+		fmt.Fprintf(stdout, "emulated launch measurement (debian/) %s\n", v.DebianEmulated)
 		for _, m := range v.Mismatches {
 			fmt.Fprintf(stdout, "MISMATCH %s\n", m)
 		}
@@ -293,7 +306,11 @@ func verifyDir(dir, output string, stdout io.Writer) error {
 		return err
 	}
 	if len(v.Mismatches) > 0 {
-		return fmt.Errorf("%w: %s", errMismatch, strings.Join(v.Mismatches, "; "))
+		err := fmt.Errorf("%w: %s", errMismatch, strings.Join(v.Mismatches, "; "))
+		if output == "json" {
+			return cmdline.Reported(err) // the JSON above says match: false
+		}
+		return err
 	}
 	return nil
 }
@@ -310,7 +327,7 @@ import. The key is PEM Ed25519 or ECDSA P-256/P-384 (kbsctl keygen makes one).`,
 		Example: `  cloak-image sign --dir out/image --sign-key builder.key
   kbsctl reference-value import --file out/image/` + build.BundleFile,
 		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(c *cobra.Command, _ []string) error {
 			if dir == "" || key == "" {
 				return errors.New("--dir and --sign-key are required")
 			}
@@ -321,7 +338,7 @@ import. The key is PEM Ed25519 or ECDSA P-256/P-384 (kbsctl keygen makes one).`,
 			if out == "" {
 				out = filepath.Join(dir, build.BundleFile)
 			}
-			d, err := build.SignDir(dir, out, signer)
+			d, err := build.SignDir(c.Context(), dir, out, signer)
 			if err != nil {
 				return err
 			}

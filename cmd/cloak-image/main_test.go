@@ -14,35 +14,84 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cloak-containers/cloak/guest-image/build"
+	"github.com/cloak-containers/cloak/guest-image/build/initramfs"
+	"github.com/cloak-containers/cloak/guest-image/build/rootimg"
 	"github.com/cloak-containers/cloak/internal/kat"
+	"github.com/cloak-containers/cloak/internal/testutil"
+	"github.com/cloak-containers/cloak/internal/version"
 	"github.com/cloak-containers/cloak/measurements"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/measurements/launch"
 )
 
-// imageDir writes a small image directory with a correct manifest.
+// TestCommandLine: a mistake on the command line exits 1 (2 is kept for a
+// mismatch) with the way to the usage; --version exits 0.
+func TestCommandLine(t *testing.T) {
+	const hint = "\n  run 'cloak-image --help' for usage\n"
+	tests := []struct {
+		name         string
+		args         []string
+		code         int
+		stdout, want string
+	}{
+		{"unknown flag", []string{"--bogus"}, exitError, "", "cloak-image: unknown flag: --bogus" + hint},
+		{"unknown flag of a subcommand", []string{"measure", "--bogus"}, exitError, "", "cloak-image: unknown flag: --bogus" + hint},
+		{"unknown command", []string{"verify"}, exitError, "", `cloak-image: unknown command "verify" for "cloak-image"` + hint},
+		{"version", []string{"--version"}, 0, "cloak-image version " + version.String() + "\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), tt.args, &stdout, &stderr)
+			if code != tt.code || stdout.String() != tt.stdout || stderr.String() != tt.want {
+				t.Fatalf("exit %d, want %d\nstdout %q, want %q\nstderr %q, want %q", code, tt.code, stdout.String(), tt.stdout, stderr.String(), tt.want)
+			}
+		})
+	}
+}
+
+// imageDir writes a small image directory with a correct manifest: a real
+// root disk (EROFS + dm-verity) of one file, stand-in kernels and initrd.
 func imageDir(t *testing.T) (dir, measurement string) {
 	t.Helper()
 	dir = t.TempDir()
-	kernel, initrd := []byte("kernel bytes"), []byte("initrd bytes")
+	kernel, dkernel, dinitrd := []byte("kernel bytes"), []byte("debian kernel bytes"), []byte("initrd bytes")
 	art := func(b []byte) build.Artifact {
 		s256, s384 := sha256.Sum256(b), sha512.Sum384(b)
 		return build.Artifact{Size: int64(len(b)), SHA256: hex.EncodeToString(s256[:]), SHA384: hex.EncodeToString(s384[:])}
 	}
-	measurement = hex.EncodeToString(measurements.EmulatedLaunchDigest(kernel, initrd, build.Cmdline))
+	var tree initramfs.Archive
+	if err := tree.File(build.AgentPath, 0o755, []byte("agent")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := rootimg.Build(context.Background(), &tree, filepath.Join(dir, build.RootFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmdline := build.Cmdline + " " + root.KernelArgs(build.AgentPath)
+	measurement = hex.EncodeToString(measurements.EmulatedLaunchDigest(kernel, nil, cmdline))
 	m := build.Manifest{
-		Schema: build.Schema, Kernel: art(kernel), Initrd: art(initrd), Cmdline: build.Cmdline,
+		Schema: build.Schema, Kernel: art(kernel), Cmdline: cmdline,
+		Root:         build.RootDisk{File: build.RootFile, FS: "erofs", Image: *root},
+		KernelBuild:  build.KernelBuild{SourcePackage: "prebuilt"},
 		Measurements: build.Measurements{Emulated: measurement},
+		Debian: build.DebianFlavour{Kernel: art(dkernel), Initrd: art(dinitrd), Cmdline: build.Cmdline,
+			Measurements: build.Measurements{Emulated: hex.EncodeToString(measurements.EmulatedLaunchDigest(dkernel, dinitrd, build.Cmdline))}},
 	}
 	mb, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, b := range map[string][]byte{build.KernelFile: kernel, build.InitrdFile: initrd, build.ManifestFile: mb} {
+	if err := os.Mkdir(filepath.Join(dir, build.DebianDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{build.KernelFile: kernel, build.DebianDir + "/" + build.KernelFile: dkernel,
+		build.DebianDir + "/" + build.InitrdFile: dinitrd, build.ManifestFile: mb} {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +109,8 @@ func TestMeasure(t *testing.T) {
 	}{
 		{"matches", "", nil, 0, []string{"matches manifest.json"}},
 		{"json", "", []string{"--output", "json"}, 0, []string{`"match": true`}},
-		{"tampered initrd", build.InitrdFile, nil, exitMismatch, []string{"MISMATCH initrd.img", "MISMATCH emulated measurement"}},
+		{"tampered root disk", build.RootFile, nil, exitMismatch, []string{"MISMATCH root.img", "MISMATCH root image"}},
+		{"tampered debian initrd", build.DebianDir + "/" + build.InitrdFile, nil, exitMismatch, []string{"MISMATCH debian/initrd.img", "MISMATCH debian emulated measurement"}},
 		{"tampered kernel json", build.KernelFile, []string{"--output", "json"}, exitMismatch, []string{`"match": false`, "vmlinuz"}},
 	}
 	for _, tt := range tests {
@@ -86,6 +136,40 @@ func TestMeasure(t *testing.T) {
 				if !strings.Contains(stdout.String(), w) {
 					t.Errorf("stdout lacks %q:\n%s", w, stdout.String())
 				}
+			}
+			if slices.Contains(tt.args, "json") {
+				// The result says match: false; no error object follows it.
+				testutil.OneJSONObject(t, stdout.String())
+				if stderr.Len() != 0 {
+					t.Errorf("stderr %q, want nothing with --output json", stderr.String())
+				}
+			}
+		})
+	}
+}
+
+// TestJSONErrors: with -o json a failure is one JSON object on stdout,
+// {"error", "hint"}, and nothing on stderr; the exit code is as in text.
+func TestJSONErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		code int
+		hint string
+	}{
+		{"unknown flag", []string{"measure", "-o", "json", "--bogus"}, exitError, "run 'cloak-image --help' for usage"},
+		{"unknown command", []string{"-o", "json", "bogus"}, exitError, "run 'cloak-image --help' for usage"},
+		{"failure", []string{"measure", "-o", "json", "--tee", "sgx"}, exitError, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), tc.args, &stdout, &stderr)
+			obj := testutil.OneJSONObject(t, stdout.String())
+			msg, _ := obj["error"].(string)
+			hint, hasHint := obj["hint"].(string)
+			if code != tc.code || stderr.Len() != 0 || msg == "" || hint != tc.hint || hasHint != (tc.hint != "") {
+				t.Errorf("exit %d (want %d), stdout %s, stderr %q; want error and hint %q", code, tc.code, stdout.String(), stderr.String(), tc.hint)
 			}
 		})
 	}
@@ -301,7 +385,7 @@ func TestSign(t *testing.T) {
 		t.Errorf("signed %+v", v.Document)
 	}
 	// A tampered image is not signed.
-	os.WriteFile(filepath.Join(dir, build.InitrdFile), []byte("other"), 0o644)
+	os.WriteFile(filepath.Join(dir, build.KernelFile), []byte("other"), 0o644)
 	stderr.Reset()
 	if code := run(context.Background(), []string{"sign", "--dir", dir, "--sign-key", keyFile, "--out", filepath.Join(t.TempDir(), "x.cose")}, &stdout, &stderr); code != exitError || !strings.Contains(stderr.String(), "does not match its manifest") {
 		t.Errorf("tampered image: exit %d, %s", code, stderr.String())

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -12,17 +13,33 @@ import (
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/internal/cmdline"
+	"github.com/cloak-containers/cloak/internal/logging"
 	"github.com/cloak-containers/cloak/shim/snapshotter"
 )
 
 type options struct {
-	address, root, logLevel string
+	address, root string
+	logOpts       *logging.Options
 }
 
 func main() {
-	if err := newCommand().Execute(); err != nil {
-		os.Exit(1)
+	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// execute runs the command line args and returns the exit code: 2 for a
+// mistake on the command line, 1 for a failure.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	usage, err := cmdline.Execute(ctx, newCommand(), args, stdout, stderr)
+	if err == nil {
+		return 0
 	}
+	fmt.Fprintln(stderr, "cloak-snapshotter:", err)
+	if usage {
+		fmt.Fprintln(stderr, "  run 'cloak-snapshotter --help' for usage")
+		return 2
+	}
+	return 1
 }
 
 func newCommand() *cobra.Command {
@@ -42,27 +59,33 @@ func newCommand() *cobra.Command {
 
   # Another socket and root, with debug logs
   cloak-snapshotter --address /run/cloak/snap-test.sock --root /tmp/cloak-snap --log-level debug`,
-		Args:          cobra.NoArgs,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Args: cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			return o.logOpts.Check()
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := run(cmd.Context(), o)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "cloak-snapshotter:", err)
-			}
-			return err
+			return run(cmd.Context(), o)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.address, "address", "/run/cloak/snapshotter.sock", "unix socket containerd's proxy plugin connects to")
 	f.StringVar(&o.root, "root", "/var/lib/cloak/snapshotter", "directory holding the snapshots (empty directories) and their database")
-	f.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	o.logOpts = logging.Flags(f, logging.Text)
 	return cmd
 }
 
 func run(ctx context.Context, o options) error {
-	if err := log.SetLevel(o.logLevel); err != nil {
-		return fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", o.logLevel)
+	// The snapshot service adapter logs through containerd's log package
+	// (logrus), so the flags set that logger: the lines look like
+	// containerd's own, in either format.
+	if err := o.logOpts.Check(); err != nil {
+		return err
+	}
+	if err := log.SetLevel(o.logOpts.Level); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	if err := log.SetFormat(log.OutputFormat(o.logOpts.Format)); err != nil {
+		return fmt.Errorf("--log-format: %w", err)
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cloak-containers/cloak/agentpolicy/generate"
+	"github.com/cloak-containers/cloak/internal/cmdline"
 )
 
 // Exit codes.
@@ -22,15 +22,9 @@ const (
 	exitUsage   = 2 // the command line is wrong
 )
 
-// version is set with -ldflags "-X main.version=..."; else the module's.
-var version = ""
-
 type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
-
-	output string // -o: text or json
-	ran    bool   // flags accepted: an error after this is not a usage error
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *app {
@@ -46,16 +40,12 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 func (a *app) execute(ctx context.Context, args []string) int {
 	root := a.rootCmd()
-	root.SetArgs(args)
 	root.SetIn(a.stdin)
-	root.SetOut(a.stdout)
-	root.SetErr(a.stderr)
-	err := root.ExecuteContext(ctx)
+	usage, err := cmdline.Execute(ctx, root, args, a.stdout, a.stderr)
 	if err == nil {
 		return exitOK
 	}
-	var ue usageError
-	usage := !a.ran || errors.As(err, &ue)
+	usage = usage || errors.As(err, new(usageError))
 	hint := ""
 	var ge *generate.Error
 	if errors.As(err, &ge) {
@@ -63,41 +53,17 @@ func (a *app) execute(ctx context.Context, args []string) int {
 	} else if usage {
 		hint = "run 'cloak generate --help' for usage"
 	}
-	if a.output == "json" {
-		b, _ := json.MarshalIndent(struct {
-			Error string `json:"error"`
-			Hint  string `json:"hint,omitempty"`
-		}{err.Error(), hint}, "", "  ")
-		fmt.Fprintf(a.stdout, "%s\n", b)
-	} else {
-		fmt.Fprintf(a.stderr, "cloak: %v\n", err)
-		if hint != "" {
-			fmt.Fprintf(a.stderr, "  %s\n", hint)
-		}
-	}
+	cmdline.PrintError(a.stdout, a.stderr, cmdline.JSONOutput(root, args), "cloak", err, hint)
 	if usage {
 		return exitUsage
 	}
 	return exitFailure
 }
 
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		return bi.Main.Version + " (" + bi.GoVersion + ")"
-	}
-	return "unknown"
-}
-
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "cloak",
-		Short:         "Make Kubernetes pods confidential Cloak pods",
-		Version:       versionString(),
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:   "cloak",
+		Short: "Make Kubernetes pods confidential Cloak pods",
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.generateCmd())
@@ -147,7 +113,6 @@ the KBS as the init_data reference value, or the guest gets no secrets:
     --crictl ./cri pod.yaml >/dev/null`,
 		Args: cobra.MaximumNArgs(1),
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			a.output = f.output
 			if f.output != "text" && f.output != "json" {
 				return usagef("--output %q: want text or json", f.output)
 			}
@@ -178,7 +143,6 @@ the KBS as the init_data reference value, or the guest gets no secrets:
 			if err != nil {
 				return usageError{err}
 			}
-			a.ran = true
 			res, err := generate.Generate(cmd.Context(), in, opts)
 			if err != nil {
 				return err

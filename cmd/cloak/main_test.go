@@ -23,6 +23,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"sigs.k8s.io/yaml"
 
+	"github.com/cloak-containers/cloak/internal/testutil"
+	"github.com/cloak-containers/cloak/internal/version"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -147,9 +149,42 @@ func TestGenerateErrors(t *testing.T) {
 			}
 		})
 	}
-	code, stdout, _ := run(t, priv, "generate", "--kbs-url", "https://k", "-o", "json")
-	var e struct{ Error, Hint string }
-	if err := json.Unmarshal([]byte(stdout), &e); err != nil || code != exitFailure || !strings.Contains(e.Error, "privileged") || e.Hint == "" {
-		t.Errorf("exit %d, stdout %q", code, stdout)
+	// With -o json: one object on stdout, {"error", "hint"}, nothing on
+	// stderr, the same exit code; also for a mistake cobra finds before
+	// generate's PreRunE could read -o.
+	for _, tc := range []struct {
+		name  string
+		stdin string
+		args  []string
+		code  int
+		want  string // in the error
+		hint  string // "": any hint
+	}{
+		{"refused", priv, []string{"generate", "--kbs-url", "https://k", "-o", "json"}, exitFailure, "privileged", ""},
+		{"unknown flag", "", []string{"generate", "-o", "json", "--bogus"}, exitUsage, "--bogus", "run 'cloak generate --help' for usage"},
+		{"no --kbs-url", "", []string{"generate", "-o", "json"}, exitUsage, "--kbs-url is required", "run 'cloak generate --help' for usage"},
+	} {
+		t.Run("json "+tc.name, func(t *testing.T) {
+			code, stdout, stderr := run(t, tc.stdin, tc.args...)
+			obj := testutil.OneJSONObject(t, stdout)
+			msg, _ := obj["error"].(string)
+			hint, _ := obj["hint"].(string)
+			if code != tc.code || stderr != "" || !strings.Contains(msg, tc.want) || hint == "" || tc.hint != "" && hint != tc.hint {
+				t.Errorf("exit %d (want %d), stdout %s, stderr %q", code, tc.code, stdout, stderr)
+			}
+		})
+	}
+}
+
+// TestCommandLine: an unknown flag names itself and the usage (exit 2);
+// --version prints the stamped version (exit 0).
+func TestCommandLine(t *testing.T) {
+	code, stdout, stderr := run(t, "", "--bogus")
+	if code != exitUsage || stdout != "" || stderr != "cloak: unknown flag: --bogus\n  run 'cloak generate --help' for usage\n" {
+		t.Errorf("--bogus: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	code, stdout, stderr = run(t, "", "--version")
+	if code != exitOK || stdout != "cloak version "+version.String()+"\n" || stderr != "" {
+		t.Errorf("--version: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/internal/cmdline"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 )
 
@@ -36,10 +36,6 @@ type app struct {
 	url, adminKey, cacert, output, role string
 	timeout                             time.Duration
 	poll                                time.Duration // audit --follow interval
-
-	// ran is set once flags and arguments were accepted; an error before
-	// that is a usage error.
-	ran bool
 }
 
 func newApp(getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) *app {
@@ -56,21 +52,18 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 func (a *app) execute(ctx context.Context, args []string) int {
 	root := a.rootCmd()
-	root.SetArgs(args)
 	root.SetIn(a.stdin)
-	root.SetOut(a.stdout)
-	root.SetErr(a.stderr)
-	err := root.ExecuteContext(ctx)
+	usage, err := cmdline.Execute(ctx, root, args, a.stdout, a.stderr)
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(a.stderr, "kbsctl: %v\n", err)
-	if hint := a.hint(err); hint != "" {
-		fmt.Fprintf(a.stderr, "  %s\n", hint)
+	usage = usage || errors.As(err, new(usageError))
+	hints := []string{a.hint(err)}
+	if usage {
+		hints = append(hints, cmdline.UsageHint(root))
 	}
-	var ue usageError
-	if !a.ran || errors.As(err, &ue) {
-		fmt.Fprintln(a.stderr, "  run 'kbsctl --help' for usage")
+	cmdline.PrintError(a.stdout, a.stderr, cmdline.JSONOutput(root, args), "kbsctl", err, hints...)
+	if usage {
 		return exitUsage
 	}
 	return exitFailure
@@ -86,7 +79,7 @@ func (a *app) hint(err error) string {
 	case errors.As(err, &kbsErr) && kbsErr.Problem.Status == 401:
 		return "admin key not accepted: is the KBS started with --admin-public-key matching it?"
 	case errors.As(err, &kbsErr) && kbsErr.Problem.Check == "admin-role":
-		return "this needs the admin role: use an admin key with --role admin"
+		return "this needs the admin role: sign with a key the KBS was started with as --admin-public-key (an --auditor-public-key may only read) and leave out --role"
 	case errors.As(err, &unknownCA):
 		return "the KBS certificate is not trusted: pass --cacert DATA_DIR/tls/cert.pem"
 	case errors.As(err, &hostErr):
@@ -114,16 +107,16 @@ half the KBS was started with (--admin-public-key).`,
 		Example: `  kbsctl keygen --private-key admin.key --public-key admin.pub
   export KBS_URL=https://127.0.0.1:8080 KBSCTL_ADMIN_KEY=admin.key
   kbsctl --cacert /var/lib/cloak-kbs/tls/cert.pem resource list`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if a.output != "text" && a.output != "json" {
+			if a.output == "yaml" && cmd.Annotations[yamlAnnotation] == "" {
+				return usagef("--output \"yaml\": only kbsctl secret seal writes yaml; want text or json")
+			}
+			if a.output != "text" && a.output != "json" && a.output != "yaml" {
 				return usagef("--output %q: want text or json", a.output)
 			}
 			if a.timeout <= 0 {
 				return usagef("--timeout must be positive")
 			}
-			a.ran = true
 			return nil
 		},
 	}
@@ -132,12 +125,12 @@ half the KBS was started with (--admin-public-key).`,
 	pf.StringVar(&a.url, "url", a.getenv("KBS_URL"), "KBS base URL, e.g. https://127.0.0.1:8080 (env KBS_URL)")
 	pf.StringVar(&a.adminKey, "admin-key", a.getenv("KBSCTL_ADMIN_KEY"), "Ed25519 admin private key PEM (env KBSCTL_ADMIN_KEY)")
 	pf.StringVar(&a.cacert, "cacert", "", "PEM CA certificate to trust for the KBS (e.g. DATA_DIR/tls/cert.pem)")
-	pf.StringVar(&a.role, "role", adminapi.RoleAdmin, "role claim of the admin token: admin or auditor")
-	pf.StringVarP(&a.output, "output", "o", "text", "output format: text or json")
+	pf.StringVar(&a.role, "role", "", "narrow the token to this role (auditor); default: none, the KBS grants the role of the key (--admin-public-key or --auditor-public-key)")
+	pf.StringVarP(&a.output, "output", "o", "text", "output format: text or json (secret seal: also yaml)")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each request to the KBS")
 
 	root.AddCommand(a.keygenCmd(), a.resourceCmd(), a.resourcePolicyCmd(), a.attestationPolicyCmd(),
-		a.referenceValueCmd(), a.auditCmd(), a.keyproviderCmd(), a.tokenCmd(), a.evidenceCmd(), a.imageCmd())
+		a.referenceValueCmd(), a.auditCmd(), a.keyproviderCmd(), a.tokenCmd(), a.evidenceCmd(), a.imageCmd(), a.secretCmd())
 	return root
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/internal/cmdline"
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
@@ -172,6 +173,9 @@ type evidenceResult struct {
 	Reason    string            `json:"reason"`
 	Claims    map[string]any    `json:"claims,omitempty"`
 	Appraisal *policy.Appraisal `json:"appraisal,omitempty"`
+	// Error is the failure an invalid verdict exits 1 with: with -o json
+	// it is said here, the result being the one object on stdout.
+	Error string `json:"error,omitempty"`
 }
 
 func (a *app) verifyEvidence(ctx context.Context, tee string, check func(context.Context, evidenceInput) (map[string]any, error),
@@ -197,13 +201,18 @@ func (a *app) verifyEvidence(ctx context.Context, tee string, check func(context
 			res.Verdict = "invalid"
 		}
 	}
+	var invalid error
+	if res.Verdict != "valid" {
+		invalid = fmt.Errorf("%s evidence is invalid: %s", tee, res.Reason)
+		res.Error = invalid.Error()
+	}
 	if err := a.emit(res, func(w io.Writer) { printEvidenceResult(w, res) }); err != nil {
 		return err
 	}
-	if res.Verdict != "valid" {
-		return fmt.Errorf("%s evidence is invalid: %s", tee, res.Reason)
+	if invalid != nil && a.output == "json" {
+		return cmdline.Reported(invalid)
 	}
-	return nil
+	return invalid
 }
 
 func printEvidenceResult(w io.Writer, res evidenceResult) {

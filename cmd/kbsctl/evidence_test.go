@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-sev-guest/kds"
 	"github.com/google/go-sev-guest/verify/testdata"
 
+	"github.com/cloak-containers/cloak/internal/testutil"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	"github.com/cloak-containers/cloak/policy"
 )
@@ -97,6 +98,26 @@ func TestEvidenceVerifySNP(t *testing.T) {
 		}
 		if code != 0 || json.Unmarshal([]byte(out), &res) != nil || res.Verdict != "valid" || res.Claims["product_line"] != "Milan" {
 			t.Fatalf("exit %d, output %s", code, out)
+		}
+	})
+	// An invalid verdict is the result object itself, with "error": one
+	// object on stdout, exit 1; unusable input is an error object, exit 2.
+	t.Run("json invalid", func(t *testing.T) {
+		code, out, errOut := runKbsctl(t, "-o", "json", "evidence", "verify", "--tee", "snp", "--file", report, "--vcek", vcek, "--at", genuineAt,
+			"--policy", pol, "--reference-values", refFile)
+		obj := testutil.OneJSONObject(t, out)
+		ap, _ := obj["appraisal"].(map[string]any)
+		msg, _ := obj["error"].(string)
+		if code != 1 || errOut != "" || obj["verdict"] != "invalid" || ap["policy_id"] == nil || ap["trust_vector"] == nil ||
+			!strings.Contains(msg, "snp evidence is invalid") {
+			t.Fatalf("exit %d, stdout %s, stderr %q", code, out, errOut)
+		}
+	})
+	t.Run("json unusable", func(t *testing.T) {
+		code, out, errOut := runKbsctl(t, "-o", "json", "evidence", "verify", "--tee", "snp", "--file", short)
+		obj := testutil.OneJSONObject(t, out)
+		if code != 2 || errOut != "" || !strings.Contains(obj["error"].(string), "1184 bytes") || obj["hint"] != "run 'kbsctl --help' for usage" {
+			t.Fatalf("exit %d, stdout %s, stderr %q", code, out, errOut)
 		}
 	})
 }

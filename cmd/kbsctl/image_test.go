@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/cloak-containers/cloak/internal/testutil"
 	"github.com/cloak-containers/cloak/kbs/imagecrypt"
 )
 
@@ -40,7 +41,7 @@ func pushPlainImage(t *testing.T) string {
 		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, Size: int64(len(body))})
 		io.WriteString(tw, body)
 		tw.Close()
-		l, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()), tarball.WithMediaType(types.OCILayer))
+		l, err := tarball.LayerFromOpener(testutil.BytesOpener(buf.Bytes()), tarball.WithMediaType(types.OCILayer))
 		if err != nil {
 			t.Fatal(err)
 		}

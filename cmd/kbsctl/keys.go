@@ -3,11 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/internal/logging"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbs/keywrap"
 )
@@ -47,6 +47,7 @@ func (a *app) keyproviderCmd() *cobra.Command {
 	cmd := groupCmd("keyprovider", "Run the ocicrypt key provider that encrypts images for Cloak", "",
 		"  kbsctl keyprovider serve --socket /run/cloak-keyprovider.sock")
 	var socket string
+	var logOpts *logging.Options // set with the flags below
 	serve := &cobra.Command{
 		Use:   "serve --socket PATH",
 		Short: "Serve the attestation-agent key provider on a unix socket",
@@ -67,12 +68,16 @@ KBS under the key id, so attested guests can unwrap it. Runs until interrupted.`
 			if socket == "" {
 				return usagef("--socket PATH is required")
 			}
-			log := slog.New(slog.NewTextHandler(a.stderr, nil))
+			log, err := logOpts.New(a.stderr)
+			if err != nil {
+				return usageError{err}
+			}
 			log.Info("serving ocicrypt key provider", "provider", keywrap.ProviderName, "socket", "unix://"+socket)
 			return keywrap.Serve(cmd.Context(), socket, log)
 		},
 	}
 	serve.Flags().StringVar(&socket, "socket", "", "unix socket to listen on")
+	logOpts = logging.Flags(serve.Flags(), logging.Text)
 	cmd.AddCommand(serve)
 	return cmd
 }

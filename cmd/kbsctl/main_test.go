@@ -27,6 +27,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/internal/testutil"
+	"github.com/cloak-containers/cloak/internal/version"
 	"github.com/cloak-containers/cloak/kbs/adminapi"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbs/server"
@@ -188,9 +190,10 @@ func TestReferenceValueCommands(t *testing.T) {
 	if out := mustRun(t, k, "", "reference-value", "set", "sample_svn", "1", "2"); out != "sample_svn = [\"1\", \"2\"]\n" {
 		t.Errorf("set output %q", out)
 	}
-	mustRun(t, k, "", "reference-value", "set", "init_data", "ab")
+	idata := strings.Repeat("ab", 32)
+	mustRun(t, k, "", "reference-value", "set", "init_data", idata)
 	out := mustRun(t, k, "", "reference-value", "list")
-	if !strings.Contains(out, "init_data   [\"ab\"]") || !strings.Contains(out, "sample_svn  [\"1\", \"2\"]") ||
+	if !strings.Contains(out, "init_data   [\""+idata+"\"]") || !strings.Contains(out, "sample_svn  [\"1\", \"2\"]") ||
 		strings.Index(out, "init_data") > strings.Index(out, "sample_svn") {
 		t.Errorf("list:\n%s", out)
 	}
@@ -201,14 +204,49 @@ func TestReferenceValueCommands(t *testing.T) {
 	if len(rv.ReferenceValues["sample_svn"]) != 2 {
 		t.Errorf("json list = %+v", rv)
 	}
-	if out := mustRun(t, k, "", "reference-value", "set", "sample_svn"); out != "deleted sample_svn\n" {
+	if out := mustRun(t, k, "", "reference-value", "add", "sample_svn", "3", "1"); out != "sample_svn = [\"1\", \"2\", \"3\"]\n" {
+		t.Errorf("add output %q", out)
+	}
+	if out := mustRun(t, k, "", "reference-value", "remove", "sample_svn", "1", "3"); out != "sample_svn = [\"2\"]\n" {
+		t.Errorf("remove output %q", out)
+	}
+	if _, errOut, code := run(t, k, "", "reference-value", "remove", "sample_svn", "9"); code != exitFailure || !strings.Contains(errOut, `has no value "9"`) {
+		t.Errorf("remove absent: exit %d, %s", code, errOut)
+	}
+	if out := mustRun(t, k, "", "reference-value", "remove", "sample_svn", "2"); out != "deleted sample_svn (no values left)\n" {
+		t.Errorf("remove last output %q", out)
+	}
+	mustRun(t, k, "", "reference-value", "set", "--custom", "svn", "x")
+	if out := mustRun(t, k, "", "reference-value", "delete", "svn"); out != "deleted svn\n" {
 		t.Errorf("delete output %q", out)
+	}
+	// Each mistake is refused before anything is sent (exit 2, usage).
+	meas := strings.Repeat("ab", 48)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"set", "snp_launch_measurment", meas}, `did you mean "snp_launch_measurement"?`},
+		{[]string{"set", "snp_launch_measurement", "nothex"}, `"nothex" is not hex`},
+		{[]string{"set", "snp_launch_measurement", "abcd"}, "has 4 hex digits (2 bytes): want lowercase hex of 96 digits"},
+		{[]string{"set", "snp_launch_measurement", ""}, "is empty"},
+		{[]string{"set", "sample_svn"}, "kbsctl reference-value delete NAME"},
+		{[]string{"add", "tdx_mr_td", strings.Repeat("ab", 32)}, "want lowercase hex of 96 digits"},
+		{[]string{"set", "svn", "1"}, "--custom"},
+	} {
+		_, errOut, code := run(t, k, "", append([]string{"reference-value"}, c.args...)...)
+		if code != exitUsage || !strings.Contains(errOut, c.want) {
+			t.Errorf("%q: exit %d, %s; want %q", c.args, code, errOut, c.want)
+		}
+	}
+	if out := mustRun(t, k, "", "reference-value", "names"); !strings.Contains(out, "snp_launch_measurement") || !strings.Contains(out, "tpm_pcr23") {
+		t.Errorf("names:\n%s", out)
 	}
 	if out := mustRun(t, k, "", "reference-value", "list"); strings.Contains(out, "sample_svn") {
 		t.Errorf("sample_svn still listed:\n%s", out)
 	}
 	_, errOut, code := run(t, k, "", "reference-value", "set", "Bad.Name", "1")
-	if code != exitFailure || !strings.Contains(errOut, "[a-z0-9_]") {
+	if code != exitUsage || !strings.Contains(errOut, "[a-z0-9_]") {
 		t.Errorf("invalid name: exit %d, %s", code, errOut)
 	}
 }
@@ -237,7 +275,7 @@ func attestAndFetch(t *testing.T, k *testKBS, resource string) int {
 	json.Unmarshal(post("/kbs/v0/auth", kbstypes.Request{Version: kbstypes.ProtocolVersion, Tee: kbstypes.TeeSample, ExtraParams: json.RawMessage(`{}`)}), &ch)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	jwk, _ := json.Marshal(jose.JSONWebKey{Key: &key.PublicKey, Algorithm: "ECDH-ES+A256KW"})
-	rd, err := kbstypes.ReportData("", ch.Nonce, jwk)
+	rd, err := kbstypes.RuntimeDataDigest("", ch.Nonce, jwk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,22 +294,42 @@ func attestAndFetch(t *testing.T, k *testKBS, resource string) int {
 
 func TestAuditExplainsDecisions(t *testing.T) {
 	k := startKBS(t)
-	mustRun(t, k, "", "resource", "set", "default/key/1", "--file", writeFile(t, "k"))
+	mustRun(t, k, "", "resource", "set", "default/key/1", "--file", writeFile(t, "plaintext-of-key-1"))
 	mustRun(t, k, "", "reference-value", "set", "sample_svn", "2")
 	if st := attestAndFetch(t, k, "default/key/1"); st != http.StatusForbidden {
 		t.Fatalf("default policy released a key to the sample TEE: %d", st)
 	}
 
-	out := mustRun(t, k, "", "audit")
+	// The two admin changes come first; --kind admin shows only them.
+	out := mustRun(t, k, "", "audit", "--kind", "admin")
+	admin := strings.Split(strings.TrimSpace(out), "\n\n")
+	if len(admin) != 2 || !strings.HasPrefix(admin[0], "#1 ") || !strings.Contains(admin[0], "resource.set of default/key/1 by admin key ") ||
+		!strings.HasPrefix(admin[1], "#2 ") || !strings.Contains(admin[1], "reference-value.set of sample_svn") {
+		t.Fatalf("want the 2 admin changes, got:\n%s", out)
+	}
+	if strings.Contains(out, "plaintext-of-key-1") {
+		t.Fatalf("the audit shows a resource value:\n%s", out)
+	}
+	var adminPage struct {
+		Entries []explainedEntry `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, k, "", "-o", "json", "audit", "--kind", "admin")), &adminPage); err != nil {
+		t.Fatal(err)
+	}
+	if len(adminPage.Entries) != 2 || adminPage.Entries[0].Action != adminapi.ActionResourceSet || adminPage.Entries[0].Digest == "" {
+		t.Errorf("json audit --kind admin = %+v", adminPage)
+	}
+
+	out = mustRun(t, k, "", "audit", "--after", "2")
 	paragraphs := strings.Split(strings.TrimSpace(out), "\n\n")
 	if len(paragraphs) != 2 {
 		t.Fatalf("want 2 audit paragraphs, got:\n%s", out)
 	}
-	if !strings.HasPrefix(paragraphs[0], "#1 ") || !strings.Contains(paragraphs[0], "Attestation of session ") ||
+	if !strings.HasPrefix(paragraphs[0], "#3 ") || !strings.Contains(paragraphs[0], "Attestation of session ") ||
 		!strings.Contains(paragraphs[0], "(sample TEE)") {
 		t.Errorf("attest paragraph:\n%s", paragraphs[0])
 	}
-	if !strings.HasPrefix(paragraphs[1], "#2 ") ||
+	if !strings.HasPrefix(paragraphs[1], "#4 ") ||
 		!strings.Contains(paragraphs[1], "Release of default/key/1 to session ") ||
 		!strings.Contains(paragraphs[1], "was DENIED by the resource policy") {
 		t.Errorf("release paragraph:\n%s", paragraphs[1])
@@ -288,18 +346,18 @@ func TestAuditExplainsDecisions(t *testing.T) {
 		Entries []explainedEntry `json:"entries"`
 		Next    uint64           `json:"next"`
 	}
-	if err := json.Unmarshal([]byte(mustRun(t, k, "", "-o", "json", "audit", "--after", "1", "--limit", "5")), &page); err != nil {
+	if err := json.Unmarshal([]byte(mustRun(t, k, "", "-o", "json", "audit", "--after", "3", "--limit", "5")), &page); err != nil {
 		t.Fatal(err)
 	}
-	if len(page.Entries) != 1 || page.Next != 2 || page.Entries[0].Kind != adminapi.KindRelease ||
+	if len(page.Entries) != 1 || page.Next != 4 || page.Entries[0].Kind != adminapi.KindRelease ||
 		page.Entries[0].Verdict != "deny" || !strings.HasPrefix(page.Entries[0].Explanation, "Release of default/key/1") {
-		t.Errorf("json audit after 1 = %+v", page)
+		t.Errorf("json audit after 3 = %+v", page)
 	}
-	if out := mustRun(t, k, "", "audit", "--after", "2"); out != "no audit entries after #2\n" {
+	if out := mustRun(t, k, "", "audit", "--after", "4"); out != "no audit entries after #4\n" {
 		t.Errorf("empty audit: %q", out)
 	}
 	// An auditor may read the audit log.
-	mustRun(t, k, "", "--role", "auditor", "audit")
+	mustRun(t, k, "", "--role", "auditor", "audit", "--kind", "release")
 }
 
 // syncBuffer lets the test read what a running command has written so far.
@@ -331,7 +389,9 @@ func TestAuditFollow(t *testing.T) {
 	a.poll = 20 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int)
-	go func() { done <- a.execute(ctx, []string{"--cacert", k.cacert, "-o", "json", "audit", "--follow"}) }()
+	go func() {
+		done <- a.execute(ctx, []string{"--cacert", k.cacert, "-o", "json", "audit", "--follow", "--after", "2"})
+	}()
 
 	if st := attestAndFetch(t, k, "default/key/1"); st != http.StatusOK {
 		t.Fatalf("allow-all policy refused: %d", st)
@@ -352,7 +412,7 @@ func TestAuditFollow(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[1]), &e); err != nil {
 		t.Fatal(err)
 	}
-	if e.Seq != 2 || e.Verdict != "allow" || !strings.Contains(e.Explanation, "was ALLOWED") {
+	if e.Seq != 4 || e.Verdict != "allow" || !strings.Contains(e.Explanation, "was ALLOWED") {
 		t.Errorf("second entry = %+v", e)
 	}
 }
@@ -396,6 +456,7 @@ func TestExitCodesAndHints(t *testing.T) {
 		{"CA file without a certificate", nil, []string{"--url", k.ts.URL, "--admin-key", k.key, "--cacert", k.key, "resource", "list"},
 			exitUsage, "holds no PEM certificate"},
 		{"negative limit", k, []string{"audit", "--limit", "-1"}, exitUsage, "--limit"},
+		{"unknown audit kind", k, []string{"audit", "--kind", "admni"}, exitUsage, "want admin, attest or release"},
 		{"missing key file", k, []string{"--admin-key", "/nonexistent/admin.key", "resource", "list"}, exitFailure, "kbsctl keygen"},
 		{"public key as admin key", k, []string{"--admin-key", k.pubPE, "resource", "list"}, exitFailure, `want a PEM "PRIVATE KEY" block`},
 		{"wrong admin key", k, []string{"--admin-key", otherKey, "resource", "list"}, exitFailure,
@@ -463,7 +524,9 @@ func TestKeyproviderServeCommand(t *testing.T) {
 	a := newApp(func(string) string { return "" }, strings.NewReader(""), io.Discard, &errOut)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int)
-	go func() { done <- a.execute(ctx, []string{"keyprovider", "serve", "--socket", sock}) }()
+	go func() {
+		done <- a.execute(ctx, []string{"keyprovider", "serve", "--socket", sock, "--log-format", "json"})
+	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if c, err := net.Dial("unix", sock); err == nil {
@@ -480,8 +543,16 @@ func TestKeyproviderServeCommand(t *testing.T) {
 	if code := <-done; code != exitOK {
 		t.Fatalf("serve exited %d: %s", code, errOut.String())
 	}
-	if !strings.Contains(errOut.String(), "unix://"+sock) {
-		t.Errorf("serve did not log its socket: %s", errOut.String())
+	var rec struct{ Level, Msg, Socket string }
+	line, _, _ := strings.Cut(errOut.String(), "\n")
+	if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Level != "INFO" || rec.Socket != "unix://"+sock {
+		t.Errorf("with --log-format json, first line %q (%v), want a JSON line naming the socket", line, err)
+	}
+	for _, bad := range [][]string{{"--log-level", "loud"}, {"--log-format", "xml"}} {
+		_, errText, code := run(t, nil, "", append([]string{"keyprovider", "serve", "--socket", sock}, bad...)...)
+		if code != exitUsage || !strings.Contains(errText, bad[0]+" \""+bad[1]+"\": want ") {
+			t.Errorf("serve %v: exit %d, stderr %q; want a usage error naming the value", bad, code, errText)
+		}
 	}
 	if _, _, code := run(t, nil, "", "keyprovider", "serve"); code != exitUsage {
 		t.Errorf("serve without --socket: exit %d, want %d", code, exitUsage)
@@ -558,5 +629,66 @@ func TestReferenceValueImport(t *testing.T) {
 	}
 	if _, errOut, code := run(t, k, "", "reference-value", "import"); code != exitUsage || !strings.Contains(errOut, "--file is required") {
 		t.Fatalf("no --file: exit %d: %s", code, errOut)
+	}
+	// The bundle also imports as FILE.
+	if out := mustRun(t, k, "", "reference-value", "import", writeFile(t, string(signed))); !strings.Contains(out, "(already stored)") {
+		t.Fatalf("import FILE output %q", out)
+	}
+
+	// A JSON file: every value checked before the first request.
+	pcr := strings.Repeat("0c", 32)
+	bad := writeFile(t, `{"tpm_pcr07":["`+pcr+`"],"snp_launch_measurment":["`+meas+`"]}`)
+	if _, errOut, code := run(t, k, "", "reference-value", "import", bad); code != exitUsage || !strings.Contains(errOut, `did you mean "snp_launch_measurement"`) {
+		t.Fatalf("bad JSON import: exit %d: %s", code, errOut)
+	}
+	if out := mustRun(t, k, "", "reference-value", "list"); strings.Contains(out, "tpm_pcr07") {
+		t.Fatalf("a refused file stored something:\n%s", out)
+	}
+	other := strings.Repeat("6b", 48)
+	out = mustRun(t, k, "", "reference-value", "import", writeFile(t, `{"tpm_pcr07":["`+pcr+`"],"snp_launch_measurement":["`+other+`"]}`))
+	if !strings.Contains(out, `snp_launch_measurement = ["`+meas+`", "`+other+`"]`) || !strings.Contains(out, `tpm_pcr07 = ["`+pcr+`"]`) {
+		t.Fatalf("JSON import output %q", out)
+	}
+	mustRun(t, k, "", "reference-value", "import", "--custom", writeFile(t, `{"svn":["1"]}`))
+}
+
+// TestCommandLine: an unknown flag names itself and the usage (exit 2);
+// --version prints the stamped version (exit 0) without a KBS.
+func TestCommandLine(t *testing.T) {
+	stdout, stderr, code := run(t, nil, "", "--bogus")
+	if code != exitUsage || stdout != "" || stderr != "kbsctl: unknown flag: --bogus\n  run 'kbsctl --help' for usage\n" {
+		t.Errorf("--bogus: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	stdout, stderr, code = run(t, nil, "", "--version")
+	if code != exitOK || stdout != "kbsctl version "+version.String()+"\n" || stderr != "" {
+		t.Errorf("--version: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+// TestJSONErrors: with -o json a failure is one JSON object on stdout,
+// {"error", "hint"}, and nothing on stderr; the exit code is as in text.
+func TestJSONErrors(t *testing.T) {
+	k := startKBS(t)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		hint string // "": no hint key
+	}{
+		{"unknown flag", []string{"resource", "list", "--bogus", "-o", "json"}, exitUsage, "run 'kbsctl --help' for usage"},
+		{"refused before the command runs", []string{"-o", "json", "--timeout", "0", "resource", "list"}, exitUsage, "run 'kbsctl --help' for usage"},
+		{"refused by the KBS", []string{"-o", "json", "resource", "get", "default/key/missing"}, exitFailure, ""},
+		{"unreachable", []string{"-o", "json", "--url", "https://127.0.0.1:1", "resource", "list"}, exitFailure, "KBS unreachable at https://127.0.0.1:1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := run(t, k, "", tc.args...)
+			obj := testutil.OneJSONObject(t, out)
+			msg, _ := obj["error"].(string)
+			hint, hasHint := obj["hint"].(string)
+			if code != tc.code || errOut != "" || msg == "" || !strings.HasPrefix(hint, tc.hint) || hasHint != (tc.hint != "") {
+				t.Errorf("exit %d (want %d), stdout %s, stderr %q; want error and hint %q", code, tc.code, out, errOut, tc.hint)
+			}
+		})
 	}
 }
