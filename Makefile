@@ -7,11 +7,12 @@ GO ?= go
 BIN := $(CURDIR)/bin
 export GOFLAGS := -buildvcs=false
 BINARIES := kbs kbsctl cloak cloak-aa cloak-image containerd-shim-cloak-v2 cloak-snapshotter
-# The guest image is rebuilt from source each time (cheap: the kernel package
-# and the static runc are cached under $$HOME/.cache/cloak).
+# The guest image is rebuilt from source each time (cheap: Cloak's compiled
+# kernel, Debian's kernel package and the static runc are cached under
+# $$HOME/.cache/cloak; the first build compiles the kernel, ~6 min on 2 cores).
 IMAGE_DIR := $(CURDIR)/.work/image
 
-.PHONY: all build image test unit fuzz-smoke lint bench bench-boot demo demo-kbs e2e bench-e2e demo-up demo-down generate clean deps vm-deps install bench-pod
+.PHONY: kernel-repro all build image test unit fuzz-smoke fuzz-long lint bench bench-boot demo demo-kbs e2e bench-e2e demo-up demo-down generate clean deps vm-deps install release bench-pod
 
 all: build
 
@@ -21,12 +22,31 @@ deps:
 vm-deps:
 	./ci/vm-deps.sh
 
+# Stamped into every binary (internal/version; cloak-image stamps the guest's
+# the same way). A tree with uncommitted changes says -dirty.
+VERSION ?= $(or $(shell git describe --tags --always --dirty 2>/dev/null),dev)
+COMMIT ?= $(or $(shell git rev-parse HEAD 2>/dev/null),unknown)
+VERSION_LDFLAGS := -X github.com/cloak-containers/cloak/internal/version.Version=$(VERSION) \
+	-X github.com/cloak-containers/cloak/internal/version.Commit=$(COMMIT)
+
 build: deps
 	mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+	$(GO) build -trimpath -ldflags "$(VERSION_LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
+# The SEV-SNP and TDX reference values are computed over the OVMF builds
+# vm-deps caches (ci/vm-deps.sh, OVMF_VERSION): every value the cloak-snp and
+# cloak-tdx handlers can launch goes into manifest.json.
+OVMF_DIR ?= $(HOME)/.cache/cloak/ovmf-2026.08+ds-2
+# ci/e2e.sh points the emulated SEV-SNP platform at the same SNP build.
+export OVMF_DIR
 image: build vm-deps
-	$(BIN)/cloak-image build --out $(IMAGE_DIR)
+	$(BIN)/cloak-image build --out $(IMAGE_DIR) \
+		--snp-firmware $(OVMF_DIR)/OVMF.amdsev.fd --tdx-firmware $(OVMF_DIR)/OVMF.inteltdx.fd
+
+# Compiles Cloak's guest kernel a second time and checks it equals the cached
+# build; prints the line for guest-image/build/kbuild/known-builds.txt.
+kernel-repro: vm-deps
+	CLOAK_KERNEL_REPRO=1 $(GO) test -count=1 -v -timeout 40m -run 'TestBuildReproducible|TestBuiltKernel' ./guest-image/build/kbuild
 
 # All tests: lint, unit + integration tests (real HTTP/TLS, bbolt, gRPC on
 # loopback and unix sockets, QEMU guests booting the built image), a short
@@ -38,10 +58,17 @@ unit: build image
 	CLOAK_BIN=$(BIN) CLOAK_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -race -count=1 -timeout 45m ./...
 
 # Each fuzz target for a few seconds: finds regressions in the parsers of
-# untrusted input without making CI slow. Run longer with FUZZTIME=5m.
+# untrusted input without making CI slow, and fails a target that ran fewer
+# inputs than its floor (ci/fuzz.sh; rates in docs/perf.md "Fuzz rates").
 FUZZTIME ?= 8s
 fuzz-smoke: deps
 	./ci/fuzz.sh $(FUZZTIME)
+
+# Each target for 10 minutes (about 9 hours for all of them), with Go's own
+# 60 s minimization of new inputs: for a machine left to fuzz, not for CI.
+FUZZLONGTIME ?= 10m
+fuzz-long: deps
+	FUZZ_MINIMIZETIME=60s ./ci/fuzz.sh $(FUZZLONGTIME)
 
 lint: deps
 	./ci/lint.sh
@@ -61,9 +88,18 @@ bench-pod: build image
 # Binaries to DESTDIR/PREFIX/bin, the guest image to /usr/share/cloak/image and
 # one configuration per handler to /etc/cloak (never overwriting one), all under
 # DESTDIR; prints the containerd configuration for the handlers.
+# With RELEASE=FILE (a tarball from make release) it installs that release's
+# bytes, verified against its SHA256SUMS, and builds nothing.
 PREFIX ?= /usr/local
-install: build image
-	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BIN=$(BIN) IMAGE_DIR=$(IMAGE_DIR) ./ci/install.sh
+install: $(if $(RELEASE),,build image)
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" RELEASE="$(RELEASE)" BIN=$(BIN) IMAGE_DIR=$(IMAGE_DIR) ./ci/install.sh
+
+# A versioned tarball in .work/release: the host binaries, the guest image
+# with its manifest (and its reference values signed with SIGN_KEY=KEY.pem if
+# given), the handler configurations, the installer, SHA256SUMS and an SPDX
+# SBOM of the Go modules. Install it with make install RELEASE=FILE.
+release: build image
+	VERSION=$(VERSION) SIGN_KEY="$(SIGN_KEY)" BIN=$(BIN) IMAGE_DIR=$(IMAGE_DIR) ./ci/release.sh
 
 # The main job (as root): an encrypted image run as a confidential pod
 # through containerd's CRI, with the pod start timeline.

@@ -3,37 +3,71 @@
 # configuration per runtime handler; then prints the containerd configuration
 # that registers the handlers (stdout; progress lines go to stderr).
 #
-# Usage: ci/install.sh   (make install)
+# Usage: ci/install.sh   (make install, or make install RELEASE=FILE)
 #   DESTDIR    staging root, prefixed to every path (default: none)
 #   PREFIX     binaries go to PREFIX/bin (default /usr/local)
+#   RELEASE    a tarball from `make release`: install its bytes, verified
+#              against its SHA256SUMS, and build nothing (BIN, IMAGE_DIR and
+#              CONFIG_DIR are then ignored)
 #   BIN        where `make build` put the binaries (default bin)
 #   IMAGE_DIR  where `make image` put the guest image (default .work/image)
+#   CONFIG_DIR the handler configurations (default shim/config/handlers)
+# Run from an unpacked release (its install.sh), it installs that release.
 # The image goes to /usr/share/cloak/image and the configurations to /etc/cloak,
 # the paths the shim and the configurations use by default. An existing
 # configuration is never overwritten: the new default goes beside it as .new.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
 
 destdir=${DESTDIR:-}
 prefix=${PREFIX:-/usr/local}
-bin=${BIN:-bin}
-image=${IMAGE_DIR:-.work/image}
+release=${RELEASE:-}
+if [ -z "$release" ] && [ -f "$here/SHA256SUMS" ] && [ -d "$here/bin" ]; then
+	release=$here # the install.sh inside an unpacked release
+fi
 image_dest=/usr/share/cloak/image
 conf_dest=/etc/cloak
 share_dest=/usr/share/cloak
 handlers=(cloak emulated snp tdx)
 # Host binaries only: cloak-agent and cloak-aa run in the guest, inside the image.
 required=(containerd-shim-cloak-v2 kbs kbsctl cloak-image)
-optional=(cloak-snapshotter)
+optional=(cloak-snapshotter cloak)
 
 say() { echo "install: $*" >&2; }
 fail() { echo "install: $*" >&2; exit 1; }
+
+if [ -n "$release" ]; then
+	if [ -d "$release" ]; then
+		rel_root=$release
+	else
+		[ -r "$release" ] || fail "RELEASE=$release: no such file (a tarball from make release)"
+		unpack=$(mktemp -d)
+		trap 'rm -rf "$unpack"' EXIT
+		tar -xzf "$release" -C "$unpack" || fail "RELEASE=$release: not a gzip tarball"
+		tops=("$unpack"/*)
+		[ "${#tops[@]}" = 1 ] && [ -d "${tops[0]}" ] || fail "RELEASE=$release: want one top directory (cloak-VERSION-linux-amd64/), as make release writes"
+		rel_root=${tops[0]}
+	fi
+	[ -f "$rel_root/SHA256SUMS" ] || fail "release $release has no SHA256SUMS: not made by make release"
+	if ! sums=$(cd "$rel_root" && sha256sum --quiet --strict -c SHA256SUMS 2>&1); then
+		fail "release $release does not match its SHA256SUMS, nothing installed: $sums"
+	fi
+	say "installing release $(basename "$rel_root") (SHA256SUMS verified)"
+	bin=$rel_root/bin
+	image=$rel_root/image
+	config_dir=$rel_root/config
+else
+	cd "$here/.."
+	bin=${BIN:-bin}
+	image=${IMAGE_DIR:-.work/image}
+	config_dir=${CONFIG_DIR:-shim/config/handlers}
+fi
 
 case $prefix in /*) ;; *) fail "PREFIX=$prefix: want an absolute path" ;; esac
 for b in "${required[@]}"; do
 	[ -x "$bin/$b" ] || fail "$bin/$b is missing: run \`make build\` first (or set BIN to where it is)"
 done
-for f in vmlinuz initrd.img manifest.json; do
+for f in vmlinuz root.img manifest.json debian/vmlinuz debian/initrd.img; do
 	[ -f "$image/$f" ] || fail "$image/$f is missing: run \`make image\` first (or set IMAGE_DIR to where it is)"
 done
 
@@ -47,13 +81,14 @@ for b in "${required[@]}" "${optional[@]}"; do
 	install -D -m 0755 "$bin/$b" "$destdir$prefix/bin/$b"
 done
 
-for f in vmlinuz initrd.img manifest.json; do
+for f in vmlinuz root.img manifest.json debian/vmlinuz debian/initrd.img reference-values.cose; do
+	[ -f "$image/$f" ] || continue # the signed reference values are optional
 	say "$destdir$image_dest/$f"
 	install -D -m 0644 "$image/$f" "$destdir$image_dest/$f"
 done
 
 for h in "${handlers[@]}"; do
-	src=shim/config/handlers/configuration-$h.toml
+	src=$config_dir/configuration-$h.toml
 	dst=$destdir$conf_dest/configuration-$h.toml
 	if [ ! -e "$dst" ]; then
 		say "$dst"

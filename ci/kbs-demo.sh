@@ -16,7 +16,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }; else step() { printf '\n==> %s\n' "$*"; }; fi
 fail() { echo "demo: FAILED: $*" >&2; [ -f "$WORK/kbs.log" ] && tail -20 "$WORK/kbs.log" >&2; exit 1; }
 
 step "Generate an admin key pair (Ed25519)"
