@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
 func TestUnpackRefusesEscapes(t *testing.T) {
@@ -111,7 +113,7 @@ func FuzzUnpack(f *testing.F) {
 	f.Add(tarOf(f, symlink("up", "../.."), dir("d/")), tarOf(f, file("up/x", "x", 0o644), file("d/.wh..wh..opq", "", 0o644)))
 	f.Add(tarOf(f, file("a", "a", 0o644), hardlink("b", "a")), tarOf(f, file("b", "b", 0o4755)))
 	f.Fuzz(func(t *testing.T, layer1, layer2 []byte) {
-		parent := memTempDir(t)
+		parent := testutil.MemTempDir(t)
 		root := filepath.Join(parent, "rootfs")
 		if err := os.Mkdir(root, 0o755); err != nil {
 			t.Fatal(err)
@@ -133,16 +135,4 @@ func FuzzUnpack(f *testing.F) {
 			t.Fatalf("limits exceeded: %d bytes, %d files", u.bytes, u.files)
 		}
 	})
-}
-
-// memTempDir is a temporary directory on tmpfs when the machine has
-// /dev/shm: the guest unpacks into tmpfs too, and thousands of fuzz runs on
-// a disk-backed /tmp stall on journal I/O.
-func memTempDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("/dev/shm", "cloak-fuzz-")
-	if err != nil {
-		return t.TempDir()
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
