@@ -20,6 +20,7 @@ import (
 
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/agentpolicy"
+	"github.com/cloak-containers/cloak/internal/testutil"
 	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
@@ -63,7 +64,7 @@ func execSpec(t *testing.T, change func(*specs.Process), args ...string) []byte 
 // guest; what the policy declares still works.
 func TestAgentPolicyHostileHost(t *testing.T) {
 	reg := startRegistry(t)
-	layer, err := tarball.LayerFromReader(bytes.NewReader(busyboxTar(t)), tarball.WithMediaType(types.OCILayer))
+	layer, err := tarball.LayerFromOpener(testutil.BytesOpener(busyboxTar(t)), tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,14 +84,24 @@ func TestContainerdCtrRun(t *testing.T) {
 	}
 
 	t.Run("stdin", func(t *testing.T) {
+		const want = "ready\nfrom stdin\nsecond line\ndone\n"
 		var outs []string
 		for _, runtime := range []string{runcRuntime, cloakRuntime} {
 			id := "stdin-" + strings.Split(runtime, ".")[2]
 			ids = append(ids, id)
 			args := append(append([]string{"run", "--rm"}, runtimeArgs[runtime]...), ref, id, "sh", "-c", "echo ready; cat; echo done")
-			outs = append(outs, ctrStdinWhenReady(t, e, "from stdin\nsecond line\n", args...))
+			out := ctrStdinWhenReady(t, e, "from stdin\nsecond line\n", args...)
+			// ctr with runc now and then drops the last line written just
+			// before the process exits (seen once in CI: everything but
+			// "done"). runc is only the reference here, so its run is
+			// repeated; Cloak's output is never retried.
+			for try := 1; runtime == runcRuntime && out != want && try < 3; try++ {
+				t.Logf("runc reference printed %q, want %q; running it again", out, want)
+				out = ctrStdinWhenReady(t, e, "from stdin\nsecond line\n", args...)
+			}
+			outs = append(outs, out)
 		}
-		if want := "ready\nfrom stdin\nsecond line\ndone\n"; outs[0] != want || outs[1] != want {
+		if outs[0] != want || outs[1] != want {
 			t.Errorf("stdin echoed: runc %q, cloak %q, want %q", outs[0], outs[1], want)
 		}
 	})

@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
 // critestSkips are the critest specs (regular expressions on their full
@@ -309,7 +311,7 @@ func critestBusybox(t *testing.T) v1.Image {
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()), tarball.WithMediaType(types.OCILayer))
+	layer, err := tarball.LayerFromOpener(testutil.BytesOpener(buf.Bytes()), tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +334,7 @@ func tarLayer(t *testing.T, files map[string]string) v1.Layer {
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()), tarball.WithMediaType(types.OCILayer))
+	layer, err := tarball.LayerFromOpener(testutil.BytesOpener(buf.Bytes()), tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -147,7 +147,8 @@ func (k *emulatedKBS) port(t *testing.T) string {
 }
 
 // allowEmulated installs the development resource policy that releases
-// keys to emulated guests the attestation policy affirms (CI only), with
+// keys to emulated guests the attestation policy affirms but for the emulated
+// hardware (status warning, hardware 32; CI only), with
 // reasons: policy/examples/allow-emulated.rego, which make demo installs too.
 func (k *emulatedKBS) allowEmulated(t *testing.T) {
 	t.Helper()

@@ -64,29 +64,31 @@ func (r *recorder) answers() []string {
 	return strings.Split(strings.TrimSpace(r.out.String()), "\n")
 }
 
-// emulatedLaunch is the guest image's kernel, initrd and command line, and
-// their emulated launch digest (the SNP measurement, the TDX MRTD).
-func emulatedLaunch(t *testing.T) (kernel, initrd, cmdline string, digest []byte) {
+// emulatedLaunch is the guest image's default boot and its emulated launch
+// digest (the SNP measurement, the TDX MRTD): kernel, no initrd, and the
+// command line, which carries the root disk's root hash.
+func emulatedLaunch(t *testing.T) (g guestBoot, digest []byte) {
 	t.Helper()
-	dir := guestImage(t)
-	kernel, initrd, cmdline = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir)
-	kb, err := os.ReadFile(kernel)
+	g = imageBoot(t, guestImage(t))
+	kb, err := os.ReadFile(g.Kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ib, err := os.ReadFile(initrd)
-	if err != nil {
-		t.Fatal(err)
+	var ib []byte
+	if g.Initrd != "" {
+		if ib, err = os.ReadFile(g.Initrd); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return kernel, initrd, cmdline, measurements.EmulatedLaunchDigest(kb, ib, cmdline)
+	return g, measurements.EmulatedLaunchDigest(kb, ib, g.Cmdline)
 }
 
-// bootWithSPPort boots kernel and initrd with the cloak.sp port and serves
+// bootWithSPPort boots g with the cloak.sp port and serves
 // the port's host end with serve, recording its answers. Cleanup stops the
 // VM and checks its QEMU is gone.
-func bootWithSPPort(t *testing.T, kernel, initrd, cmdline string, serve func(io.ReadWriter) error) (*qemu.VM, *recorder) {
+func bootWithSPPort(t *testing.T, g guestBoot, serve func(io.ReadWriter) error) (*qemu.VM, *recorder) {
 	t.Helper()
-	vm, cfg := bootVMConfig(t, kernel, initrd, cmdline, func(c *qemu.Config) {
+	vm, cfg := bootVMConfig(t, g, func(c *qemu.Config) {
 		c.EmulatedSP = true
 	})
 	conn, err := net.Dial("unix", cfg.SPSocket())
@@ -109,7 +111,7 @@ func bootWithSPPort(t *testing.T, kernel, initrd, cmdline string, serve func(io.
 // SP's answers.
 func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte) (*qemu.VM, *recorder, []byte) {
 	t.Helper()
-	kernel, initrd, cmdline, measurement := emulatedLaunch(t)
+	g, measurement := emulatedLaunch(t)
 	hostData, err := emulatedsnp.HostDataFor(launchInitdata)
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +122,7 @@ func bootEmulatedSNP(t *testing.T, root *emulatedsnp.Root, launchInitdata []byte
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm, rec := bootWithSPPort(t, kernel, initrd, cmdline, sp.Serve)
+	vm, rec := bootWithSPPort(t, g, sp.Serve)
 	return vm, rec, measurement
 }
 

@@ -21,14 +21,14 @@ import (
 // the launch initdata's digest), recording its answers.
 func bootEmulatedTDX(t *testing.T, root *emulatedtdx.Root, launchInitdata []byte) (*qemu.VM, *recorder, []byte) {
 	t.Helper()
-	kernel, initrd, cmdline, mrtd := emulatedLaunch(t)
+	g, mrtd := emulatedLaunch(t)
 	var launch emulatedtdx.Launch
 	copy(launch.MRTD[:], mrtd)
 	var err error
 	if launch.MRCONFIGID, err = emulatedtdx.MRConfigIDFor(launchInitdata); err != nil {
 		t.Fatal(err)
 	}
-	vm, rec := bootWithSPPort(t, kernel, initrd, cmdline, emulatedtdx.New(root, launch).Serve)
+	vm, rec := bootWithSPPort(t, g, emulatedtdx.New(root, launch).Serve)
 	return vm, rec, mrtd
 }
 

@@ -157,7 +157,7 @@ func TestEncryptedLayerThroughKBS(t *testing.T) {
 	}
 
 	// The KBS recorded both decisions for this key.
-	page, err := k.admin.Audit(ctx, 0, 100)
+	page, err := k.admin.Audit(ctx, 0, 100, "")
 	if err != nil {
 		t.Fatal(err)
 	}

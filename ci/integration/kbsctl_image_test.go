@@ -46,7 +46,8 @@ func TestKbsctlImageEncryptGuestPull(t *testing.T) {
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("kbsctl image encrypt: %v\n%s", err, stderr.String())
+			// -o json: the error object is on stdout, progress on stderr.
+			t.Fatalf("kbsctl image encrypt: %v\n%s%s", err, out, stderr.String())
 		}
 		if !strings.Contains(stderr.String(), "layer 1/1 sha256:") {
 			t.Errorf("no progress on stderr: %q", stderr.String())

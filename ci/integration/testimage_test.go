@@ -24,6 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
 // startRegistry serves an OCI registry (go-containerregistry's, in memory) on
@@ -102,7 +104,7 @@ func push(t testing.TB, ref string, img v1.Image) {
 
 // pushBusybox pushes a plain busybox image and returns its reference.
 func pushBusybox(t testing.TB, registryHost string) string {
-	layer, err := tarball.LayerFromReader(bytes.NewReader(busyboxTar(t)), tarball.WithMediaType(types.OCILayer))
+	layer, err := tarball.LayerFromOpener(testutil.BytesOpener(busyboxTar(t)), tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +139,7 @@ func (l *encryptedLayer) MediaType() (types.MediaType, error) {
 // host-side keyprovider already registered (useProvider), under key id kid
 // with the KEK in kekPath, and pushes it.
 func pushEncryptedBusybox(t testing.TB, registryHost, repo, kekPath, kid string) string {
-	plain, err := tarball.LayerFromReader(bytes.NewReader(busyboxTar(t)), tarball.WithMediaType(types.OCILayer))
+	plain, err := tarball.LayerFromOpener(testutil.BytesOpener(busyboxTar(t)), tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -187,6 +187,11 @@ func TestTPMSwtpmEvidence(t *testing.T) {
 	if doc.EKCert == "" || len(doc.Quote.PCRs) != 24 || doc.AKTPMPublic == "" {
 		t.Fatalf("evidence lacks EK certificate, PCRs or AK template: %s", ev)
 	}
+	// The TPM quotes the 48-byte digest cut to 32 bytes, as
+	// guest-components' TPM attester does (TPM_REPORT_DATA_SIZE = 32).
+	if quoted, err := kbstpm.QuotedReportData(ev); err != nil || !bytes.Equal(quoted, rd[:kbstypes.TPMReportDataSize]) {
+		t.Fatalf("quoted extraData = %x (%v), want the digest's first 32 bytes %x", quoted, err, rd[:kbstypes.TPMReportDataSize])
+	}
 
 	claims, err := v.Verify(ctx, ev, rd, nil)
 	if err != nil {
@@ -289,10 +294,11 @@ func TestTPMSwtpmEvidence(t *testing.T) {
 	}
 }
 
-// tpmReportData is the KBS binding of nonce and a fixed TEE key.
+// tpmReportData is the KBS binding of nonce and a fixed TEE key, the
+// 48-byte digest the KBS hands its verifiers and the guest its attester.
 func tpmReportData(t testing.TB, nonce string) []byte {
 	t.Helper()
-	rd, err := kbstypes.ReportData("", nonce, json.RawMessage(`{"kty":"EC","crv":"P-256","x":"x","y":"y"}`))
+	rd, err := kbstypes.RuntimeDataDigest("", nonce, json.RawMessage(`{"kty":"EC","crv":"P-256","x":"x","y":"y"}`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ import (
 func bootVTPM(t *testing.T, stateDir, setupConfig string) *qemu.VM {
 	t.Helper()
 	dir := guestImage(t)
-	vm, _ := bootVMConfig(t, filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img"), imageCmdline(t, dir), func(c *qemu.Config) {
+	vm, _ := bootVMConfig(t, imageBoot(t, dir), func(c *qemu.Config) {
 		c.TPM = qemu.VTPM{StateDir: stateDir, SetupConfig: setupConfig}
 	})
 	return vm
