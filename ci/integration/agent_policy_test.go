@@ -20,8 +20,8 @@ import (
 
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/agentpolicy"
+	emulatedsnp "github.com/cloak-containers/cloak/emulated/snp"
 	"github.com/cloak-containers/cloak/internal/testutil"
-	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
 // policyContainerSpec is the spec the policy of TestAgentPolicyHostileHost

@@ -23,6 +23,7 @@ import (
 	snpevidence "github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/attestation-agent/teekey"
+	emulatedsnp "github.com/cloak-containers/cloak/emulated/snp"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbs/jwe"
 	"github.com/cloak-containers/cloak/kbs/server"
@@ -30,7 +31,6 @@ import (
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
 	"github.com/cloak-containers/cloak/kbstypes"
-	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
 // benchConcurrency is the number of guests attesting at once.

@@ -13,8 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	emulatedsnp "github.com/cloak-containers/cloak/emulated/snp"
 	"github.com/cloak-containers/cloak/kbs/keywrap"
-	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
 // TestEmulatedSNPThroughKBS runs a pod whose image is encrypted, through

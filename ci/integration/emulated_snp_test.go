@@ -19,8 +19,8 @@ import (
 	"github.com/google/go-sev-guest/verify/trust"
 
 	"github.com/cloak-containers/cloak/agentpolicy"
+	emulatedsnp "github.com/cloak-containers/cloak/emulated/snp"
 	"github.com/cloak-containers/cloak/measurements"
-	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
 

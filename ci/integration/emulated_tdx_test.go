@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	emulatedtdx "github.com/cloak-containers/cloak/emulated/tdx"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	tdxverifier "github.com/cloak-containers/cloak/kbs/verifier/tdx"
-	"github.com/cloak-containers/cloak/shim/emulatedtdx"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
 

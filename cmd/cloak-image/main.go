@@ -20,13 +20,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	emulatedsnp "github.com/cloak-containers/cloak/emulated/snp"
 	"github.com/cloak-containers/cloak/guest-image/build"
 	"github.com/cloak-containers/cloak/guest-image/build/kernel"
 	"github.com/cloak-containers/cloak/internal/cmdline"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/measurements/launch"
 	"github.com/cloak-containers/cloak/measurements/snp"
-	"github.com/cloak-containers/cloak/shim/emulatedsnp"
 )
 
 // Exit codes: 1 for a failed command or a mistake on the command line, 2

@@ -9,12 +9,12 @@ import (
 	"log/slog"
 	"os"
 
+	emulatedsnp "github.com/cloak-containers/cloak/emulated/snp"
+	emulatedtdx "github.com/cloak-containers/cloak/emulated/tdx"
 	"github.com/cloak-containers/cloak/measurements"
 	"github.com/cloak-containers/cloak/measurements/launch"
 	"github.com/cloak-containers/cloak/measurements/snp"
 	"github.com/cloak-containers/cloak/shim/config"
-	"github.com/cloak-containers/cloak/shim/emulatedsnp"
-	"github.com/cloak-containers/cloak/shim/emulatedtdx"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )
 

@@ -15,7 +15,7 @@ import (
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/spport"
 )
 
-// The emulated SP's line protocol (host side: shim/emulatedsnp/protocol.go;
+// The emulated SP's line protocol (host side: emulated/snp/protocol.go;
 // the port itself is spport's):
 //
 //	guest: REPORT <id> <vmpl> <report data: 128 hex digits>\n

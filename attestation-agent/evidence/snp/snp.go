@@ -5,7 +5,7 @@
 //  1. configfs-tsm (/sys/kernel/config/tsm/report, provider sev_guest),
 //  2. the sev-guest device (/dev/sev-guest, extended report ioctl),
 //  3. Cloak's emulated SP on the virtio-serial port cloak.sp (CI and
-//     laptops; see shim/emulatedsnp). Its reports chain to a test-only
+//     laptops; see emulated/snp). Its reports chain to a test-only
 //     root that a KBS trusts only when told to.
 package snp
 

@@ -46,7 +46,7 @@ func fakeCertTable() []byte {
 	return t.Marshal()
 }
 
-// fakeSP answers requests on conn like shim/emulatedsnp, first sending
+// fakeSP answers requests on conn like emulated/snp, first sending
 // noise: a stale answer for another id and a garbage line.
 func fakeSP(t *testing.T, conn net.Conn, answer func(id string, rd [abi.ReportDataSize]byte) string) {
 	t.Helper()

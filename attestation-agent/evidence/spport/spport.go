@@ -2,7 +2,7 @@
 // virtio-serial port (/dev/virtio-ports/cloak.sp), shared by the emulated
 // SEV-SNP and TDX evidence sources: one request line out, answer lines in
 // until the one that carries the request's id. The host end is
-// shim/emulatedport (guest code cannot import host code); the commands are
+// emulated/port (guest code cannot import host code); the commands are
 // each platform's (attestation-agent/evidence/snp, .../tdx).
 //
 //	guest: <cmd> <id> [<arg>]\n

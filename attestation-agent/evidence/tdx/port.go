@@ -12,7 +12,7 @@ import (
 )
 
 // The emulated platform's line protocol (host side:
-// shim/emulatedtdx/protocol.go; the port itself is spport's):
+// emulated/tdx/protocol.go; the port itself is spport's):
 //
 //	guest: PLATFORM <id>\n          SP: OK <id> tdx\n
 //	guest: QUOTE <id> <128 hex>\n   SP: OK <id> <quote: base64>\n

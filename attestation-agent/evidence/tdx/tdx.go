@@ -9,7 +9,7 @@
 //  1. configfs-tsm (/sys/kernel/config/tsm/report, provider tdx_guest),
 //  2. the tdx-guest device (/dev/tdx_guest, GET_QUOTE ioctl),
 //  3. Cloak's emulated quoting service on the virtio-serial port cloak.sp
-//     (CI and laptops; see shim/emulatedtdx), when it answers PLATFORM with
+//     (CI and laptops; see emulated/tdx), when it answers PLATFORM with
 //     "tdx" (the same port serves the emulated SEV-SNP SP otherwise). Its
 //     quotes chain to a test-only root a KBS trusts only when told to.
 package tdx

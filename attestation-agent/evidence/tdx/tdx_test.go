@@ -78,7 +78,7 @@ func fakePort(t *testing.T, answer func(f []string) string) string {
 	return slave
 }
 
-// tdxPort answers like shim/emulatedtdx: PLATFORM -> tdx, QUOTE -> a fake
+// tdxPort answers like emulated/tdx: PLATFORM -> tdx, QUOTE -> a fake
 // quote binding the request's report data (or other report data when
 // replay is set).
 func tdxPort(t *testing.T, mrConfigID [48]byte, replay bool) string {

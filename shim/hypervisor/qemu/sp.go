@@ -6,7 +6,7 @@ import (
 )
 
 // SPPortName is the virtserialport of the emulated SEV-SNP secure
-// processor (shim/emulatedsnp); the guest opens /dev/virtio-ports/cloak.sp.
+// processor (emulated/snp); the guest opens /dev/virtio-ports/cloak.sp.
 const SPPortName = "cloak.sp"
 
 // QOM ids of the emulated SP port.

@@ -1,4 +1,4 @@
-// Package emulatedsnp is Cloak's emulated SEV-SNP platform for CI and
+// Package snp is Cloak's emulated SEV-SNP platform for CI and
 // laptops: a simulated AMD secure processor (SP) in the shim that signs
 // genuine-format SNP attestation reports with a test-only ARK -> ASK -> VCEK
 // chain generated on this machine. A KBS accepts its reports only when it was
@@ -6,7 +6,7 @@
 //
 // The guest reaches the SP over a dedicated virtio-serial port (Port); the
 // request/response lines are described in protocol.go.
-package emulatedsnp
+package snp
 
 import (
 	"crypto"
@@ -25,7 +25,7 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 
-	"github.com/cloak-containers/cloak/shim/emulatedroot"
+	emulatedroot "github.com/cloak-containers/cloak/emulated/root"
 )
 
 // DefaultDir holds the chain of this machine's emulated SP.

@@ -1,4 +1,4 @@
-package emulatedtdx
+package tdx
 
 import (
 	"crypto/sha256"

@@ -1,4 +1,4 @@
-// Package emulatedtdx is Cloak's emulated Intel TDX platform for CI and
+// Package tdx is Cloak's emulated Intel TDX platform for CI and
 // laptops: a simulated quoting service in the shim that issues genuine-format
 // DCAP v4 quotes, signed by a test-only Intel-style hierarchy generated on
 // this machine (root CA -> PCK platform CA -> PCK certificate with the SGX
@@ -9,7 +9,7 @@
 //
 // The guest reaches it over the same virtio-serial port as the emulated
 // SEV-SNP SP (cloak.sp); the request/response lines are in protocol.go.
-package emulatedtdx
+package tdx
 
 import (
 	"crypto/ecdsa"
@@ -23,7 +23,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cloak-containers/cloak/shim/emulatedroot"
+	emulatedroot "github.com/cloak-containers/cloak/emulated/root"
 )
 
 // DefaultDir holds the hierarchy of this machine's emulated TDX platform.

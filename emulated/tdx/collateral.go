@@ -1,4 +1,4 @@
-package emulatedtdx
+package tdx
 
 import (
 	"crypto/ecdsa"
@@ -17,7 +17,7 @@ import (
 
 	"github.com/google/go-tdx-guest/pcs"
 
-	"github.com/cloak-containers/cloak/shim/emulatedroot"
+	emulatedroot "github.com/cloak-containers/cloak/emulated/root"
 )
 
 // CollateralValidity is how long collateral written by WriteCollateral stays

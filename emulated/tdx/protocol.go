@@ -1,4 +1,4 @@
-package emulatedtdx
+package tdx
 
 import (
 	"bytes"
@@ -11,11 +11,11 @@ import (
 
 	"github.com/google/go-tdx-guest/abi"
 
-	"github.com/cloak-containers/cloak/shim/emulatedport"
+	emulatedport "github.com/cloak-containers/cloak/emulated/port"
 )
 
 // The quoting service speaks the line protocol of the emulated SEV-SNP SP
-// (shim/emulatedsnp/protocol.go) on the same cloak.sp port, with its own
+// (emulated/snp/protocol.go) on the same cloak.sp port, with its own
 // commands: one line per request and per response, so that a garbled or
 // partial line costs one error answer and nothing more.
 //
@@ -27,7 +27,7 @@ import (
 //
 // <id> is 1-32 letters or digits chosen by the guest. PLATFORM lets a guest
 // tell which emulated platform serves the port: the emulated SNP SP answers
-// it with ERR. The line loop is shim/emulatedport's; the guest's copy of
+// it with ERR. The line loop is emulated/port's; the guest's copy of
 // this format is attestation-agent/evidence/tdx (guest code cannot import
 // host code).
 const (

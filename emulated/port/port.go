@@ -1,11 +1,11 @@
-// Package emulatedport serves the host end of the emulated TEE firmware's
-// virtio-serial port (cloak.sp) for shim/emulatedsnp and shim/emulatedtdx:
+// Package port serves the host end of the emulated TEE firmware's
+// virtio-serial port (cloak.sp) for emulated/snp and emulated/tdx:
 // one request line in, one answer line out, so that a garbled or partial
 // line (the port is one byte stream across guest processes) costs one
 // error answer and nothing more. Each platform parses its own requests
 // and writes its own answers; the guest's side of the port is
 // attestation-agent/evidence/spport (guest code cannot import host code).
-package emulatedport
+package port
 
 import (
 	"bufio"

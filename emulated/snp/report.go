@@ -1,4 +1,4 @@
-package emulatedsnp
+package snp
 
 import (
 	"crypto/ecdsa"

@@ -1,4 +1,4 @@
-package emulatedsnp
+package snp
 
 import (
 	"bufio"
@@ -19,8 +19,8 @@ import (
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
 
-	"github.com/cloak-containers/cloak/shim/emulatedport"
-	"github.com/cloak-containers/cloak/shim/emulatedroot"
+	emulatedport "github.com/cloak-containers/cloak/emulated/port"
+	emulatedroot "github.com/cloak-containers/cloak/emulated/root"
 )
 
 // testDir holds the one chain the tests share: RSA-4096 key generation

@@ -1,4 +1,4 @@
-package emulatedsnp
+package snp
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 
-	"github.com/cloak-containers/cloak/shim/emulatedport"
+	emulatedport "github.com/cloak-containers/cloak/emulated/port"
 )
 
 // The SP protocol: one line per request and per response over the VM's
@@ -25,7 +25,7 @@ import (
 //
 // <id> is 1-32 letters or digits chosen by the guest; it lets the guest drop
 // answers to requests that are not its own. The line loop is
-// shim/emulatedport's; the guest's copy of this format is
+// emulated/port's; the guest's copy of this format is
 // attestation-agent/evidence/snp (guest code cannot import host code).
 const (
 	// MaxRequestLine bounds a request line, newline included.

@@ -1,4 +1,4 @@
-package emulatedtdx
+package tdx
 
 import (
 	"bufio"
@@ -21,10 +21,10 @@ import (
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 
+	emulatedport "github.com/cloak-containers/cloak/emulated/port"
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	tdxverifier "github.com/cloak-containers/cloak/kbs/verifier/tdx"
-	"github.com/cloak-containers/cloak/shim/emulatedport"
 )
 
 // The tests verify with the KBS's own TDX verifier (host test code may use

@@ -1,4 +1,4 @@
-package emulatedtdx
+package tdx
 
 import (
 	"crypto/ecdsa"
@@ -10,8 +10,8 @@ import (
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 
+	emulatedroot "github.com/cloak-containers/cloak/emulated/root"
 	"github.com/cloak-containers/cloak/kbstypes"
-	"github.com/cloak-containers/cloak/shim/emulatedroot"
 )
 
 // Quote format constants (Intel TDX DCAP quote v4).

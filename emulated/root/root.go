@@ -1,9 +1,9 @@
-// Package emulatedroot keeps the test-only certificate hierarchies of the
-// emulated TEE platforms (shim/emulatedsnp, shim/emulatedtdx) on disk: one
+// Package root keeps the test-only certificate hierarchies of the
+// emulated TEE platforms (emulated/snp, emulated/tdx) on disk: one
 // directory per platform, created once under a lock file and afterwards
 // loaded as it is, plus the PEM and certificate helpers both use. What the
 // hierarchies contain stays with each platform.
-package emulatedroot
+package root
 
 import (
 	"crypto"
