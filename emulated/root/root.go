@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloak-containers/cloak/internal/atomicfile"
 )
 
 // lockFile serializes creation among concurrent callers.
@@ -71,27 +73,14 @@ type File struct {
 }
 
 // WriteFiles writes files to dir (which must exist) in order, each one
-// atomically (a temporary file renamed over it).
+// atomically and durably (atomicfile.Write).
 func WriteFiles(dir string, files ...File) error {
 	for _, f := range files {
-		if err := WriteFileAtomic(filepath.Join(dir, f.Name), f.Data, f.Mode); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, f.Name), f.Data, f.Mode); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// WriteFileAtomic writes path through a temporary file renamed over it, so
-// that readers see the old or the new content, never a part.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // MarshalKeys encodes private keys as concatenated PKCS #8 PEM blocks.

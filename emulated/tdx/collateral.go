@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-tdx-guest/pcs"
 
 	emulatedroot "github.com/cloak-containers/cloak/emulated/root"
+	"github.com/cloak-containers/cloak/internal/atomicfile"
 )
 
 // CollateralValidity is how long collateral written by WriteCollateral stays
@@ -101,11 +102,11 @@ func (r *Root) WriteCollateral(dir string, now time.Time) error {
 			for name, v := range resp.Header {
 				fmt.Fprintf(&h, "%s: %s\n", name, v)
 			}
-			if err := emulatedroot.WriteFileAtomic(p+".headers", []byte(h.String()), 0o644); err != nil {
+			if err := atomicfile.Write(p+".headers", []byte(h.String()), 0o644); err != nil {
 				return fmt.Errorf("write emulated TDX collateral: %w", err)
 			}
 		}
-		if err := emulatedroot.WriteFileAtomic(p, resp.Body, 0o644); err != nil {
+		if err := atomicfile.Write(p, resp.Body, 0o644); err != nil {
 			return fmt.Errorf("write emulated TDX collateral: %w", err)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/internal/atomicfile"
 )
 
 // DefaultPlatform is used when a request names none.
@@ -229,17 +230,5 @@ func saveStored(imageDir string, s stored) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(imageDir, storedFile+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(imageDir, storedFile))
+	return atomicfile.Write(filepath.Join(imageDir, storedFile), b, 0o600)
 }

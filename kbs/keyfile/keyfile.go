@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/cloak-containers/cloak/internal/atomicfile"
 )
 
 // LoadOrCreate returns the contents of path. If the file does not exist it
@@ -30,31 +32,11 @@ func LoadOrCreate(path string, create func() ([]byte, error)) ([]byte, error) {
 	return data, nil
 }
 
-// Write stores data at path with mode 0600 via a temporary file, fsync and rename.
+// Write stores data at path with mode 0600 (atomicfile.Write: temporary
+// file, fsync, rename, directory fsync), creating its directory (0700).
 func Write(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create directory for %s: %w", path, err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	err = tmp.Chmod(0o600)
-	if err == nil {
-		_, err = tmp.Write(data)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.Write(path, data, 0o600)
 }

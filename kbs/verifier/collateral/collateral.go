@@ -49,6 +49,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/cloak-containers/cloak/internal/atomicfile"
 )
 
 // Limits on what a collateral server may send. Real collateral is far
@@ -471,24 +473,8 @@ func (f *Fetcher) writeDisk(key string, e entry) error {
 		return err
 	}
 	p := f.diskPath(key)
-	if err := writeAtomic(p, e.Body); err != nil {
+	if err := atomicfile.Write(p, e.Body, 0o600); err != nil {
 		return err
 	}
-	return writeAtomic(p+".json", meta)
-}
-
-func writeAtomic(p string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
+	return atomicfile.Write(p+".json", meta, 0o600)
 }
