@@ -329,16 +329,27 @@ func evidenceErr(detail string, err error) error {
 	return &verifier.CheckError{Check: verifier.CheckEvidence, Detail: detail, Err: err}
 }
 
-// chainErr names what go-sev-guest's verify refused.
+// chainErr names what go-sev-guest's verify refused. Its exported errors are
+// matched by type: *trust.AttestationRecreationErr (a certificate it had to
+// fetch could not be had; it carries the getter's error, e.g. a
+// collateral.MissingError, only as text) and ErrMissingVlek. go-sev-guest
+// v0.15.0 returns the others as fmt.Errorf with %v and no exported type, so
+// those are told apart by their words; TestChainErrClassification pins both
+// kinds, so an upgrade that changes them fails there.
 func chainErr(err error, certSource string) error {
+	var fetch *trust.AttestationRecreationErr
+	switch {
+	case errors.As(err, &fetch):
+		return evidenceErr("snp endorsement key certificate is not in the evidence and could not be fetched from AMD KDS: provide it in the evidence, allow KDS access, or add it to the offline collateral directory", err)
+	case errors.Is(err, verify.ErrMissingVlek):
+		return evidenceErr("snp certificate chain is incomplete (cert source: "+certSource+")", err)
+	}
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "report signature verification error"):
 		return evidenceErr("snp report signature does not verify with its endorsement key: the report or its certificate was altered", err)
 	case strings.Contains(msg, "could not be verified by any trusted roots"):
 		return evidenceErr("snp endorsement key certificate does not chain to a trusted AMD root (or a configured extra root), or is outside its validity period", err)
-	case strings.Contains(msg, "could not download") || strings.Contains(msg, "not available offline") || errors.As(err, new(*collateral.MissingError)):
-		return evidenceErr("snp endorsement key certificate is not in the evidence and could not be fetched from AMD KDS: provide it in the evidence, allow KDS access, or add it to the offline collateral directory", err)
 	case strings.Contains(msg, "missing"):
 		return evidenceErr("snp certificate chain is incomplete (cert source: "+certSource+")", err)
 	}

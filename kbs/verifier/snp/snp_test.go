@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	sevtest "github.com/google/go-sev-guest/testing"
+	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/testdata"
 	"github.com/google/go-sev-guest/verify/trust"
 
@@ -143,6 +145,7 @@ func TestGenuineVCEKFromOfflineDir(t *testing.T) {
 	_, err := v.Verify(context.Background(), ev, genuineReportData(), nil)
 	p, _ := collateral.OfflinePath(dir, url)
 	wantCheck(t, err, verifier.CheckEvidence, p)
+	wantCheck(t, err, verifier.CheckEvidence, "could not be fetched from AMD KDS")
 
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		t.Fatal(err)
@@ -161,6 +164,35 @@ func TestGenuineVCEKFromOfflineDir(t *testing.T) {
 	v2, _ := New(Options{CRL: CRLSkip, Now: at(genuineTime)})
 	_, err = v2.Verify(context.Background(), ev, genuineReportData(), nil)
 	wantCheck(t, err, verifier.CheckEvidence, "missing")
+}
+
+// TestChainErrClassification pins how chainErr reads go-sev-guest's errors:
+// the exported types by type, whatever their text (a classification by
+// message would send the first case to the generic "invalid"), and the
+// untyped ones by the words go-sev-guest v0.15.0 uses (TestGenuineFlippedBits
+// produces those from real verification).
+func TestChainErrClassification(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"fetch failed", fmt.Errorf("verify: %w", &trust.AttestationRecreationErr{Msg: "offline"}), "could not be fetched from AMD KDS"},
+		{"no VLEK", fmt.Errorf("verify: %w", verify.ErrMissingVlek), "chain is incomplete (cert source: evidence)"},
+		{"signature", errors.New("report signature verification error: crypto/ecdsa: verification error"), "report signature does not verify"},
+		{"chain", errors.New("VCEK could not be verified by any trusted roots. Last error: x509"), "does not chain to a trusted AMD root"},
+		{"missing certificate", errors.New("missing VCEK certificate"), "chain is incomplete"},
+		{"other", errors.New("unknown SignatureAlgo: 7"), "snp report or certificate chain is invalid"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := chainErr(tc.err, "evidence")
+			wantCheck(t, err, verifier.CheckEvidence, tc.want)
+			if !errors.Is(err, tc.err) {
+				t.Errorf("chainErr(%v) = %v, does not wrap the library's error", tc.err, err)
+			}
+		})
+	}
 }
 
 // fakeChain is a test-only ARK/ASK/VCEK made with go-sev-guest's helpers.

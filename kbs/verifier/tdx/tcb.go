@@ -17,7 +17,9 @@ import (
 // instead and lets the attestation policy decide (as Intel's QVL and Trustee
 // do), so these two error prefixes are not fatal by themselves: everything
 // the library checks before them has passed, and what it would have checked
-// after them (the QE identity) is checked here.
+// after them (the QE identity) is checked here. The refusal wraps the
+// library's ErrTcbStatus (or an unexported fmt error) with %v, so
+// errors.Is cannot see it: the prefixes are all it exports of this case.
 const (
 	tdTCBStatusErr = "TDX TCB info reported by Intel PCS failed TCB status check: "
 	qeTCBStatusErr = "QE Identity reported by Intel PCS failed TCB status check: "
