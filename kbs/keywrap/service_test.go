@@ -27,6 +27,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
 const annotationID = "org.opencontainers.image.enc.keys.provider.attestation-agent"
@@ -67,17 +69,13 @@ func startServe(t *testing.T, sock string) {
 			t.Errorf("socket %s left behind (stat err %v)", sock, err)
 		}
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if c, err := net.Dial("unix", sock); err == nil {
+	testutil.Eventually(t, 5*time.Second, "key provider socket "+sock+" accepts connections", func() bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
 			c.Close()
-			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("key provider socket did not come up")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil
+	})
 }
 
 // guestUnwrapper plays the guest's attestation agent in tests: it answers

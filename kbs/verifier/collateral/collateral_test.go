@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
 // server serves answers from a handler and counts requests.
@@ -315,9 +317,7 @@ func TestConcurrentGetsShareOneRequest(t *testing.T) {
 		}()
 	}
 	// Let the goroutines reach the server before answering.
-	for s.hits.Load() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "first request reaches the server", func() bool { return s.hits.Load() > 0 })
 	time.Sleep(50 * time.Millisecond)
 	close(release)
 	wg.Wait()

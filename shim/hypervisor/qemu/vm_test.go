@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
 // These tests boot real QEMU under TCG without a kernel: the firmware finds
@@ -74,11 +76,13 @@ func assertGone(t *testing.T, pid int) {
 // settledGoroutines waits briefly for goroutines to wind down and returns
 // how many are left.
 func settledGoroutines(limit int) int {
-	n := runtime.NumGoroutine()
-	for i := 0; i < 100 && n > limit; i++ {
-		time.Sleep(10 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var n int
+	_ = testutil.Poll(ctx, 10*time.Millisecond, func() (bool, error) {
 		n = runtime.NumGoroutine()
-	}
+		return n <= limit, nil
+	})
 	return n
 }
 
