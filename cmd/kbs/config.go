@@ -295,7 +295,7 @@ func (c *configFile) reload(log *slog.Logger, srv keySetter) {
 	}
 	for _, name := range changedSettings(c.flags, next) {
 		log.Warn("setting changed, but it takes effect only at a restart of kbs; until then the running value stays",
-			"key", name, "running", flagText(c.flags.Lookup(name)), "file", flagText(next.Lookup(name)))
+			"key", name, "running", flagText(c.flags.Lookup(name)), "configured", flagText(next.Lookup(name)))
 	}
 	added, removed := srv.SetAdminKeys(admins, auditors)
 	for _, role := range []string{adminapi.RoleAdmin, adminapi.RoleAuditor} {

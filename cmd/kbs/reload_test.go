@@ -256,7 +256,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Errorf("auditor role change %v, want carol %s added", r, fp("carol"))
 	}
 	if r := findRecord(recs, func(r map[string]any) bool { return r["key"] == "session-ttl" }); r == nil || r["level"] != "WARN" ||
-		!strings.Contains(r["msg"].(string), "restart") || r["running"] != "5m0s" || r["file"] != "7m0s" {
+		!strings.Contains(r["msg"].(string), "restart") || r["running"] != "5m0s" || r["configured"] != "7m0s" {
 		t.Errorf("no restart warning for session-ttl: %v", recs)
 	}
 	if r := findRecord(recs, func(r map[string]any) bool { return r["key"] == "listen" }); r != nil {
