@@ -47,6 +47,7 @@ type configFile struct {
 	flags      *pflag.FlagSet  // the running command's flags, completed from the file
 	cli        map[string]bool // flags given on the command line: they win over the file
 	overridden []string        // keys of the file the command line overrode
+	applied    int             // keys of the file applied at the start
 }
 
 // addConfigFlag registers --config on f.
@@ -72,6 +73,7 @@ func (c *configFile) load(fs *pflag.FlagSet) error {
 	if err != nil {
 		return fmt.Errorf("--config %s: %w", c.path, err)
 	}
+	c.applied = len(settings) - len(c.overridden)
 	return nil
 }
 
@@ -251,12 +253,16 @@ type keySetter interface {
 	SetAdminKeys(admin, auditor []ed25519.PublicKey) (added, removed []adminauth.Key)
 }
 
-// watch reloads the configuration on each SIGHUP until ctx ends or stop is
-// called; stop waits for a reload under way. A nil c (run called without
-// the command, in tests) watches nothing.
+// watch logs what the start took from the file, then reloads the
+// configuration on each SIGHUP until ctx ends or stop is called; stop waits
+// for a reload under way. A nil c (run called without the command, in
+// tests) watches nothing.
 func (c *configFile) watch(ctx context.Context, log *slog.Logger, srv keySetter) (stop func()) {
 	if c == nil {
 		return func() {}
+	}
+	if c.path != "" {
+		log.Info("configuration file loaded; SIGHUP reloads it", "file", c.path, "keys_applied", c.applied)
 	}
 	if len(c.overridden) > 0 {
 		log.Info("the command line overrides these keys of the configuration file", "file", c.path, "keys", c.overridden)

@@ -204,6 +204,10 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	if r := findRecord(start, func(r map[string]any) bool { return strings.HasPrefix(r["msg"].(string), "the command line overrides") }); r == nil || !slices.Equal(strs(r["keys"]), []string{"listen"}) {
 		t.Errorf("no start-up record of the overridden listen key: %v", start)
 	}
+	// data-dir, insecure-http, log-format, admin-public-key; not listen.
+	if r := findRecord(start, func(r map[string]any) bool { return strings.HasPrefix(r["msg"].(string), "configuration file loaded") }); r == nil || r["file"] != conf || r["keys_applied"] != 4.0 {
+		t.Errorf("no start-up record of the file with 4 keys applied: %v", start)
+	}
 
 	ctx := t.Context()
 	client := func(name string) *adminclient.Client {
