@@ -47,6 +47,7 @@ type options struct {
 	tdxExtraRoots                                 []string
 	tpmTrustedAKs, tpmEKRoots, tpmEKIntermediates string
 	sessionTTL, tokenTTL                          time.Duration
+	config                                        *configFile
 }
 
 func main() {
@@ -78,7 +79,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func newCommand() *cobra.Command {
 	var o options
 	cmd := &cobra.Command{
-		Use:   "kbs --data-dir DIR [flags]",
+		Use:   "kbs (--data-dir DIR | --config FILE) [flags]",
 		Short: "Cloak Key Broker Service (Trustee KBS protocol 0.4.0)",
 		Example: `  # First start: creates DIR/tls/cert.pem (self-signed) and prints its fingerprint
   kbs --data-dir /var/lib/cloak-kbs --admin-public-key admin.pub
@@ -88,9 +89,22 @@ func newCommand() *cobra.Command {
       --admin-public-key alice.pub --admin-public-key bob.pub --auditor-public-key carol.pub
 
   # Local development without TLS
-  kbs --listen 127.0.0.1:8080 --data-dir ./kbs-data --insecure-http`,
+  kbs --listen 127.0.0.1:8080 --data-dir ./kbs-data --insecure-http
+
+  # Settings from a TOML file whose keys are the flag names; the command line wins over it
+  #   /etc/cloak/kbs.toml:
+  #   data-dir = "/var/lib/cloak-kbs"
+  #   listen = "0.0.0.0:8443"
+  #   admin-public-key = ["/etc/cloak/alice.pub"]
+  #   auditor-public-key = ["/etc/cloak/carol.pub"]
+  #   session-ttl = "5m"
+  kbs --config /etc/cloak/kbs.toml --log-level debug
+  kill -HUP $(pidof kbs)   # applies edited admin and auditor keys without a restart`,
 		Args: cobra.NoArgs,
-		PreRunE: func(*cobra.Command, []string) error {
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.config.load(cmd.Flags()); err != nil {
+				return err
+			}
 			// cobra's MarkFlagsRequiredTogether says only "missing [tls-key]".
 			switch {
 			case o.tlsCert != "" && o.tlsKey == "":
@@ -105,6 +119,7 @@ func newCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	o.config = addConfigFlag(f)
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database, keys and TLS certificate (required)")
 	f.StringArrayVar(&o.adminKeys, "admin-public-key", nil, "PEM Ed25519 public key whose tokens get the admin role: read and write (repeatable); with no admin or auditor key the admin API is disabled")
@@ -264,6 +279,7 @@ func run(ctx context.Context, o options, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer o.config.watch(ctx, log, srv)()
 	errc := make(chan error, 1)
 	go func() { errc <- httpSrv.Serve(ln) }()
 	fmt.Printf("kbs listening on %s://%s\n", scheme, ln.Addr())

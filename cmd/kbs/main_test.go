@@ -24,10 +24,7 @@ import (
 // self-signed certificate, checks /healthz over TLS pinned to the generated
 // certificate, and stops it with SIGTERM.
 func TestServe(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "kbs")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := kbsBinary(t)
 	dir := t.TempDir()
 	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--data-dir", dir)
 	stdout, _ := cmd.StdoutPipe()

@@ -7,6 +7,10 @@
 // admin key or an auditor key. The token's role claim may only narrow that
 // role (an admin key signing role "auditor"), never widen it, so a read-only
 // auditor key cannot be turned into an admin by the client.
+//
+// The key set can be replaced while tokens are being verified (SetKeys; the
+// kbs does it on SIGHUP): a verification uses the old set or the new one,
+// never a mix.
 package adminauth
 
 import (
@@ -17,6 +21,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -87,9 +93,10 @@ func Fingerprint(pub ed25519.PublicKey) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Verifier checks admin tokens against a set of public keys.
+// Verifier checks admin tokens against a set of public keys. It is safe for
+// concurrent use, SetKeys included.
 type Verifier struct {
-	keys []Key
+	keys atomic.Pointer[[]Key] // never nil after NewVerifier; the slice is never modified once stored
 	now  func() time.Time
 }
 
@@ -98,8 +105,46 @@ func NewVerifier(keys []Key, now func() time.Time) *Verifier {
 	if now == nil {
 		now = time.Now
 	}
-	return &Verifier{keys: keys, now: now}
+	v := &Verifier{now: now}
+	v.SetKeys(keys)
+	return v
 }
+
+// SetKeys replaces the key set and returns what changed: the keys of the
+// new set that the old one did not have with that role, and the other way
+// round. A key that moves from one role to the other is in both lists.
+// Tokens verified from now on are checked against the new set; a
+// verification already under way finishes with the set it started with.
+func (v *Verifier) SetKeys(keys []Key) (added, removed []Key) {
+	next := slices.Clone(keys)
+	prev := v.keys.Swap(&next)
+	if prev == nil {
+		return next, nil
+	}
+	return missing(next, *prev), missing(*prev, next)
+}
+
+// missing returns the keys of a that b does not hold with the same role,
+// each once.
+func missing(a, b []Key) []Key {
+	var out []Key
+	for _, k := range a {
+		if !holds(b, k) && !holds(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func holds(set []Key, k Key) bool {
+	return slices.ContainsFunc(set, func(o Key) bool { return o.Role == k.Role && o.Public.Equal(k.Public) })
+}
+
+// Keys returns a copy of the current key set.
+func (v *Verifier) Keys() []Key { return slices.Clone(*v.keys.Load()) }
+
+// Len is the number of keys in the current set; 0 means no token can verify.
+func (v *Verifier) Len() int { return len(*v.keys.Load()) }
 
 type roleClaims struct {
 	Role string `json:"role"`
@@ -120,9 +165,10 @@ func (v *Verifier) Verify(token string) (Identity, error) {
 	var std jwt.Claims
 	var rc roleClaims
 	var key *Key
-	for i, k := range v.keys {
+	keys := *v.keys.Load()
+	for i, k := range keys {
 		if err := tok.Claims(k.Public, &std, &rc); err == nil {
-			key = &v.keys[i]
+			key = &keys[i]
 			break
 		}
 	}

@@ -40,7 +40,7 @@ const (
 // which is a matter of configuration, not of credentials.
 func (s *Server) adminOnly(need string, h handlerFunc) http.Handler {
 	return s.wrap(func(w http.ResponseWriter, r *http.Request) error {
-		if len(s.cfg.AdminKeys) == 0 && len(s.cfg.AuditorKeys) == 0 {
+		if s.admin.Len() == 0 {
 			return fail(http.StatusForbidden, checkAdminDisabled, "admin API disabled: start kbs with --admin-public-key (or --auditor-public-key)")
 		}
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
