@@ -99,7 +99,18 @@ func cachedRunc(ctx context.Context, cacheDir, version string, progress func(str
 	dir := filepath.Join(cacheDir, "runc", version)
 	bin := filepath.Join(dir, "runc")
 	if _, err := os.Stat(bin); err == nil {
-		return bin, nil
+		if _, err := readStatic(bin); err == nil {
+			return bin, nil
+		}
+		// Something other than this function put a dynamic runc (or a
+		// truncated file) there, e.g. a hand-run `go install` with GOBIN
+		// set to the cache: the guest cannot run it, so build a good one
+		// rather than fail every image build on this machine until
+		// someone deletes the cache by hand.
+		progress("cached %s is not a static executable; rebuilding it", bin)
+		if err := os.RemoveAll(dir); err != nil {
+			return "", fmt.Errorf("runc cache: %w", err)
+		}
 	}
 	progress("building runc %s (static, seccomp)...", version)
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {

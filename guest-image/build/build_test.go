@@ -588,3 +588,39 @@ func TestBuildTDXNeedsAnEFIKernel(t *testing.T) {
 		t.Fatalf("missing signing key: err %v", err)
 	}
 }
+
+// A dynamic runc left in the cache by something else is not used: it is
+// removed and rebuilt (here the rebuild fails fast with the module proxy
+// off, which shows it was attempted).
+func TestCachedRuncRebuildsDynamic(t *testing.T) {
+	dynamic := "/bin/true"
+	if b, err := os.ReadFile(dynamic); err != nil || checkStatic(b) == nil {
+		t.Skipf("%s is missing or static here; need a dynamic binary for this check", dynamic)
+	}
+	t.Setenv("GOPROXY", "off")
+	cache := t.TempDir()
+	const version = "v0.0.0-cloak-test"
+	bin := filepath.Join(cache, "runc", version, "runc")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(dynamic)
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var said []string
+	progress := func(f string, a ...any) { said = append(said, fmt.Sprintf(f, a...)) }
+	got, err := cachedRunc(context.Background(), cache, version, progress)
+	if err == nil {
+		t.Fatalf("cachedRunc = %s, want the rebuild (GOPROXY=off) to fail", got)
+	}
+	if !strings.Contains(err.Error(), "build runc") {
+		t.Errorf("err = %v, want the rebuild's error", err)
+	}
+	if !strings.Contains(strings.Join(said, "\n"), "not a static executable") {
+		t.Errorf("progress = %q, want it to say why the cached runc was not used", said)
+	}
+	if _, err := os.Stat(bin); !os.IsNotExist(err) {
+		t.Errorf("dynamic runc still cached (stat err %v)", err)
+	}
+}
