@@ -47,6 +47,7 @@ type options struct {
 	tdxExtraRoots                                 []string
 	tpmTrustedAKs, tpmEKRoots, tpmEKIntermediates string
 	sessionTTL, tokenTTL                          time.Duration
+	storage                                       string
 }
 
 func main() {
@@ -107,6 +108,7 @@ func newCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database, keys and TLS certificate (required)")
+	f.StringVar(&o.storage, "storage", "bbolt", "storage backend: bbolt (DATA_DIR/kbs.db, one process) or postgres://USER@HOST:PORT/DB?sslmode=verify-full shared by replicas (password in PGPASSWORD or ~/.pgpass)")
 	f.StringArrayVar(&o.adminKeys, "admin-public-key", nil, "PEM Ed25519 public key whose tokens get the admin role: read and write (repeatable); with no admin or auditor key the admin API is disabled")
 	f.StringArrayVar(&o.auditorKeys, "auditor-public-key", nil, "PEM Ed25519 public key whose tokens get the read-only auditor role, whatever role they claim (repeatable)")
 	f.StringArrayVar(&o.refSigners, "reference-value-signer", nil, "PEM public key (Ed25519, ECDSA P-256/P-384) trusted to sign reference-value bundles for kbsctl reference-value import (repeatable)")
@@ -207,7 +209,7 @@ func run(ctx context.Context, o options, stderr io.Writer) error {
 		return err
 	}
 	srv, err := server.New(server.Config{
-		DataDir: o.dataDir, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
+		DataDir: o.dataDir, Storage: o.storage, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
 		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
 		TDX: tdxOpts, TPM: tpmCfg, ReferenceValueSigners: refSigners,

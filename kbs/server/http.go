@@ -151,10 +151,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET "+adminapi.PathTrusteeReferenceValue+"/{name}", s.adminOnly(adminapi.RoleAuditor, s.handleGetTrusteeReferenceValue))
 	mux.Handle("GET "+adminapi.PathAudit, s.adminOnly(adminapi.RoleAuditor, s.handleAudit))
 	// Operations.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		io.WriteString(w, "ok\n")
-	})
+	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -288,4 +285,20 @@ func bodyError(err error) error {
 		return fail(http.StatusRequestEntityTooLarge, checkBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
 	}
 	return fail(http.StatusBadRequest, checkBody, "read request body: %v", err)
+}
+
+// handleHealthz answers 200 "ok" while the storage backend answers, and
+// 503 naming the failure while it does not (a load balancer then sends
+// guests to another replica). It recovers by itself with the backend.
+func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := s.store.Ping(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "storage unavailable: %v\n", err)
+		return
+	}
+	io.WriteString(w, "ok\n")
 }
