@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/kbs/store"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -46,6 +47,7 @@ const (
 	checkInternal      = "internal"
 	checkBundle        = "reference-bundle"
 	checkBundleSigner  = "reference-bundle-signer"
+	checkStorage       = "storage"
 )
 
 // apiError is an error that knows its HTTP answer.
@@ -100,7 +102,14 @@ func (s *Server) writeProblem(w http.ResponseWriter, r *http.Request, e *apiErro
 // writeErr answers with err, which is an *apiError or becomes a 500.
 func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
-	if !errors.As(err, &ae) {
+	switch {
+	case errors.As(err, &ae):
+	case errors.Is(err, store.ErrUnavailable):
+		// Nothing was acknowledged; another replica, or this one
+		// shortly, can serve the retry.
+		w.Header().Set("Retry-After", "1")
+		ae = fail(http.StatusServiceUnavailable, checkStorage, "%v; retry", err)
+	default:
 		ae = fail(http.StatusInternalServerError, checkInternal, "internal error: %v", err)
 	}
 	s.writeProblem(w, r, ae)

@@ -115,7 +115,9 @@ type statusError struct {
 	body   string
 }
 
-func (e *statusError) Error() string { return fmt.Sprintf("status %d (%s): %s", e.status, e.check, e.body) }
+func (e *statusError) Error() string {
+	return fmt.Sprintf("status %d (%s): %s", e.status, e.check, e.body)
+}
 
 func (g *loadGuest) post(base, path string, body []byte) ([]byte, error) {
 	resp, err := g.send("POST", base+path, body)

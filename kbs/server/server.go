@@ -285,11 +285,20 @@ func (s *Server) policies() (*policy.AttestationPolicy, *policy.ResourcePolicy) 
 	return s.attestation, s.resource
 }
 
-// audit records an entry; a failure is logged, not returned, because the
-// decision has already been made and the client must still get its answer.
+// audit records an entry of a refusal; a failure is logged, not returned,
+// because the decision has already been made and the client must still get
+// its answer.
 func (s *Server) audit(ctx context.Context, e adminapi.AuditEntry) {
-	e.Time = s.now().UTC()
-	if _, err := s.store.AppendAudit(e); err != nil {
+	if err := s.auditRequired(e); err != nil {
 		s.logger(ctx).Error("audit write failed", "err", err)
 	}
+}
+
+// auditRequired records the entry of something about to be granted (a
+// token, a resource): the grant is acknowledged only once its record is
+// stored, so a storage failure refuses it rather than leaving it unaudited.
+func (s *Server) auditRequired(e adminapi.AuditEntry) error {
+	e.Time = s.now().UTC()
+	_, err := s.store.AppendAudit(e)
+	return err
 }

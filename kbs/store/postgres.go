@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,6 +63,7 @@ var migrations = []string{
 	);
 	CREATE TABLE audit (
 		seq   bigserial PRIMARY KEY,
+		uid   bytea NOT NULL UNIQUE, -- random, makes a retried append idempotent
 		kind  text NOT NULL,
 		entry bytea NOT NULL -- JSON adminapi.AuditEntry without seq
 	);
@@ -173,7 +175,7 @@ func (p *Postgres) Shared() bool { return true }
 // Ping checks the database answers a query.
 func (p *Postgres) Ping(ctx context.Context) error {
 	if err := p.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("PostgreSQL unreachable: %w", err)
+		return fmt.Errorf("%w: PostgreSQL unreachable: %w", ErrUnavailable, err)
 	}
 	return nil
 }
@@ -213,7 +215,7 @@ func (p *Postgres) do(idempotent bool, fn func(ctx context.Context) error) error
 		retry := pgconn.SafeToRetry(err) || errors.As(err, &ce) || (idempotent && connectionLost(err))
 		if !retry || time.Now().Add(delay).After(deadline) {
 			if connectionLost(err) {
-				return fmt.Errorf("PostgreSQL unreachable (retried for %s): %w", p.retryFor, err)
+				return fmt.Errorf("%w: PostgreSQL unreachable (retried for %s): %w", ErrUnavailable, p.retryFor, err)
 			}
 			return err
 		}
@@ -454,20 +456,31 @@ func (p *Postgres) AppendAudit(e adminapi.AuditEntry) (uint64, error) {
 }
 
 func (p *Postgres) commitAudit(batch []*auditReq) error {
-	err := p.do(false, func(ctx context.Context) error {
+	uids := make([][]byte, len(batch))
+	for i := range batch {
+		uids[i] = make([]byte, 16)
+		if _, err := rand.Read(uids[i]); err != nil {
+			return fmt.Errorf("append audit entry: %w", err)
+		}
+	}
+	// Idempotent by uid: a commit whose answer was lost with the
+	// connection is retried without writing its entries twice.
+	err := p.do(true, func(ctx context.Context) error {
 		return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockAudit); err != nil {
 				return err
 			}
 			var last int64
-			for _, r := range batch {
+			for i, r := range batch {
 				e := r.entry
 				e.Seq = 0
 				data, err := json.Marshal(e)
 				if err != nil {
 					return err
 				}
-				if err := tx.QueryRow(ctx, `INSERT INTO audit (kind, entry) VALUES ($1, $2) RETURNING seq`, e.Kind, data).Scan(&last); err != nil {
+				err = tx.QueryRow(ctx, `INSERT INTO audit (uid, kind, entry) VALUES ($1, $2, $3)
+					ON CONFLICT (uid) DO UPDATE SET uid = EXCLUDED.uid RETURNING seq`, uids[i], e.Kind, data).Scan(&last)
+				if err != nil {
 					return err
 				}
 				r.seq = uint64(last)

@@ -45,6 +45,10 @@ var ErrNotFound = errors.New("not found")
 // than the limit.
 var ErrTooManyValues = errors.New("too many reference values")
 
+// ErrUnavailable wraps failures to reach the backend (after the bounded
+// retries): the request may succeed later, at this or another replica.
+var ErrUnavailable = errors.New("storage unavailable")
+
 // ErrSchemaTooNew is returned when the stored schema was written by a newer
 // KBS than this one.
 var ErrSchemaTooNew = errors.New("storage schema is newer than this kbs knows")
