@@ -187,20 +187,35 @@ func (g *loadGuest) resource(base, path string) ([]byte, error) {
 	return obj.Decrypt(g.key)
 }
 
+// stepError names the replica a handshake step failed at.
+type stepError struct {
+	base string
+	err  error
+}
+
+func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
 // handshake runs auth, attest and resource, each at a replica picked at
-// random from bases, and returns the token and the attest body.
+// random from bases, and returns the token and the attest body; an error
+// is a *stepError.
 func (g *loadGuest) handshake(bases []string, path string) (token string, body []byte, value []byte, err error) {
 	pick := func() string { return bases[mrand.IntN(len(bases))] }
-	nonce, err := g.auth(pick())
+	b := pick()
+	nonce, err := g.auth(b)
 	if err != nil {
-		return "", nil, nil, err
+		return "", nil, nil, &stepError{b, err}
 	}
 	body = g.attestBody(nonce)
-	if token, err = g.attest(pick(), body); err != nil {
-		return "", body, nil, err
+	b = pick()
+	if token, err = g.attest(b, body); err != nil {
+		return "", body, nil, &stepError{b, err}
 	}
-	value, err = g.resource(pick(), path)
-	return token, body, value, err
+	b = pick()
+	if value, err = g.resource(b, path); err != nil {
+		return token, body, nil, &stepError{b, err}
+	}
+	return token, body, value, nil
 }
 
 func urls(ks []*kbs) []string {
