@@ -26,6 +26,7 @@ import (
 	"github.com/cloak-containers/cloak/internal/logging"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/kbs/server"
+	"github.com/cloak-containers/cloak/kbs/session"
 	"github.com/cloak-containers/cloak/kbs/tlscert"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
@@ -48,6 +49,9 @@ type options struct {
 	tpmTrustedAKs, tpmEKRoots, tpmEKIntermediates string
 	sessionTTL, tokenTTL                          time.Duration
 	storage                                       string
+	maxSessions                                   int
+	authRate, attestRate                          float64
+	rateBurst                                     int
 }
 
 func main() {
@@ -118,6 +122,10 @@ func newCommand() *cobra.Command {
 	f.StringArrayVar(&o.tlsSANs, "tls-san", nil, "extra DNS name or IP for the self-signed certificate (repeatable)")
 	f.DurationVar(&o.sessionTTL, "session-ttl", 5*time.Minute, "lifetime of an attestation session")
 	f.DurationVar(&o.tokenTTL, "token-ttl", 5*time.Minute, "lifetime of an attestation token")
+	f.IntVar(&o.maxSessions, "max-sessions", session.DefaultMaxSessions, "most attestation sessions open at once (all replicas together on PostgreSQL); beyond it auth answers 503 with Retry-After")
+	f.Float64Var(&o.authRate, "rate-limit-auth", server.DefaultRateLimit.PerSecond, "POST /kbs/v0/auth requests per second per client address; beyond it 429 with Retry-After (0: no limit)")
+	f.Float64Var(&o.attestRate, "rate-limit-attest", server.DefaultRateLimit.PerSecond, "POST /kbs/v0/attest requests per second per client address (0: no limit)")
+	f.IntVar(&o.rateBurst, "rate-limit-burst", server.DefaultRateLimit.Burst, "requests a client address may make at once above the auth and attest rates")
 	f.StringVar(&o.maxBody, "max-body", "2MiB", "largest request body (bytes, or with KiB/MiB suffix)")
 	o.log = logging.Flags(f, logging.JSON)
 	f.StringVar(&o.collateralDir, "collateral-dir", "", "offline attestation collateral (AMD KDS/Intel PCS files by URL path), consulted before the network")
@@ -209,6 +217,7 @@ func run(ctx context.Context, o options, stderr io.Writer) error {
 		return err
 	}
 	srv, err := server.New(server.Config{
+		AuthRateLimit: rateLimit(o.authRate, o.rateBurst), AttestRateLimit: rateLimit(o.attestRate, o.rateBurst), MaxSessions: o.maxSessions,
 		DataDir: o.dataDir, Storage: o.storage, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
 		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
@@ -283,6 +292,14 @@ func run(ctx context.Context, o options, stderr io.Writer) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// rateLimit is a --rate-limit-* flag's limit; 0 turns it off.
+func rateLimit(perSecond float64, burst int) server.RateLimit {
+	if perSecond <= 0 {
+		return server.RateLimit{PerSecond: -1}
+	}
+	return server.RateLimit{PerSecond: perSecond, Burst: burst}
 }
 
 // loadAdminKeys reads the PEM Ed25519 public keys of one role's flag.

@@ -48,6 +48,7 @@ const (
 	checkBundle        = "reference-bundle"
 	checkBundleSigner  = "reference-bundle-signer"
 	checkStorage       = "storage"
+	checkRateLimit     = "rate-limit"
 )
 
 // apiError is an error that knows its HTTP answer.
@@ -140,8 +141,8 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	// Protocol.
-	mux.Handle("POST /kbs/v0/auth", s.wrap(s.handleAuth))
-	mux.Handle("POST /kbs/v0/attest", s.wrap(s.handleAttest))
+	mux.Handle("POST /kbs/v0/auth", s.rateLimited(newLimiter(s.cfg.AuthRateLimit), s.wrap(s.handleAuth)))
+	mux.Handle("POST /kbs/v0/attest", s.rateLimited(newLimiter(s.cfg.AttestRateLimit), s.wrap(s.handleAttest)))
 	mux.Handle("GET "+adminapi.PathResource+"{path...}", s.wrap(s.handleGetResource))
 	// Admin.
 	mux.Handle("POST "+adminapi.PathResource+"{path...}", s.adminOnly(adminapi.RoleAdmin, s.handlePutResource))

@@ -21,6 +21,7 @@ type metrics struct {
 	requests     *prometheus.HistogramVec
 	attestations *prometheus.CounterVec
 	releases     *prometheus.CounterVec
+	rateLimited  *prometheus.CounterVec
 }
 
 func newMetrics(st store.Store) *metrics {
@@ -39,6 +40,10 @@ func newMetrics(st store.Store) *metrics {
 			Name: "kbs_releases_total",
 			Help: "Resource release decisions by TEE and verdict (allow, deny).",
 		}, []string{"tee", "verdict"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kbs_rate_limited_total",
+			Help: "Requests answered 429 by the per-client-address rate limit, by path.",
+		}, []string{"path"}),
 	}
 	// The usual *_build_info shape: join on it to see which build answered.
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -59,7 +64,7 @@ func newMetrics(st store.Store) *metrics {
 		}
 		return 1
 	})
-	m.registry.MustRegister(m.requests, m.attestations, m.releases, buildInfo, storageUp,
+	m.registry.MustRegister(m.requests, m.attestations, m.releases, m.rateLimited, buildInfo, storageUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -49,12 +49,15 @@ type Config struct {
 	SessionTTL    time.Duration       // default 5 min
 	TokenTTL      time.Duration       // default 5 min
 	MaxBodyBytes  int64               // default kbstypes.MaxRequestBody
-	MaxSessions   int                 // default session.DefaultMaxSessions
-	Logger        *slog.Logger        // default: discard
-	Now           func() time.Time    // nil: time.Now
-	SNP           snp.Options         // SEV-SNP verifier: collateral fetcher, extra roots, CRL mode
-	TDX           tdx.Options         // TDX verifier; registered only with a collateral fetcher
-	TPM           *tpm.Config         // vTPM verifier; registered only when set (it needs enrolled AKs)
+	MaxSessions   int                 // default session.DefaultMaxSessions (per backend: all replicas together)
+	// Per-client-address limits of /kbs/v0/auth and /kbs/v0/attest; the
+	// zero value is DefaultRateLimit, PerSecond < 0 turns a limit off.
+	AuthRateLimit, AttestRateLimit RateLimit
+	Logger                         *slog.Logger     // default: discard
+	Now                            func() time.Time // nil: time.Now
+	SNP                            snp.Options      // SEV-SNP verifier: collateral fetcher, extra roots, CRL mode
+	TDX                            tdx.Options      // TDX verifier; registered only with a collateral fetcher
+	TPM                            *tpm.Config      // vTPM verifier; registered only when set (it needs enrolled AKs)
 	// ReferenceValueSigners may sign reference-value bundles; none: the
 	// import route answers 403.
 	ReferenceValueSigners []crypto.PublicKey
@@ -115,6 +118,11 @@ func New(cfg Config) (*Server, error) {
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
+	}
+	for _, l := range []*RateLimit{&cfg.AuthRateLimit, &cfg.AttestRateLimit} {
+		if *l == (RateLimit{}) {
+			*l = DefaultRateLimit
+		}
 	}
 	if cfg.PolicyRefresh <= 0 {
 		cfg.PolicyRefresh = 500 * time.Millisecond
