@@ -52,6 +52,7 @@ type options struct {
 	maxSessions                                   int
 	authRate, attestRate                          float64
 	rateBurst                                     int
+	rateLoopback                                  bool
 }
 
 func main() {
@@ -126,6 +127,7 @@ func newCommand() *cobra.Command {
 	f.Float64Var(&o.authRate, "rate-limit-auth", server.DefaultRateLimit.PerSecond, "POST /kbs/v0/auth requests per second per client address; beyond it 429 with Retry-After (0: no limit)")
 	f.Float64Var(&o.attestRate, "rate-limit-attest", server.DefaultRateLimit.PerSecond, "POST /kbs/v0/attest requests per second per client address (0: no limit)")
 	f.IntVar(&o.rateBurst, "rate-limit-burst", server.DefaultRateLimit.Burst, "requests a client address may make at once above the auth and attest rates")
+	f.BoolVar(&o.rateLoopback, "rate-limit-loopback", false, "apply the rate limits to loopback clients too (by default local tools and benchmarks are exempt)")
 	f.StringVar(&o.maxBody, "max-body", "2MiB", "largest request body (bytes, or with KiB/MiB suffix)")
 	o.log = logging.Flags(f, logging.JSON)
 	f.StringVar(&o.collateralDir, "collateral-dir", "", "offline attestation collateral (AMD KDS/Intel PCS files by URL path), consulted before the network")
@@ -218,7 +220,8 @@ func run(ctx context.Context, o options, stderr io.Writer) error {
 	}
 	srv, err := server.New(server.Config{
 		AuthRateLimit: rateLimit(o.authRate, o.rateBurst), AttestRateLimit: rateLimit(o.attestRate, o.rateBurst), MaxSessions: o.maxSessions,
-		DataDir: o.dataDir, Storage: o.storage, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
+		RateLimitLoopback: o.rateLoopback,
+		DataDir:           o.dataDir, Storage: o.storage, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
 		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
 		TDX: tdxOpts, TPM: tpmCfg, ReferenceValueSigners: refSigners,

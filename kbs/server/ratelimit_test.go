@@ -12,6 +12,7 @@ func TestRateLimitAuth(t *testing.T) {
 	k := startKBS(t, t.TempDir(), func(c *Config) {
 		c.AuthRateLimit = RateLimit{PerSecond: 1, Burst: 2}
 		c.AttestRateLimit = RateLimit{PerSecond: 0.5, Burst: 1}
+		c.RateLimitLoopback = true
 	})
 	auth := func() (int, []byte, string) {
 		req := []byte(`{"version":"0.4.0","tee":"sample"}`)
@@ -86,5 +87,16 @@ func TestLimiterPerAddressAndBounded(t *testing.T) {
 	}
 	if newLimiter(RateLimit{PerSecond: 0}) != nil || newLimiter(RateLimit{PerSecond: -1}) != nil {
 		t.Fatal("a limit of 0 or less should be off")
+	}
+}
+
+// Loopback peers (local tools, benchmarks) are exempt unless asked.
+func TestRateLimitExemptsLoopback(t *testing.T) {
+	k := startKBS(t, t.TempDir(), func(c *Config) { c.AuthRateLimit = RateLimit{PerSecond: 1, Burst: 1} })
+	for i := range 5 {
+		st, b := k.do(k.ts.Client(), "POST", "/kbs/v0/auth", "application/json", []byte(`{"version":"0.4.0","tee":"sample"}`), nil)
+		if st != 200 {
+			t.Fatalf("loopback auth %d: %d %s", i, st, b)
+		}
 	}
 }

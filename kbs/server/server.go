@@ -53,11 +53,13 @@ type Config struct {
 	// Per-client-address limits of /kbs/v0/auth and /kbs/v0/attest; the
 	// zero value is DefaultRateLimit, PerSecond < 0 turns a limit off.
 	AuthRateLimit, AttestRateLimit RateLimit
-	Logger                         *slog.Logger     // default: discard
-	Now                            func() time.Time // nil: time.Now
-	SNP                            snp.Options      // SEV-SNP verifier: collateral fetcher, extra roots, CRL mode
-	TDX                            tdx.Options      // TDX verifier; registered only with a collateral fetcher
-	TPM                            *tpm.Config      // vTPM verifier; registered only when set (it needs enrolled AKs)
+	// RateLimitLoopback applies the limits to loopback peers too.
+	RateLimitLoopback bool
+	Logger            *slog.Logger     // default: discard
+	Now               func() time.Time // nil: time.Now
+	SNP               snp.Options      // SEV-SNP verifier: collateral fetcher, extra roots, CRL mode
+	TDX               tdx.Options      // TDX verifier; registered only with a collateral fetcher
+	TPM               *tpm.Config      // vTPM verifier; registered only when set (it needs enrolled AKs)
 	// ReferenceValueSigners may sign reference-value bundles; none: the
 	// import route answers 403.
 	ReferenceValueSigners []crypto.PublicKey
