@@ -28,7 +28,7 @@ import (
 )
 
 // buildKBS builds cmd/kbs into a temporary directory.
-func buildKBS(t *testing.T) string {
+func buildKBS(t testing.TB) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -49,13 +49,13 @@ type kbsProcess struct {
 	done chan struct{}
 }
 
-func startKBSProcess(t *testing.T, bin string, args ...string) *kbsProcess {
+func startKBSProcess(t testing.TB, bin string, args ...string) *kbsProcess {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(t.TempDir(), "kbs.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0", "--insecure-http", "--log-level", "warn"}, args...)...)
+	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -94,7 +94,8 @@ func startKBSProcess(t *testing.T, bin string, args ...string) *kbsProcess {
 
 // adminClient calls the admin API of any replica with tokens of one key.
 type adminClient struct {
-	k *kbs // for adminToken only
+	k  *kbs              // for adminToken only
+	tr http.RoundTripper // nil: http.DefaultTransport
 }
 
 func (a adminClient) do(base, method, path string, body []byte) (int, []byte, error) {
@@ -106,7 +107,7 @@ func (a adminClient) do(base, method, path string, body []byte) (int, []byte, er
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	c := &http.Client{Timeout: 20 * time.Second}
+	c := &http.Client{Timeout: 20 * time.Second, Transport: a.tr}
 	resp, err := c.Do(req)
 	if err != nil {
 		return 0, nil, err
@@ -140,7 +141,7 @@ func TestReplicaKill9UnderLoad(t *testing.T) {
 	for range 3 {
 		// One after the other: the first creates storage.key and
 		// token-key.pem, which the others share (a Secret in a cluster).
-		p := startKBSProcess(t, bin, "--data-dir", data, "--storage", url, "--admin-public-key", pubFile)
+		p := startKBSProcess(t, bin, "--insecure-http", "--data-dir", data, "--storage", url, "--admin-public-key", pubFile)
 		procs, bases = append(procs, p), append(bases, p.base)
 	}
 	admin := adminClient{k: &kbs{t: t, admin: priv, now: time.Now()}}

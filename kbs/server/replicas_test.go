@@ -90,7 +90,7 @@ func (g *loadGuest) send(method, url string, body []byte) (*http.Response, error
 	return g.c.Do(req)
 }
 
-func newLoadGuest(t *testing.T, client *http.Client) *loadGuest {
+func newLoadGuest(t testing.TB, client *http.Client) *loadGuest {
 	jar, _ := cookiejar.New(nil)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	jwk, err := json.Marshal(jose.JSONWebKey{Key: &key.PublicKey, Algorithm: "ECDH-ES+A256KW"})
