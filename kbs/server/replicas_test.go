@@ -367,6 +367,15 @@ func TestReplicasRefuseExpiredSession(t *testing.T) {
 		attested, fresh, bodies = append(attested, a), append(fresh, f), append(bodies, f.attestBody(nonce))
 	}
 	time.Sleep(1200 * time.Millisecond)
+	// Every replica in turn, for each session: all say expired.
+	for i, b := range bases {
+		for j := range attested {
+			_, err := attested[j].resource(b, "default/key/one")
+			if se, ok := errorsAs(err); !ok || se.status != 401 || se.check != "session-expired" {
+				t.Errorf("replica %d, session %d: resource on an expired session: %v, want 401 session-expired", i, j, err)
+			}
+		}
+	}
 	for i, b := range bases {
 		_, err := attested[i].resource(b, "default/key/one")
 		if se, ok := errorsAs(err); !ok || se.status != 401 || se.check != "session-expired" {

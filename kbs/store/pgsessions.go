@@ -100,17 +100,15 @@ func scanSession(row pgx.Row, extra ...any) (session.Session, error) {
 	return sess, nil
 }
 
-// lookup returns the session with whether it is live by the database's
-// clock; an expired one is deleted.
+// lookup returns a session if it is live by the database's clock. An
+// expired one stays until a sweep (in Create), so that every replica
+// reports it as expired rather than unknown.
 func (s *pgSessions) lookup(id string) (session.Session, error) {
 	var sess session.Session
 	var live bool
 	err := s.p.do(true, func(ctx context.Context) error {
 		var err error
 		sess, err = scanSession(s.p.pool.QueryRow(ctx, `SELECT `+sessionColumns+`, expires > now() FROM sessions WHERE id = $1`, id), &live)
-		if err == nil && !live {
-			_, err = s.p.pool.Exec(ctx, `DELETE FROM sessions WHERE id = $1`, id)
-		}
 		return err
 	})
 	switch {

@@ -126,7 +126,10 @@ func OpenPostgres(ctx context.Context, o Options) (*Postgres, error) {
 	p := &Postgres{pool: pool, seal: seal, retention: o.retention(), retryFor: defaultRetryFor}
 	if err := p.migrate(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("PostgreSQL %s: %w", redactURL(o.URL), err)
+		if errors.Is(err, ErrSchemaTooNew) {
+			return nil, fmt.Errorf("PostgreSQL %s: %w", redactURL(o.URL), err)
+		}
+		return nil, fmt.Errorf("PostgreSQL %s: %w; check that the server is up and the URL, user and password (PGPASSWORD or ~/.pgpass) are right", redactURL(o.URL), err)
 	}
 	return p, nil
 }

@@ -520,3 +520,19 @@ func testSessions(t *testing.T, b backend) {
 		t.Fatalf("create after expiry: %v", err)
 	}
 }
+
+func TestOpenStorageURL(t *testing.T) {
+	_, err := Open(Options{DataDir: t.TempDir(), URL: "mysql://root:hunter2@db/kbs"})
+	if err == nil || !strings.Contains(err.Error(), "want bbolt") || !strings.Contains(err.Error(), "postgres://") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("unknown scheme: %v; want the choices named and the password redacted", err)
+	}
+	// Nothing listens on port 1: the error names the server, not the password.
+	start := time.Now()
+	_, err = Open(Options{DataDir: t.TempDir(), URL: "postgres://kbs:hunter2@127.0.0.1:1/kbs?sslmode=disable&connect_timeout=2"})
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("unreachable PostgreSQL: %v; want the address named and the password redacted", err)
+	}
+	if time.Since(start) > 20*time.Second {
+		t.Fatalf("open of an unreachable PostgreSQL took %v", time.Since(start))
+	}
+}
