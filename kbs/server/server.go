@@ -194,15 +194,23 @@ func (s *Server) refreshPolicies() {
 	defer close(s.done)
 	t := time.NewTicker(s.cfg.PolicyRefresh)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
 		}
-		if err := s.loadPolicies(); err != nil {
-			s.log.Warn("policy refresh failed; the policies in force stay", "err", err)
+		// Logged when it starts and stops failing, not at every tick of
+		// an outage.
+		err := s.loadPolicies()
+		switch {
+		case err != nil && !failing:
+			s.log.Warn("policy refresh failed; the policies in force stay until it succeeds", "err", err)
+		case err == nil && failing:
+			s.log.Info("policy refresh works again")
 		}
+		failing = err != nil
 	}
 }
 
