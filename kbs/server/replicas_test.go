@@ -253,6 +253,24 @@ func TestReplicasServeAnyStep(t *testing.T) {
 	}
 	t.Logf("policy in force on all replicas %v after it was set", time.Since(set).Round(time.Millisecond))
 
+	// A token issued by one replica is honoured as a Bearer token by
+	// another (they share token-key.pem).
+	tok, _, _, err := g.handshake(urls(ks[:1]), "default/key/one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := newLoadGuest(t, k0.ts.Client())
+	req, _ := http.NewRequest("GET", ks[2].ts.URL+"/kbs/v0/resource/default/key/one", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := fresh.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("Bearer token of replica 0 at replica 2: %d, want 200", resp.StatusCode)
+	}
+
 	// A bounded load of guests spreading their steps at random.
 	const guests, parallel = 60, 6
 	errs := make(chan error, guests)
