@@ -62,46 +62,76 @@ func version(binDir string) int {
 // Start initialises and starts a server for t; t's cleanup stops it.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := BinDir()
-	if bin == "" {
+	if BinDir() == "" {
 		if os.Getenv(RequireEnv) != "" {
 			t.Fatalf("PostgreSQL binaries not found (/usr/lib/postgresql/*/bin) and %s is set: install them with apt-get install -y postgresql", RequireEnv)
 		}
 		t.Skipf("PostgreSQL binaries not found (/usr/lib/postgresql/*/bin); apt-get install -y postgresql, or set %s=1 to fail instead", RequireEnv)
 	}
-	base, err := os.MkdirTemp("", "pgtest")
+	s, err := Launch()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{dir: base, bin: bin, asPG: os.Geteuid() == 0}
-	t.Cleanup(func() { s.stop(t); os.RemoveAll(base) })
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Log(err)
+		}
+	})
+	return s
+}
+
+// Launch initialises and starts a server outside any one test (for a
+// TestMain); Close stops it. It fails when no binaries are installed.
+func Launch() (s *Server, err error) {
+	bin := BinDir()
+	if bin == "" {
+		return nil, fmt.Errorf("PostgreSQL binaries not found (/usr/lib/postgresql/*/bin): apt-get install -y postgresql")
+	}
+	base, err := os.MkdirTemp("", "pgtest")
+	if err != nil {
+		return nil, err
+	}
+	s = &Server{dir: base, bin: bin, asPG: os.Geteuid() == 0}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
 	if err := os.Mkdir(s.dataDir(), 0o700); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if s.asPG {
 		// The server refuses to run as root; the postgres user owns the
 		// data directory and must be able to reach it.
 		u, err := user.Lookup("postgres")
 		if err != nil {
-			t.Fatalf("running as root needs a postgres user (Debian's postgresql package creates it): %v", err)
+			return nil, fmt.Errorf("running as root needs a postgres user (Debian's postgresql package creates it): %w", err)
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		if err := os.Chmod(base, 0o755); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		for _, p := range []string{base, s.dataDir()} {
 			if err := os.Chown(p, uid, gid); err != nil {
-				t.Fatal(err)
+				return nil, err
 			}
 		}
 	}
 	if out, err := s.cmd("initdb", "-D", s.dataDir(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
+		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
-	s.Port = freePort(t)
-	s.Restart(t)
-	return s
+	if s.Port, err = freePort(); err != nil {
+		return nil, err
+	}
+	return s, s.start()
+}
+
+// Close stops the server if it runs and removes its directory.
+func (s *Server) Close() error {
+	err := s.stop()
+	os.RemoveAll(s.dir)
+	return err
 }
 
 func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
@@ -114,24 +144,31 @@ func (s *Server) cmd(name string, args ...string) *exec.Cmd {
 	return exec.Command(path, args...)
 }
 
-func freePort(t testing.TB) int {
+func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Restart starts the (stopped) server again on the same port and data.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *Server) start() error {
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", s.Port, s.dataDir())
 	out, err := s.cmd("pg_ctl", "-D", s.dataDir(), "-l", filepath.Join(s.dir, "server.log"), "-o", opts, "-w", "-t", "60", "start").CombinedOutput()
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
-		t.Fatalf("pg_ctl start: %v\n%s\nserver log:\n%s", err, out, log)
+		return fmt.Errorf("pg_ctl start: %w\n%s\nserver log:\n%s", err, out, log)
 	}
+	return nil
 }
 
 // Stop stops the server with a fast shutdown (open connections are cut).
@@ -142,17 +179,18 @@ func (s *Server) Stop(t testing.TB) {
 	}
 }
 
-// stop ends a server still running at cleanup: a fast shutdown, then
-// SIGQUIT (immediate shutdown) to its PID if that did not work.
-func (s *Server) stop(t testing.TB) {
+// stop ends a server still running: a fast shutdown, then SIGQUIT
+// (immediate shutdown) to its PID if that did not work.
+func (s *Server) stop() error {
 	pid := s.pid()
 	if pid == 0 {
-		return
+		return nil
 	}
 	if out, err := s.cmd("pg_ctl", "-D", s.dataDir(), "-m", "fast", "-w", "-t", "20", "stop").CombinedOutput(); err != nil {
-		t.Logf("pg_ctl stop: %v\n%s; sending SIGQUIT to %d", err, out, pid)
 		syscall.Kill(pid, syscall.SIGQUIT)
+		return fmt.Errorf("pg_ctl stop: %w\n%s; sent SIGQUIT to %d", err, out, pid)
 	}
+	return nil
 }
 
 // pid is the postmaster's PID from its pid file, 0 if not running.
