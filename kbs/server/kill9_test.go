@@ -164,6 +164,8 @@ func TestReplicaKill9UnderLoad(t *testing.T) {
 		tries int
 	}
 	const guests, parallel, maxTries = 60, 6, 8
+	var reasonsMu sync.Mutex
+	reasons := map[string]int{} // why guests retried
 	results := make(chan result, guests)
 	var finished atomic.Int64
 	var wg sync.WaitGroup
@@ -226,6 +228,9 @@ func TestReplicaKill9UnderLoad(t *testing.T) {
 				if r.err == nil {
 					break
 				}
+				reasonsMu.Lock()
+				reasons[retryReason(r.err)]++
+				reasonsMu.Unlock()
 				time.Sleep(time.Duration(50*r.tries) * time.Millisecond)
 			}
 			results <- r
@@ -261,7 +266,7 @@ func TestReplicaKill9UnderLoad(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d guests succeeded, %d of them after retrying; %d admin writes acknowledged", len(tokens), retried, len(acked))
+	t.Logf("%d guests succeeded, %d of them after retrying (%v); %d admin writes acknowledged", len(tokens), retried, reasons, len(acked))
 
 	// Nothing acknowledged is lost.
 	for path, value := range acked {
@@ -291,4 +296,15 @@ func TestReplicaKill9UnderLoad(t *testing.T) {
 	if len(acked) == 0 {
 		t.Error("no admin write was acknowledged during the load")
 	}
+}
+
+// retryReason classifies a failed handshake for the test log.
+func retryReason(err error) string {
+	if se, ok := errorsAs(err); ok {
+		return fmt.Sprintf("%d %s", se.status, se.check)
+	}
+	if strings.Contains(err.Error(), "connection refused") {
+		return "connection refused"
+	}
+	return "transport error"
 }
