@@ -144,7 +144,7 @@ func Open(o Options) (Store, error) {
 		}
 		return s, nil
 	default:
-		return nil, fmt.Errorf("storage %q: want bbolt (the default, DATA_DIR/%s) or a postgres://USER@HOST:PORT/DB URL", redactURL(o.URL), DBFile)
+		return nil, fmt.Errorf("--storage %q: want bbolt (the default, DATA_DIR/%s) or a postgres://USER@HOST:PORT/DB URL", redactURL(o.URL), DBFile)
 	}
 }
 
