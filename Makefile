@@ -55,7 +55,8 @@ kernel-repro: vm-deps
 test: deps lint unit fuzz-smoke demo-kbs e2e
 
 unit: build image
-	CLOAK_BIN=$(BIN) CLOAK_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -race -count=1 -timeout 45m ./...
+	CLOAK_REQUIRE_POSTGRES=1 CLOAK_BIN=$(BIN) CLOAK_IMAGE_DIR=$(IMAGE_DIR) $(GO) test -race -count=1 -timeout 45m ./...
+	CLOAK_KBS_TEST_STORAGE=postgres $(GO) test -race -count=1 ./kbs/server
 
 # Each fuzz target for a few seconds: finds regressions in the parsers of
 # untrusted input without making CI slow, and fails a target that ran fewer

@@ -71,8 +71,9 @@ type Config struct {
 	// replaced by a private one on a copy).
 	HTTPClient *http.Client
 	// Retries is how often a request is retried after a network error, a
-	// timeout or a 5xx answer: 0 means 5, negative means never. Refusals
-	// (4xx) and untrusted certificates are never retried.
+	// timeout, a 5xx or a 429 answer (waiting at least its Retry-After): 0
+	// means 5, negative means never. Other refusals (4xx) and untrusted
+	// certificates are never retried.
 	Retries int
 	// Backoff is the delay before the first retry, doubled for each further
 	// one up to 5s (with jitter); 0 means 250ms.
@@ -413,7 +414,9 @@ func (c *Client) do(ctx context.Context, method, path, op string, body []byte, b
 		return nil, fmt.Errorf("KBS answer to %s is larger than %d bytes; refusing it", op, kbstypes.MaxResponseBody)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, kbsError(op, resp.StatusCode, data)
+		ke := kbsError(op, resp.StatusCode, data)
+		ke.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		return nil, ke
 	}
 	return data, nil
 }
@@ -437,12 +440,12 @@ func (c *Client) transportFailure(callCtx, reqCtx context.Context, op string, st
 }
 
 // retryable reports whether err may go away by itself: network failures,
-// timeouts and server-side (5xx) errors. A KBS refusal (4xx) or a
-// certificate the agent does not trust will not.
+// timeouts, server-side (5xx) errors and rate limits (429). A KBS refusal
+// (other 4xx) or a certificate the agent does not trust will not.
 func retryable(err error) bool {
 	var ke *KBSError
 	if errors.As(err, &ke) {
-		return ke.Status >= 500
+		return ke.Status >= 500 || ke.Status == http.StatusTooManyRequests
 	}
 	var te *transportError
 	if !errors.As(err, &te) {
@@ -471,6 +474,12 @@ func (c *Client) withRetries(ctx context.Context, cl call, fn func() error) erro
 		// Full delay halved plus random jitter, so many guests restarted
 		// together do not hammer the KBS in lockstep.
 		wait := delay/2 + rand.N(delay/2+1)
+		// A KBS that says when to come back (rate limit, busy) is
+		// believed: earlier would only be refused again.
+		var ke *KBSError
+		if errors.As(err, &ke) && ke.RetryAfter > wait {
+			wait = ke.RetryAfter + rand.N(delay/2+1)
+		}
 		if attempt > c.retries || time.Until(cl.deadline) <= wait {
 			return unreachable()
 		}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,6 +197,7 @@ func TestRetries(t *testing.T) {
 		{"503 beyond retries", "auth", []int{503, 503, 503, 503, 503}, 3, 503, 4},
 		{"retries disabled", "auth", []int{503}, -1, 503, 1},
 		{"no retry on 400", "attest", []int{400}, 0, 400, 1},
+		{"429 beyond retries", "auth", []int{429, 429}, 1, 429, 2},
 		{"no retry on 403", "resource", []int{403}, 0, 403, 1},
 		{"no retry on 404", "resource", []int{404}, 0, 404, 1},
 	}
@@ -216,7 +218,7 @@ func TestRetries(t *testing.T) {
 				}
 				// Only answers that may go away are worth the retries;
 				// a refusal is reported as such.
-				if retried := tc.wantStatus >= 500; errors.Is(err, ErrUnreachable) != retried {
+				if retried := tc.wantStatus >= 500 || tc.wantStatus == 429; errors.Is(err, ErrUnreachable) != retried {
 					t.Errorf("errors.Is(%v, ErrUnreachable) = %v, want %v", err, !retried, retried)
 				}
 			}
@@ -375,5 +377,56 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.http.Timeout != 0 {
 		t.Errorf("http.Client.Timeout = %v; requests are bounded by their context", c.http.Timeout)
+	}
+}
+
+// A rate-limited client waits for the KBS's Retry-After, then succeeds.
+func TestRetryAfterHonoured(t *testing.T) {
+	f := newFakeKBS(t)
+	f.resources["default/key/1"] = []byte("k")
+	f.fail["auth"] = []int{429, 429}
+	f.fail["attest"] = []int{429}
+	c := newClient(t, f, func(c *Config) { c.Backoff = 10 * time.Millisecond })
+	start := time.Now()
+	if _, err := c.GetResource(context.Background(), keyPath); err != nil {
+		t.Fatalf("GetResource after 429s: %v", err)
+	}
+	// A retried attest restarts at auth with a fresh session.
+	if n := f.count("auth"); n != 4 {
+		t.Fatalf("auth calls = %d, want 4 (two 429s, one whose attest got 429, then success)", n)
+	}
+	f.mu.Lock()
+	times := slices.Clone(f.callTimes["auth"])
+	f.mu.Unlock()
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < 990*time.Millisecond {
+			t.Errorf("retry %d came %v after the 429, before its Retry-After of 1 s", i, gap)
+		}
+	}
+	if total := time.Since(start); total < 3*time.Second-30*time.Millisecond {
+		t.Errorf("three 429s with Retry-After: 1 took %v, want at least 3 s", total)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"0", 0},
+		{"2", 2 * time.Second},
+		{"86400", maxRetryAfter},
+		{"-1", 0},
+		{"1.5", 0},
+		{"soon", 0},
+		{now.Add(7 * time.Second).Format(http.TimeFormat), 7 * time.Second},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
+		{"99999999999999999999", 0},
+	} {
+		if got := parseRetryAfter(tc.in, now); got != tc.want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }

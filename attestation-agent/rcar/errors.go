@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,10 @@ type KBSError struct {
 	Check string
 	// Detail is the KBS's explanation, quoted verbatim in Error.
 	Detail string
+	// RetryAfter is the KBS's Retry-After (429 and 503 answers): the
+	// client waits at least this long (at most maxRetryAfter) before
+	// retrying.
+	RetryAfter time.Duration
 }
 
 func (e *KBSError) Error() string {
@@ -56,12 +61,31 @@ func (e *KBSError) GRPCStatus() *status.Status {
 		code = codes.PermissionDenied
 	case e.Status == http.StatusNotFound:
 		code = codes.NotFound
-	case e.Status == http.StatusRequestEntityTooLarge:
+	case e.Status == http.StatusRequestEntityTooLarge, e.Status == http.StatusTooManyRequests:
 		code = codes.ResourceExhausted
 	case e.Status >= 400 && e.Status < 500:
 		code = codes.InvalidArgument
 	}
 	return status.New(code, e.Error())
+}
+
+// maxRetryAfter caps a KBS's Retry-After, so that a wrong header cannot
+// park a guest for hours; the call's budget bounds the total anyway.
+const maxRetryAfter = 30 * time.Second
+
+// parseRetryAfter reads a Retry-After header: delay-seconds or an
+// HTTP-date (RFC 9110 10.2.3). Anything else, or a past date, is 0.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if at, err := http.ParseTime(v); err == nil {
+		d = at.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
 }
 
 // maxDetail bounds how much of an error body is quoted in an error.

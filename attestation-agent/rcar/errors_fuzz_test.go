@@ -3,6 +3,7 @@ package rcar
 import (
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -34,5 +35,20 @@ func FuzzTokenExpiry(f *testing.F) {
 	f.Add("")
 	f.Fuzz(func(t *testing.T, token string) {
 		_, _ = tokenExpiry(token)
+	})
+}
+
+// Retry-After comes from the network: whatever it holds, the wait is
+// between 0 and maxRetryAfter.
+func FuzzParseRetryAfter(f *testing.F) {
+	f.Add("1")
+	f.Add("Wed, 21 Oct 2015 07:28:00 GMT")
+	f.Add("18446744073709551616")
+	f.Add("-5")
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, v string) {
+		if d := parseRetryAfter(v, now); d < 0 || d > maxRetryAfter {
+			t.Fatalf("parseRetryAfter(%q) = %v, outside [0, %v]", v, d, maxRetryAfter)
+		}
 	})
 }

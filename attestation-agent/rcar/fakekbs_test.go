@@ -42,6 +42,7 @@ type fakeKBS struct {
 	auths      []string // raw bodies of auth requests
 	attests    []kbstypes.Attestation
 	calls      map[string]int
+	callTimes  map[string][]time.Time
 }
 
 func newFakeKBS(t *testing.T) *fakeKBS {
@@ -64,6 +65,7 @@ func newFakeKBSOn(t *testing.T, l net.Listener) *fakeKBS {
 		t: t, signer: signer, now: time.Now(), tokenTTL: 5 * time.Minute,
 		sessions: map[string]string{}, tokens: map[string]json.RawMessage{},
 		resources: map[string][]byte{}, fail: map[string][]int{}, calls: map[string]int{},
+		callTimes: map[string][]time.Time{},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /kbs/v0/auth", f.auth)
@@ -92,11 +94,18 @@ func problem(w http.ResponseWriter, status int, check, detail string) {
 // injected answers with the next queued failure for endpoint, if any.
 func (f *fakeKBS) injected(w http.ResponseWriter, endpoint string) bool {
 	f.calls[endpoint]++
+	f.callTimes[endpoint] = append(f.callTimes[endpoint], time.Now())
 	q := f.fail[endpoint]
 	if len(q) == 0 {
 		return false
 	}
 	f.fail[endpoint] = q[1:]
+	if q[0] == http.StatusTooManyRequests {
+		// As Cloak's KBS answers a rate-limited client.
+		w.Header().Set("Retry-After", "1")
+		problem(w, q[0], "rate-limit", "too many requests; retry after 1 s")
+		return true
+	}
 	problem(w, q[0], "injected", "injected failure")
 	return true
 }

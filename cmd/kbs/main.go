@@ -26,6 +26,7 @@ import (
 	"github.com/cloak-containers/cloak/internal/logging"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/kbs/server"
+	"github.com/cloak-containers/cloak/kbs/session"
 	"github.com/cloak-containers/cloak/kbs/tlscert"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
@@ -48,6 +49,11 @@ type options struct {
 	tpmTrustedAKs, tpmEKRoots, tpmEKIntermediates string
 	sessionTTL, tokenTTL                          time.Duration
 	config                                        *configFile
+	storage                                       string
+	maxSessions                                   int
+	authRate, attestRate                          float64
+	rateBurst                                     int
+	rateLoopback                                  bool
 }
 
 func main() {
@@ -122,6 +128,7 @@ func newCommand() *cobra.Command {
 	o.config = addConfigFlag(f)
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free port)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for the database, keys and TLS certificate (required)")
+	f.StringVar(&o.storage, "storage", "bbolt", "storage backend: bbolt (DATA_DIR/kbs.db, one process) or postgres://USER@HOST:PORT/DB?sslmode=verify-full shared by replicas (password in PGPASSWORD or ~/.pgpass)")
 	f.StringArrayVar(&o.adminKeys, "admin-public-key", nil, "PEM Ed25519 public key whose tokens get the admin role: read and write (repeatable); with no admin or auditor key the admin API is disabled")
 	f.StringArrayVar(&o.auditorKeys, "auditor-public-key", nil, "PEM Ed25519 public key whose tokens get the read-only auditor role, whatever role they claim (repeatable)")
 	f.StringArrayVar(&o.refSigners, "reference-value-signer", nil, "PEM public key (Ed25519, ECDSA P-256/P-384) trusted to sign reference-value bundles for kbsctl reference-value import (repeatable)")
@@ -131,6 +138,11 @@ func newCommand() *cobra.Command {
 	f.StringArrayVar(&o.tlsSANs, "tls-san", nil, "extra DNS name or IP for the self-signed certificate (repeatable)")
 	f.DurationVar(&o.sessionTTL, "session-ttl", 5*time.Minute, "lifetime of an attestation session")
 	f.DurationVar(&o.tokenTTL, "token-ttl", 5*time.Minute, "lifetime of an attestation token")
+	f.IntVar(&o.maxSessions, "max-sessions", session.DefaultMaxSessions, "most attestation sessions open at once (all replicas together on PostgreSQL); beyond it auth answers 503 with Retry-After")
+	f.Float64Var(&o.authRate, "rate-limit-auth", server.DefaultRateLimit.PerSecond, "POST /kbs/v0/auth requests per second per client address; beyond it 429 with Retry-After (0: no limit)")
+	f.Float64Var(&o.attestRate, "rate-limit-attest", server.DefaultRateLimit.PerSecond, "POST /kbs/v0/attest requests per second per client address (0: no limit)")
+	f.IntVar(&o.rateBurst, "rate-limit-burst", server.DefaultRateLimit.Burst, "requests a client address may make at once above the auth and attest rates")
+	f.BoolVar(&o.rateLoopback, "rate-limit-loopback", false, "apply the rate limits to loopback clients too (by default local tools and benchmarks are exempt)")
 	f.StringVar(&o.maxBody, "max-body", "2MiB", "largest request body (bytes, or with KiB/MiB suffix)")
 	o.log = logging.Flags(f, logging.JSON)
 	f.StringVar(&o.collateralDir, "collateral-dir", "", "offline attestation collateral (AMD KDS/Intel PCS files by URL path), consulted before the network")
@@ -222,7 +234,9 @@ func run(ctx context.Context, o options, stderr io.Writer) error {
 		return err
 	}
 	srv, err := server.New(server.Config{
-		DataDir: o.dataDir, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
+		AuthRateLimit: rateLimit(o.authRate, o.rateBurst), AttestRateLimit: rateLimit(o.attestRate, o.rateBurst), MaxSessions: o.maxSessions,
+		RateLimitLoopback: o.rateLoopback,
+		DataDir:           o.dataDir, Storage: o.storage, AdminKeys: keys, AuditorKeys: auditorKeys, SessionTTL: o.sessionTTL, TokenTTL: o.tokenTTL,
 		MaxBodyBytes: maxBody, Logger: log,
 		SNP: snp.Options{Fetcher: fetcher, ExtraRoots: extraRoots, CRL: crlMode},
 		TDX: tdxOpts, TPM: tpmCfg, ReferenceValueSigners: refSigners,
@@ -297,6 +311,14 @@ func run(ctx context.Context, o options, stderr io.Writer) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// rateLimit is a --rate-limit-* flag's limit; 0 turns it off.
+func rateLimit(perSecond float64, burst int) server.RateLimit {
+	if perSecond <= 0 {
+		return server.RateLimit{PerSecond: -1}
+	}
+	return server.RateLimit{PerSecond: perSecond, Burst: burst}
 }
 
 // loadAdminKeys reads the PEM Ed25519 public keys of one role's flag.

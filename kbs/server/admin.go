@@ -166,12 +166,14 @@ func (s *Server) handleSetResourcePolicy(w http.ResponseWriter, r *http.Request)
 	if err != nil {
 		return fail(http.StatusBadRequest, checkResourcePol, "resource policy rejected: %v", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
 	if err := s.store.PutPolicy(storedResourcePolicy, src); err != nil {
 		return err
 	}
-	s.resource = rp
+	s.mu.Lock()
+	s.resource, s.resourceRaw = rp, src
+	s.mu.Unlock()
 	s.auditAdmin(r, adminapi.ActionResourcePolicySet, "resource-policy", src)
 	w.WriteHeader(http.StatusOK)
 	return nil
@@ -205,12 +207,14 @@ func (s *Server) handleSetAttestationPolicy(w http.ResponseWriter, r *http.Reque
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
 	if err := s.store.PutPolicy(storedAttestationPolicy, raw); err != nil {
 		return err
 	}
-	s.attestation = ap
+	s.mu.Lock()
+	s.attestation, s.attestationRaw = ap, raw
+	s.mu.Unlock()
 	s.auditAdmin(r, adminapi.ActionAttestationPolicySet, id, src)
 	w.WriteHeader(http.StatusOK)
 	return nil

@@ -37,6 +37,7 @@ func startKBS(t *testing.T, dir string, mutate func(*Config)) *kbs {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	k := &kbs{t: t, admin: priv, now: time.Now()}
 	cfg := Config{DataDir: dir, AdminKeys: []ed25519.PublicKey{pub}, Now: func() time.Time { return k.now }}
+	cfg.Storage = suiteStorage(t, dir)
 	if mutate != nil {
 		mutate(&cfg)
 	}

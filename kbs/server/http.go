@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/kbs/store"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -46,6 +47,8 @@ const (
 	checkInternal      = "internal"
 	checkBundle        = "reference-bundle"
 	checkBundleSigner  = "reference-bundle-signer"
+	checkStorage       = "storage"
+	checkRateLimit     = "rate-limit"
 )
 
 // apiError is an error that knows its HTTP answer.
@@ -100,7 +103,14 @@ func (s *Server) writeProblem(w http.ResponseWriter, r *http.Request, e *apiErro
 // writeErr answers with err, which is an *apiError or becomes a 500.
 func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
-	if !errors.As(err, &ae) {
+	switch {
+	case errors.As(err, &ae):
+	case errors.Is(err, store.ErrUnavailable):
+		// Nothing was acknowledged; another replica, or this one
+		// shortly, can serve the retry.
+		w.Header().Set("Retry-After", "1")
+		ae = fail(http.StatusServiceUnavailable, checkStorage, "%v; retry", err)
+	default:
 		ae = fail(http.StatusInternalServerError, checkInternal, "internal error: %v", err)
 	}
 	s.writeProblem(w, r, ae)
@@ -131,8 +141,8 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	// Protocol.
-	mux.Handle("POST /kbs/v0/auth", s.wrap(s.handleAuth))
-	mux.Handle("POST /kbs/v0/attest", s.wrap(s.handleAttest))
+	mux.Handle("POST /kbs/v0/auth", s.rateLimited(newLimiter(s.cfg.AuthRateLimit), s.wrap(s.handleAuth)))
+	mux.Handle("POST /kbs/v0/attest", s.rateLimited(newLimiter(s.cfg.AttestRateLimit), s.wrap(s.handleAttest)))
 	mux.Handle("GET "+adminapi.PathResource+"{path...}", s.wrap(s.handleGetResource))
 	// Admin.
 	mux.Handle("POST "+adminapi.PathResource+"{path...}", s.adminOnly(adminapi.RoleAdmin, s.handlePutResource))
@@ -151,10 +161,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET "+adminapi.PathTrusteeReferenceValue+"/{name}", s.adminOnly(adminapi.RoleAuditor, s.handleGetTrusteeReferenceValue))
 	mux.Handle("GET "+adminapi.PathAudit, s.adminOnly(adminapi.RoleAuditor, s.handleAudit))
 	// Operations.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		io.WriteString(w, "ok\n")
-	})
+	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -288,4 +295,23 @@ func bodyError(err error) error {
 		return fail(http.StatusRequestEntityTooLarge, checkBodyTooLarge, "request body larger than %d bytes", mbe.Limit)
 	}
 	return fail(http.StatusBadRequest, checkBody, "read request body: %v", err)
+}
+
+// handleHealthz answers 200 "ok" while the storage backend answers, and
+// 503 naming the failure while it does not (a load balancer then sends
+// guests to another replica). It recovers by itself with the backend.
+func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := s.store.Ping(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		if !errors.Is(err, store.ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+		}
+		fmt.Fprintf(w, "%v\n", err)
+		return
+	}
+	io.WriteString(w, "ok\n")
 }

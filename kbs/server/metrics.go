@@ -1,13 +1,19 @@
 package server
 
 import (
+	"context"
 	"runtime"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/cloak-containers/cloak/internal/version"
+	"github.com/cloak-containers/cloak/kbs/store"
 )
+
+// healthTimeout bounds a storage ping of /healthz or a metrics scrape.
+const healthTimeout = 2 * time.Second
 
 // metrics live in a registry per server so that tests can run several.
 type metrics struct {
@@ -15,9 +21,10 @@ type metrics struct {
 	requests     *prometheus.HistogramVec
 	attestations *prometheus.CounterVec
 	releases     *prometheus.CounterVec
+	rateLimited  *prometheus.CounterVec
 }
 
-func newMetrics() *metrics {
+func newMetrics(st store.Store) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -33,6 +40,10 @@ func newMetrics() *metrics {
 			Name: "kbs_releases_total",
 			Help: "Resource release decisions by TEE and verdict (allow, deny).",
 		}, []string{"tee", "verdict"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kbs_rate_limited_total",
+			Help: "Requests answered 429 by the per-client-address rate limit, by path.",
+		}, []string{"path"}),
 	}
 	// The usual *_build_info shape: join on it to see which build answered.
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -41,7 +52,19 @@ func newMetrics() *metrics {
 		ConstLabels: prometheus.Labels{"version": version.Version, "commit": version.Commit, "goversion": runtime.Version()},
 	})
 	buildInfo.Set(1)
-	m.registry.MustRegister(m.requests, m.attestations, m.releases, buildInfo,
+	// Asked at every scrape, so it is as fresh as /healthz.
+	storageUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kbs_storage_up",
+		Help: "1 if the storage backend answered a ping at this scrape, 0 if not (the KBS then answers 503 on /healthz).",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), healthTimeout)
+		defer cancel()
+		if st.Ping(ctx) != nil {
+			return 0
+		}
+		return 1
+	})
+	m.registry.MustRegister(m.requests, m.attestations, m.releases, m.rateLimited, buildInfo, storageUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -145,10 +146,6 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.sessions.MarkAttested(sess.ID, tok, att.RuntimeData.TeePubKey, tokClaims); err != nil {
-		return sessionError(err)
-	}
-	s.metrics.attestations.WithLabelValues(sess.Tee, appraisal.Status).Inc()
 	tokenID, _ := tokClaims["jti"].(string)
 	entry := adminapi.AuditEntry{
 		Kind: adminapi.KindAttest, Session: auditSessionRef(sess.ID), TokenID: tokenID, Tee: sess.Tee, RemoteAddr: r.RemoteAddr,
@@ -159,7 +156,15 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	if _, entry.Emulated = policy.Emulated(annotated); entry.Emulated {
 		entry.Detail = "emulated evidence verified and appraised; it carries no hardware protection"
 	}
-	s.audit(r.Context(), entry)
+	// Recorded before the session is marked: a token that no audit entry
+	// names is never handed out or usable.
+	if err := s.auditRequired(entry); err != nil {
+		return fmt.Errorf("record attestation: %w", err)
+	}
+	if err := s.sessions.MarkAttested(sess.ID, tok, att.RuntimeData.TeePubKey, tokClaims); err != nil {
+		return sessionError(err)
+	}
+	s.metrics.attestations.WithLabelValues(sess.Tee, appraisal.Status).Inc()
 	writeJSON(w, http.StatusOK, kbstypes.AttestationToken{Token: tok})
 	return nil
 }
@@ -324,7 +329,11 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	release("allow", checkResourcePol, d.Rule, "released")
+	entry.Verdict, entry.Check, entry.Rule, entry.Detail = "allow", checkResourcePol, d.Rule, "released"
+	if err := s.auditRequired(entry); err != nil {
+		return fmt.Errorf("record release: %w", err)
+	}
+	s.metrics.releases.WithLabelValues(who.tee, "allow").Inc()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(sealed)

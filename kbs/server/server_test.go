@@ -108,6 +108,7 @@ func TestAttestFailures(t *testing.T) {
 		}
 	})
 	k.run(t, "expired session", func(t *testing.T) {
+		skipOnDatabaseClock(t)
 		g.auth()
 		k.now = k.now.Add(6 * time.Minute)
 		defer func() { k.now = k.now.Add(-6 * time.Minute) }()
@@ -205,8 +206,10 @@ func TestResourceRequests(t *testing.T) {
 	k.now = k.now.Add(10 * time.Minute)
 	st, b = g.resource("default/key/one", g.token)
 	wantProblem(t, st, b, 401, "token-expired")
-	st, b = g.resource("default/key/one", "")
-	wantProblem(t, st, b, 401, "session-expired")
+	if suitePG == nil { // on PostgreSQL the database's clock expires sessions
+		st, b = g.resource("default/key/one", "")
+		wantProblem(t, st, b, 401, "session-expired")
+	}
 }
 
 func TestAdminAuth(t *testing.T) {

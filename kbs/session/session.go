@@ -1,6 +1,9 @@
-// Package session keeps the KBS's RCAR sessions in memory: a session is
-// created by /kbs/v0/auth with a fresh nonce, attested at most once by
-// /kbs/v0/attest, and then authorises resource requests until it expires.
+// Package session holds the KBS's RCAR (request-challenge-attestation-
+// response) sessions: a session is created by /kbs/v0/auth with a fresh
+// nonce, attested at most once by /kbs/v0/attest, and then authorises
+// resource requests until it expires. Store is the contract; Manager keeps
+// sessions in one process's memory, and kbs/store's PostgreSQL backend
+// keeps them in the database that all replicas share.
 package session
 
 import (
@@ -54,7 +57,39 @@ type Session struct {
 	nonceUsed bool
 }
 
-// Manager holds the sessions. The zero value is not usable; call NewManager.
+// Store holds sessions. Every method returns ErrNotFound or ErrExpired for
+// a session that is not live; the nonce of a session can be consumed once,
+// whichever process asks.
+type Store interface {
+	// Create starts a session for a TEE with a fresh id and nonce, or
+	// returns ErrFull.
+	Create(tee string) (Session, error)
+	// Get returns a live session.
+	Get(id string) (Session, error)
+	// ConsumeNonce marks the session's nonce as used and returns the
+	// session, or ErrNonceUsed if it already was.
+	ConsumeNonce(id string) (Session, error)
+	// MarkAttested records a successful attestation.
+	MarkAttested(id, token string, teePubKey json.RawMessage, claims map[string]any) error
+	// Attested returns a live, attested session, or ErrNotAttested.
+	Attested(id string) (Session, error)
+}
+
+// Fresh returns a new session for tee with a random id and nonce; the
+// caller sets Expires.
+func Fresh(tee string) (Session, error) {
+	id, err := random(16)
+	if err != nil {
+		return Session{}, err
+	}
+	nonce, err := random(32)
+	if err != nil {
+		return Session{}, err
+	}
+	return Session{ID: hex.EncodeToString(id), Tee: tee, Nonce: base64.StdEncoding.EncodeToString(nonce), State: StateAuth}, nil
+}
+
+// Manager holds the sessions in memory. The zero value is not usable; call NewManager.
 type Manager struct {
 	ttl time.Duration
 	max int
@@ -83,11 +118,7 @@ func NewManager(ttl time.Duration, max int, now func() time.Time) *Manager {
 // Create starts a session for a TEE with a fresh id and nonce. When the
 // table is full it first drops expired sessions, then refuses with ErrFull.
 func (m *Manager) Create(tee string) (Session, error) {
-	id, err := random(16)
-	if err != nil {
-		return Session{}, err
-	}
-	nonce, err := random(32)
+	fresh, err := Fresh(tee)
 	if err != nil {
 		return Session{}, err
 	}
@@ -100,13 +131,8 @@ func (m *Manager) Create(tee string) (Session, error) {
 			return Session{}, fmt.Errorf("%w (%d); retry later", ErrFull, m.max)
 		}
 	}
-	s := &Session{
-		ID:      hex.EncodeToString(id),
-		Tee:     tee,
-		Nonce:   base64.StdEncoding.EncodeToString(nonce),
-		State:   StateAuth,
-		Expires: now.Add(m.ttl),
-	}
+	s := &fresh
+	s.Expires = now.Add(m.ttl)
 	m.sessions[s.ID] = s
 	return *s, nil
 }

@@ -1,30 +1,30 @@
-// Package store persists the KBS's state in one bbolt file in the data
-// directory: resources (encrypted at rest with AES-256-GCM under a key file
-// next to the database), policies, reference values and the audit log.
-// Every write is an fsynced bbolt transaction.
+// Package store persists the KBS's state: resources (encrypted at rest with
+// AES-256-GCM under storage.key in the data directory, AAD = path),
+// policies, reference values, the audit log and, on a shared backend, the
+// RCAR sessions.
+//
+// Two backends implement Store: Bolt, one bbolt file in the data directory
+// for one machine (the default), and Postgres, a PostgreSQL database that
+// several KBS replicas share. Both run versioned schema migrations when
+// opened and refuse a schema newer than they know.
 package store
 
 import (
-	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
-	"slices"
+	"strings"
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
-
 	"github.com/cloak-containers/cloak/kbs/adminapi"
 	"github.com/cloak-containers/cloak/kbs/keyfile"
+	"github.com/cloak-containers/cloak/kbs/session"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -38,40 +38,132 @@ const (
 // dropped as new ones arrive.
 const DefaultAuditRetention = 100000
 
-// lockTimeout bounds the wait for another process's lock on the database.
-const lockTimeout = 2 * time.Second
-
-var (
-	bucketResources = []byte("resources")
-	bucketPolicies  = []byte("policies")
-	bucketReference = []byte("reference-values")
-	bucketAudit     = []byte("audit")
-	// bucketSources maps name NUL value to the ReferenceValueSource of a
-	// value imported from a signed bundle.
-	bucketSources = []byte("reference-sources")
-	allBuckets    = [][]byte{bucketResources, bucketPolicies, bucketReference, bucketAudit, bucketSources}
-)
-
 // ErrNotFound is returned for a missing resource or policy.
 var ErrNotFound = errors.New("not found")
 
-// Store is the KBS's persistent state.
-type Store struct {
-	db        *bolt.DB
-	aead      cipher.AEAD
-	retention uint64
+// ErrTooManyValues is returned when an import would give a name more values
+// than the limit.
+var ErrTooManyValues = errors.New("too many reference values")
 
-	auditMu       sync.Mutex
-	auditQueue    []*auditReq
-	auditFlushing bool
+// ErrUnavailable wraps failures to reach the backend (after the bounded
+// retries): the request may succeed later, at this or another replica.
+var ErrUnavailable = errors.New("storage unavailable")
+
+// ErrSchemaTooNew is returned when the stored schema was written by a newer
+// KBS than this one.
+var ErrSchemaTooNew = errors.New("storage schema is newer than this kbs knows")
+
+// Store is the KBS's persistent state. Every write is one transaction: it
+// is stored whole or not at all.
+type Store interface {
+	// PutResource stores (replaces) a resource value.
+	PutResource(p kbstypes.ResourcePath, value []byte, now time.Time) (adminapi.ResourceInfo, error)
+	// GetResource returns a resource value, or ErrNotFound.
+	GetResource(p kbstypes.ResourcePath) ([]byte, error)
+	// DeleteResource deletes a resource, or returns ErrNotFound.
+	DeleteResource(p kbstypes.ResourcePath) error
+	// ListResources describes all resources, sorted by path.
+	ListResources() ([]adminapi.ResourceInfo, error)
+
+	// PutPolicy stores the source of a named policy.
+	PutPolicy(name string, src []byte) error
+	// GetPolicy returns the source of a named policy, or ErrNotFound.
+	GetPolicy(name string) ([]byte, error)
+
+	// SetReferenceValue replaces the values of a name; no values deletes
+	// it. Values set by hand have no bundle: their sources are forgotten.
+	SetReferenceValue(name string, values []string) error
+	// ImportReferenceValues adds values (name -> values) to the stored
+	// ones, each remembering src, in one transaction: all are stored or
+	// none. A value already stored takes src as its new source. It reports
+	// which were new.
+	ImportReferenceValues(values map[string][]string, src adminapi.ReferenceValueSource, maxPerName int) (map[string]map[string]bool, error)
+	// ReferenceSource returns the bundle a stored value came from, or nil
+	// for a value set by hand.
+	ReferenceSource(name, value string) (*adminapi.ReferenceValueSource, error)
+	// ReferenceBundles returns the distinct bundles that values of name
+	// were imported from, sorted.
+	ReferenceBundles(name string) ([]string, error)
+	// ReferenceSources returns the sources of every imported value:
+	// [name][value].
+	ReferenceSources() (map[string]map[string]adminapi.ReferenceValueSource, error)
+	// ReferenceValues returns all reference values.
+	ReferenceValues() (map[string][]string, error)
+
+	// AppendAudit durably records an audit entry (assigning its seq)
+	// before it returns.
+	AppendAudit(e adminapi.AuditEntry) (uint64, error)
+	// Audit returns up to limit entries with seq > after, oldest first,
+	// only those of kind unless it is empty. next is the seq of the last
+	// entry examined (after when none was): with a kind filter, entries of
+	// other kinds past the last one returned were skipped and need no
+	// second look.
+	Audit(after uint64, limit int, kind string) (entries []adminapi.AuditEntry, next uint64, err error)
+
+	// Sessions returns the RCAR session store of this backend.
+	Sessions(ttl time.Duration, max int, now func() time.Time) session.Store
+	// Shared reports whether other KBS processes may write this store, so
+	// that state cached in memory (compiled policies) must be re-read.
+	Shared() bool
+	// Ping checks that the store answers.
+	Ping(ctx context.Context) error
+	// Close releases the store.
+	Close() error
 }
 
-// Open opens (creating if needed) the store in dir.
-func Open(dir string) (*Store, error) {
+// Options configures Open.
+type Options struct {
+	// DataDir holds storage.key (and kbs.db for bbolt).
+	DataDir string
+	// URL selects the backend: "" or "bbolt" for DATA_DIR/kbs.db,
+	// postgres://... or postgresql://... for PostgreSQL.
+	URL string
+	// AuditRetention is how many audit entries are kept
+	// (DefaultAuditRetention if <= 0).
+	AuditRetention int
+}
+
+// IsPostgresURL reports whether url selects the PostgreSQL backend.
+func IsPostgresURL(url string) bool {
+	return strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://")
+}
+
+// Open opens (creating if needed) the store that o selects.
+func Open(o Options) (Store, error) {
+	switch {
+	case o.URL == "" || o.URL == "bbolt":
+		s, err := OpenBolt(o)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	case IsPostgresURL(o.URL):
+		s, err := OpenPostgres(context.Background(), o)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	default:
+		return nil, fmt.Errorf("--storage %q: want bbolt (the default, DATA_DIR/%s) or a postgres://USER@HOST:PORT/DB URL", redactURL(o.URL), DBFile)
+	}
+}
+
+func (o Options) retention() uint64 {
+	if o.AuditRetention <= 0 {
+		return DefaultAuditRetention
+	}
+	return uint64(o.AuditRetention)
+}
+
+// sealer encrypts resource values under storage.key, bound to their path.
+type sealer struct{ aead cipher.AEAD }
+
+func loadSealer(dir string) (*sealer, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	key, err := keyfile.LoadOrCreate(filepath.Join(dir, KeyFile), func() ([]byte, error) {
+	path := filepath.Join(dir, KeyFile)
+	key, err := keyfile.LoadOrCreate(path, func() ([]byte, error) {
 		k := make([]byte, 32)
 		if _, err := rand.Read(k); err != nil {
 			return nil, fmt.Errorf("generate storage key: %w", err)
@@ -82,7 +174,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("storage key: %w", err)
 	}
 	if len(key) != 32 {
-		return nil, fmt.Errorf("storage key %s is %d bytes, want 32; restore it from backup (resources cannot be decrypted without it)", filepath.Join(dir, KeyFile), len(key))
+		return nil, fmt.Errorf("storage key %s is %d bytes, want 32; restore it from backup (resources cannot be decrypted without it)", path, len(key))
 	}
 	block, err := aes.NewCipher(key)
 	if err != nil {
@@ -92,354 +184,43 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage key: %w", err)
 	}
-	path := filepath.Join(dir, DBFile)
-	db, err := openDB(path)
-	if err != nil {
-		return nil, err
-	}
-	s := &Store{db: db, aead: aead, retention: DefaultAuditRetention}
-	return s, nil
+	return &sealer{aead: aead}, nil
 }
 
-// openDB opens the bbolt file and creates the buckets. bbolt may panic on
-// some corrupted pages; that is turned into the same actionable error.
-func openDB(path string) (db *bolt.DB, err error) {
-	corrupt := func(cause any) error {
-		return fmt.Errorf("database %s is corrupted (%v); restore it from a backup or move it away to start empty", path, cause)
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			if db != nil {
-				db.Close()
-			}
-			db, err = nil, corrupt(r)
-		}
-	}()
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
-	switch {
-	case errors.Is(err, bolterrors.ErrTimeout):
-		return nil, fmt.Errorf("data dir is in use by another kbs process (lock on %s); stop it or use another --data-dir", path)
-	case errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrVersionMismatch), errors.Is(err, bolterrors.ErrChecksum):
-		return nil, corrupt(err)
-	case err != nil:
-		return nil, fmt.Errorf("open database %s: %w", path, corrupt(err))
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, corrupt(err)
-	}
-	return db, nil
-}
-
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
-
-type resourceRecord struct {
-	Updated time.Time `json:"updated"`
-	Size    int       `json:"size"`
-	Sealed  []byte    `json:"sealed"` // nonce || AES-256-GCM ciphertext, AAD = path
-}
-
-// PutResource stores (replaces) a resource value.
-func (s *Store) PutResource(p kbstypes.ResourcePath, value []byte, now time.Time) (adminapi.ResourceInfo, error) {
+// seal returns nonce || AES-256-GCM ciphertext of value, AAD = path.
+func (s *sealer) seal(p kbstypes.ResourcePath, value []byte) ([]byte, error) {
 	if len(value) > kbstypes.MaxResourceSize {
-		return adminapi.ResourceInfo{}, fmt.Errorf("resource is %d bytes, limit is %d", len(value), kbstypes.MaxResourceSize)
+		return nil, fmt.Errorf("resource is %d bytes, limit is %d", len(value), kbstypes.MaxResourceSize)
 	}
 	nonce := make([]byte, s.aead.NonceSize())
 	if _, err := rand.Read(nonce); err != nil {
-		return adminapi.ResourceInfo{}, fmt.Errorf("resource nonce: %w", err)
+		return nil, fmt.Errorf("resource nonce: %w", err)
 	}
-	rec := resourceRecord{Updated: now.UTC(), Size: len(value), Sealed: s.aead.Seal(nonce, nonce, value, []byte(p.String()))}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return adminapi.ResourceInfo{}, err
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketResources).Put([]byte(p.String()), data)
-	})
-	if err != nil {
-		return adminapi.ResourceInfo{}, fmt.Errorf("store resource %s: %w", p, err)
-	}
-	return adminapi.ResourceInfo{Path: p.String(), Size: rec.Size, Updated: rec.Updated}, nil
+	return s.aead.Seal(nonce, nonce, value, []byte(p.String())), nil
 }
 
-// GetResource returns a resource value, or ErrNotFound.
-func (s *Store) GetResource(p kbstypes.ResourcePath) ([]byte, error) {
-	var rec resourceRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		data := tx.Bucket(bucketResources).Get([]byte(p.String()))
-		if data == nil {
-			return ErrNotFound
-		}
-		return json.Unmarshal(data, &rec)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("resource %s: %w", p, err)
-	}
+func (s *sealer) open(p kbstypes.ResourcePath, sealed []byte) ([]byte, error) {
 	ns := s.aead.NonceSize()
-	if len(rec.Sealed) < ns {
+	if len(sealed) < ns {
 		return nil, fmt.Errorf("resource %s: stored value truncated", p)
 	}
-	value, err := s.aead.Open(nil, rec.Sealed[:ns], rec.Sealed[ns:], []byte(p.String()))
+	value, err := s.aead.Open(nil, sealed[:ns], sealed[ns:], []byte(p.String()))
 	if err != nil {
 		return nil, fmt.Errorf("resource %s: cannot decrypt stored value (wrong %s or tampered database): %w", p, KeyFile, err)
 	}
 	return value, nil
 }
 
-// DeleteResource deletes a resource, or returns ErrNotFound.
-func (s *Store) DeleteResource(p kbstypes.ResourcePath) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketResources)
-		if b.Get([]byte(p.String())) == nil {
-			return fmt.Errorf("resource %s: %w", p, ErrNotFound)
-		}
-		return b.Delete([]byte(p.String()))
-	})
-}
-
-// ListResources describes all resources, sorted by path.
-func (s *Store) ListResources() ([]adminapi.ResourceInfo, error) {
-	out := []adminapi.ResourceInfo{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketResources).ForEach(func(k, v []byte) error {
-			var rec resourceRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("resource %s: %w", k, err)
-			}
-			out = append(out, adminapi.ResourceInfo{Path: string(k), Size: rec.Size, Updated: rec.Updated})
-			return nil
-		})
-	})
-	return out, err // bbolt iterates in key order, which is path order
-}
-
-// PutPolicy stores the source of a named policy.
-func (s *Store) PutPolicy(name string, src []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPolicies).Put([]byte(name), src)
-	})
-}
-
-// GetPolicy returns the source of a named policy, or ErrNotFound.
-func (s *Store) GetPolicy(name string) ([]byte, error) {
-	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketPolicies).Get([]byte(name))
-		if v == nil {
-			return ErrNotFound
-		}
-		out = append([]byte(nil), v...)
-		return nil
-	})
-	return out, err
-}
-
-// SetReferenceValue replaces the values of a name; no values deletes it.
-// Values set by hand have no bundle: their sources are forgotten.
-func (s *Store) SetReferenceValue(name string, values []string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := deleteSources(tx, name); err != nil {
-			return err
-		}
-		b := tx.Bucket(bucketReference)
-		if len(values) == 0 {
-			return b.Delete([]byte(name))
-		}
-		data, err := json.Marshal(values)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(name), data)
-	})
-}
-
-func sourceKey(name, value string) []byte { return []byte(name + "\x00" + value) }
-
-func deleteSources(tx *bolt.Tx, name string) error {
-	c := tx.Bucket(bucketSources).Cursor()
-	prefix := []byte(name + "\x00")
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
-		if err := c.Delete(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// ErrTooManyValues is returned when an import would give a name more values
-// than the limit.
-var ErrTooManyValues = errors.New("too many reference values")
-
-// ImportReferenceValues adds values (name -> values) to the stored ones,
-// each remembering src, in one transaction: all are stored or none. A value
-// already stored takes src as its new source. It reports which were new.
-func (s *Store) ImportReferenceValues(values map[string][]string, src adminapi.ReferenceValueSource, maxPerName int) (map[string]map[string]bool, error) {
-	srcJSON, err := json.Marshal(src)
-	if err != nil {
-		return nil, err
-	}
-	added := map[string]map[string]bool{}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b, sb := tx.Bucket(bucketReference), tx.Bucket(bucketSources)
-		for name, vals := range values {
-			var cur []string
-			if raw := b.Get([]byte(name)); raw != nil {
-				if err := json.Unmarshal(raw, &cur); err != nil {
-					return fmt.Errorf("reference value %s: %w", name, err)
-				}
-			}
-			added[name] = map[string]bool{}
-			for _, v := range vals {
-				if !slices.Contains(cur, v) {
-					cur = append(cur, v)
-					added[name][v] = true
-				}
-				if err := sb.Put(sourceKey(name, v), srcJSON); err != nil {
-					return err
-				}
-			}
-			if len(cur) > maxPerName {
-				return fmt.Errorf("%w: %s would have %d values, limit %d", ErrTooManyValues, name, len(cur), maxPerName)
-			}
-			data, err := json.Marshal(cur)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(name), data); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return added, nil
-}
-
-// ReferenceSource returns the bundle a stored value came from, or nil for a
-// value set by hand.
-func (s *Store) ReferenceSource(name, value string) (*adminapi.ReferenceValueSource, error) {
-	var src *adminapi.ReferenceValueSource
-	err := s.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketSources).Get(sourceKey(name, value))
-		if raw == nil {
-			return nil
-		}
-		src = new(adminapi.ReferenceValueSource)
-		return json.Unmarshal(raw, src)
-	})
-	return src, err
-}
-
-// ReferenceBundles returns the distinct bundles that values of name were
-// imported from, sorted.
-func (s *Store) ReferenceBundles(name string) ([]string, error) {
-	seen := map[string]bool{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketSources).Cursor()
-		prefix := []byte(name + "\x00")
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var src adminapi.ReferenceValueSource
-			if err := json.Unmarshal(v, &src); err != nil {
-				return fmt.Errorf("reference source %s: %w", k, err)
-			}
-			seen[src.Bundle] = true
-		}
-		return nil
-	})
-	out := make([]string, 0, len(seen))
-	for b := range seen {
-		out = append(out, b)
-	}
-	slices.Sort(out)
-	return out, err
-}
-
-// ReferenceSources returns the sources of every imported value:
-// [name][value].
-func (s *Store) ReferenceSources() (map[string]map[string]adminapi.ReferenceValueSource, error) {
-	out := map[string]map[string]adminapi.ReferenceValueSource{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSources).ForEach(func(k, v []byte) error {
-			name, value, ok := bytes.Cut(k, []byte{0})
-			if !ok {
-				return fmt.Errorf("reference source key %q has no NUL", k)
-			}
-			var src adminapi.ReferenceValueSource
-			if err := json.Unmarshal(v, &src); err != nil {
-				return fmt.Errorf("reference source %s: %w", k, err)
-			}
-			if out[string(name)] == nil {
-				out[string(name)] = map[string]adminapi.ReferenceValueSource{}
-			}
-			out[string(name)][string(value)] = src
-			return nil
-		})
-	})
-	return out, err
-}
-
-// ReferenceValues returns all reference values.
-func (s *Store) ReferenceValues() (map[string][]string, error) {
-	out := map[string][]string{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketReference).ForEach(func(k, v []byte) error {
-			var vals []string
-			if err := json.Unmarshal(v, &vals); err != nil {
-				return fmt.Errorf("reference value %s: %w", k, err)
-			}
-			out[string(k)] = vals
-			return nil
-		})
-	})
-	return out, err
-}
-
-// AppendAudit durably records an audit entry (assigning its seq) before it
-// returns.
-//
-// Appends are group-committed: while one caller commits, others queue, and
-// the next commit writes all of them with a single fsync. Each handshake
-// records two decisions, so committing them one by one would bound the KBS
-// by disk flush latency. bbolt's own DB.Batch does the same but waits a fixed
-// delay for company even when alone, which would add latency to every
-// handshake on an idle KBS.
-func (s *Store) AppendAudit(e adminapi.AuditEntry) (uint64, error) {
-	req := &auditReq{entry: e, done: make(chan struct{})}
-	s.auditMu.Lock()
-	s.auditQueue = append(s.auditQueue, req)
-	if s.auditFlushing {
-		s.auditMu.Unlock()
-		<-req.done
-		return req.seq, req.err
-	}
-	s.auditFlushing = true
-	for len(s.auditQueue) > 0 {
-		batch := s.auditQueue
-		s.auditQueue = nil
-		s.auditMu.Unlock()
-		err := s.commitAudit(batch)
-		for _, r := range batch {
-			if err != nil {
-				r.seq, r.err = 0, err
-			}
-			close(r.done)
-		}
-		s.auditMu.Lock()
-	}
-	s.auditFlushing = false
-	s.auditMu.Unlock()
-	return req.seq, req.err
+// auditQueue group-commits audit appends: while one caller commits, others
+// queue, and the next commit writes all of them in one transaction (one
+// fsync). Each handshake records two decisions, so committing them one by
+// one would bound the KBS by flush latency. bbolt's own DB.Batch does the
+// same but waits a fixed delay for company even when alone, which would add
+// latency to every handshake on an idle KBS.
+type auditQueue struct {
+	mu       sync.Mutex
+	queue    []*auditReq
+	flushing bool
 }
 
 type auditReq struct {
@@ -449,64 +230,31 @@ type auditReq struct {
 	done  chan struct{}
 }
 
-func (s *Store) commitAudit(batch []*auditReq) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAudit)
+// append queues e and returns once commit has stored it (or failed).
+func (q *auditQueue) append(e adminapi.AuditEntry, commit func([]*auditReq) error) (uint64, error) {
+	req := &auditReq{entry: e, done: make(chan struct{})}
+	q.mu.Lock()
+	q.queue = append(q.queue, req)
+	if q.flushing {
+		q.mu.Unlock()
+		<-req.done
+		return req.seq, req.err
+	}
+	q.flushing = true
+	for len(q.queue) > 0 {
+		batch := q.queue
+		q.queue = nil
+		q.mu.Unlock()
+		err := commit(batch)
 		for _, r := range batch {
-			seq, err := b.NextSequence()
 			if err != nil {
-				return err
+				r.seq, r.err = 0, err
 			}
-			r.entry.Seq, r.seq = seq, seq
-			data, err := json.Marshal(r.entry)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(seqKey(seq), data); err != nil {
-				return err
-			}
-			if seq > s.retention {
-				// One entry dropped per append keeps the log at the bound.
-				if err := b.Delete(seqKey(seq - s.retention)); err != nil {
-					return err
-				}
-			}
+			close(r.done)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("append audit entry: %w", err)
+		q.mu.Lock()
 	}
-	return nil
-}
-
-// Audit returns up to limit entries with seq > after, oldest first, only
-// those of kind unless it is empty. next is the seq of the last entry
-// examined (after when none was): with a kind filter, entries of other
-// kinds past the last one returned were skipped and need no second look.
-func (s *Store) Audit(after uint64, limit int, kind string) (entries []adminapi.AuditEntry, next uint64, err error) {
-	out := []adminapi.AuditEntry{}
-	next = after
-	if after == math.MaxUint64 {
-		return out, next, nil
-	}
-	err = s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
-			var e adminapi.AuditEntry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("audit entry %d: %w", binary.BigEndian.Uint64(k), err)
-			}
-			next = binary.BigEndian.Uint64(k)
-			if kind == "" || e.Kind == kind {
-				out = append(out, e)
-			}
-		}
-		return nil
-	})
-	return out, next, err
-}
-
-func seqKey(seq uint64) []byte {
-	return binary.BigEndian.AppendUint64(nil, seq)
+	q.flushing = false
+	q.mu.Unlock()
+	return req.seq, req.err
 }
