@@ -238,7 +238,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 				return nil, errgrpc.ToGRPC(err)
 			}
 		}
-		sb, err := startSandbox(ctx, cfg, vs, s.ns, r.ID, r.Bundle, hostname, pnet, s.logger)
+		sb, err := startSandbox(ctx, sandboxSpec{cfg: cfg, settings: vs, ns: s.ns, id: r.ID, bundle: r.Bundle, hostname: hostname, net: pnet, logger: s.logger})
 		if err != nil {
 			return nil, errgrpc.ToGRPC(fmt.Errorf("start VM: %w", err))
 		}
@@ -299,7 +299,7 @@ func (s *service) createPodSandbox(ctx context.Context, r *taskAPI.CreateTaskReq
 	}
 	// The pause process prints nothing: its output streams end now.
 	io.closeAll()
-	pid := uint32(s.sandbox.vm.Pid())
+	pid := uint32(s.sandbox.pid)
 	p := newProcess(r.ID, "", pid, io)
 	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, podSandbox: true, init: p, execs: map[string]*process{}}
 	s.sendCreate(r, pid)
@@ -316,7 +316,7 @@ func (s *service) sendCreate(r *taskAPI.CreateTaskRequest, pid uint32) {
 
 // watchVM ends every process when QEMU exits without being asked to.
 func (s *service) watchVM(sb *sandbox) {
-	<-sb.vm.Exited()
+	<-sb.exited
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range s.containers {
@@ -449,7 +449,7 @@ func (s *service) waitExit(sb *sandbox, p *process) {
 	}
 	select {
 	case <-p.io.done:
-	case <-sb.vm.Exited():
+	case <-sb.exited:
 	case <-time.After(ioDrainTimeout):
 		// A process the container left behind may hold its output open;
 		// the exit must not wait for it forever.
@@ -674,7 +674,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s is running: kill it first: %w", r.ID, errdefs.ErrFailedPrecondition))
 	}
 	select {
-	case <-s.sandbox.vm.Exited():
+	case <-s.sandbox.exited:
 	default:
 		if c.podSandbox {
 			break
