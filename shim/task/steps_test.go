@@ -5,9 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/cloak-containers/cloak/shim/config"
 )
 
 // recordedSteps are n steps that log their runs and cleanups in order;
@@ -147,5 +152,51 @@ func TestSandboxStepsMarkTheTimeline(t *testing.T) {
 	}
 	if slices.Index(names, "pod network") > slices.Index(names, "qemu") {
 		t.Errorf("steps %q: the TAPs must exist before QEMU starts", names)
+	}
+}
+
+// The real start's steps, run up to a QEMU that cannot be found: the
+// error is the launcher's, and the steps before it are undone (the vTPM
+// state made for this VM is removed).
+func TestStartSandboxFailsCleanly(t *testing.T) {
+	dir := t.TempDir()
+	imageDir := filepath.Join(dir, "image")
+	if err := os.Mkdir(imageDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Config{RunDir: filepath.Join(dir, "run"), ImageDir: imageDir, ConsoleLogDir: filepath.Join(dir, "console"),
+		Kernel: filepath.Join(imageDir, "vmlinuz"), RootDisk: filepath.Join(imageDir, "root.img"),
+		VTPM: true, VTPMStateDir: filepath.Join(dir, "vtpm")}.WithDefaults()
+	spec := sandboxSpec{cfg: cfg, settings: vmSettings{vcpus: 1, memoryMiB: 256}, ns: "test", id: "t1", bundle: dir, hostname: "t1", logger: slog.New(slog.DiscardHandler)}
+
+	// No manifest: the image was never built.
+	if _, err := startSandbox(context.Background(), spec); err == nil || !strings.Contains(err.Error(), "make image") {
+		t.Fatalf("startSandbox without an image = %v, want the error naming `make image`", err)
+	}
+	if _, err := os.Stat(cfg.ConsoleLogDir); err != nil {
+		t.Errorf("the console log step did not run: %v", err)
+	}
+
+	if err := os.WriteFile(filepath.Join(imageDir, "manifest.json"), []byte(`{"cmdline":"console=hvc0"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{cfg.Kernel, cfg.RootDisk} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vtpm := vtpmFor(cfg, "test", "t1").StateDir
+	if err := os.MkdirAll(vtpm, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", t.TempDir()) // no qemu-system-x86_64
+	if _, err := startSandbox(context.Background(), spec); err == nil || !strings.Contains(err.Error(), "find qemu") {
+		t.Fatalf("startSandbox without QEMU = %v, want the launcher's error", err)
+	}
+	if _, err := os.Stat(vtpm); !os.IsNotExist(err) {
+		t.Errorf("vTPM state %s left behind by a failed start (%v)", vtpm, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); !os.IsNotExist(err) {
+		t.Errorf("a VM state file was written for a VM that never started (%v)", err)
 	}
 }
