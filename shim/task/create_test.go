@@ -33,10 +33,12 @@ import (
 const answerWithin = 5 * time.Second
 
 // fakeAgent is a guest agent on a unix socket: real gRPC, no guest. Each
-// PullImage runs pull, if set, which can hold it.
+// PullImage runs pull, and each CreateContainer runs create, if set, which
+// can hold the call.
 type fakeAgent struct {
 	agentapi.UnimplementedAgentServiceServer
 	pull    func(ctx context.Context, image string) error
+	create  func(id string)
 	oom     chan string // container ids the "guest" OOM-kills
 	removed chan string // RemoveContainer calls
 	created atomic.Int32
@@ -52,6 +54,9 @@ func (a *fakeAgent) PullImage(ctx context.Context, r *agentapi.PullImageRequest)
 }
 
 func (a *fakeAgent) CreateContainer(ctx context.Context, r *agentapi.CreateContainerRequest) (*agentapi.CreateContainerResponse, error) {
+	if a.create != nil {
+		a.create(r.ContainerId)
+	}
 	return &agentapi.CreateContainerResponse{Pid: 100 + uint32(a.created.Add(1))}, nil
 }
 
@@ -332,16 +337,22 @@ func TestCreateDoesNotHoldUpOtherTasks(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("Kill(c0): %v", err)
 	}
+	// Wait finds c1's process and waits for its exit, until its deadline.
+	short, cancel := context.WithTimeout(h.ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := within(t, "Wait of another container", func() (*taskAPI.WaitResponse, error) {
+		return h.s.Wait(short, &taskAPI.WaitRequest{ID: "c1"})
+	}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait(c1) = %v, want its deadline exceeded while c1 has not exited", err)
+	}
 	// A created task that was never started is deleted as exited.
 	if _, err := within(t, "Delete of another container", func() (*taskAPI.DeleteResponse, error) {
 		return h.s.Delete(h.ctx, &taskAPI.DeleteRequest{ID: "c1"})
 	}); err != nil {
 		t.Fatalf("Delete(c1): %v", err)
 	}
-	if _, err := within(t, "Wait of a deleted container's process", func() (*taskAPI.WaitResponse, error) {
-		return h.s.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c1"})
-	}); err == nil {
-		t.Fatal("Wait(c1) after its Delete succeeded")
+	if id := <-h.agent.removed; id != "c1" {
+		t.Errorf("Delete(c1) removed %q in the guest", id)
 	}
 	h.agent.oom <- "c0"
 	h.events.waitFor(t, "TaskOOM for c0", func(e events.Event) bool {
@@ -507,6 +518,9 @@ func TestDeleteAbandonsPodContainerOnly(t *testing.T) {
 	if n := h.vms.running(); n != 1 {
 		t.Errorf("%d VMs running, want the pod's 1", n)
 	}
+	if n := len(h.agent.removed); n != 0 {
+		t.Errorf("%d RemoveContainer calls for a container the guest never created", n)
+	}
 	if st, err := h.s.State(h.ctx, &taskAPI.StateRequest{ID: "sb"}); err != nil || st.Status != apitask.Status_CREATED {
 		t.Errorf("State(sb) = %v, %v", st, err)
 	}
@@ -553,5 +567,43 @@ func TestFailedCreateStopsItsVM(t *testing.T) {
 	h.agent.pull = nil
 	if _, err := h.create("t1", standalone); err != nil {
 		t.Fatalf("Create again after a failed one: %v", err)
+	}
+}
+
+// A Delete that comes while the guest creates the container leaves no
+// container in the guest: the abandoned Create removes it, even though the
+// guest finished creating it after the shim stopped waiting.
+func TestDeleteDuringGuestCreate(t *testing.T) {
+	h := newHarness(t)
+	creating, release := make(chan struct{}), make(chan struct{})
+	h.agent.create = func(id string) {
+		if id == "c1" {
+			close(creating)
+			<-release // the guest does not notice the host gave up
+		}
+	}
+	t.Cleanup(func() { close(release) })
+	if _, err := h.create("sb", podSandbox); err != nil {
+		t.Fatal(err)
+	}
+	created := h.createAsync("c1", podContainer)
+	<-creating
+	_, err := within(t, "Delete during the guest create", func() (*taskAPI.DeleteResponse, error) {
+		return h.s.Delete(h.ctx, &taskAPI.DeleteRequest{ID: "c1"})
+	})
+	wantErr(t, "Delete(c1)", err, errdefs.ErrNotFound, "deleted before its Create returned")
+	select {
+	case id := <-h.agent.removed:
+		if id != "c1" {
+			t.Errorf("removed %q from the guest, want c1", id)
+		}
+	default:
+		t.Error("the abandoned Create did not remove its container from the guest")
+	}
+	if err := <-created; err == nil {
+		t.Fatal("the abandoned Create succeeded")
+	}
+	if n := h.vms.running(); n != 1 {
+		t.Errorf("%d VMs running, want the pod's 1", n)
 	}
 }

@@ -403,6 +403,10 @@ func (s *service) createContainer(c *creation, p *createPlan) (*taskAPI.CreateTa
 	}
 	created, err := client.CreateContainer(c.ctx, req)
 	if err != nil {
+		if c.ctx.Err() != nil {
+			// Abandoned during the call: the guest may have made it.
+			removeInGuest(c, r.ID)
+		}
 		return nil, fmt.Errorf("create container %s in the guest: %w", r.ID, err)
 	}
 	times.created = time.Now()
@@ -415,14 +419,19 @@ func (s *service) createContainer(c *creation, p *createPlan) (*taskAPI.CreateTa
 		}
 	}
 	if err != nil {
-		ctx := context.WithoutCancel(c.ctx)
-		if _, rerr := client.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: r.ID}); rerr != nil {
-			log.G(ctx).WithError(rerr).WithField("container", r.ID).Warn("remove the container of a failed create in the guest")
-		}
+		removeInGuest(c, r.ID)
 		return nil, errgrpc.ToGRPC(err)
 	}
 	go io.copy(s.ctx, client, r.ID, "")
 	return &taskAPI.CreateTaskResponse{Pid: created.Pid}, nil
+}
+
+// removeInGuest removes the container of a failed Create from the guest.
+func removeInGuest(c *creation, id string) {
+	ctx := context.WithoutCancel(c.ctx)
+	if _, err := c.sb.client.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: id}); err != nil {
+		log.G(ctx).WithError(err).WithField("container", id).Warn("remove the container of a failed create in the guest")
+	}
 }
 
 // createPodSandbox publishes the pod's sandbox task, whose process is the
