@@ -37,16 +37,16 @@ const (
 	stateFile = "cloak-vm.json"
 )
 
-// sandbox is one VM, the agent inside it and, for a pod, the TAPs that
-// connect it to the pod network.
+// sandbox is one VM and the agent inside it, as the task service uses it
+// once the VM's start steps (startSandbox) all ran.
 type sandbox struct {
-	vm     *qemu.VM
+	pid    int             // QEMU's
+	exited <-chan struct{} // closed when QEMU is gone
 	client *agent.Client
-	pod    *network.Pod // nil on the user-mode network
-	share  *hostShare   // nil: no virtio-fs shared directory
-	// vtpmDir is the VM's swtpm state, removed with the VM ("" = no vTPM).
-	vtpmDir string
-	sp      *emulatedSP // nil unless tee = "emulated"
+	share  *hostShare // nil: no virtio-fs shared directory
+	// undo are the cleanups of the start steps (runCleanups): powering
+	// off and removing what the VM used (TAPs, shared directory, vTPM).
+	undo []func(context.Context) error
 	// tee and times are for the pod start timeline.
 	tee   string
 	times vmTimes
@@ -127,96 +127,211 @@ func launchConfig(cfg config.Config, vs vmSettings, ns, id, console string) (qem
 	}, nil
 }
 
+// sandboxSpec is what a task's VM is started from.
+type sandboxSpec struct {
+	cfg      config.Config
+	settings vmSettings
+	ns, id   string // the containerd namespace and the task that starts the VM
+	bundle   string // that task's bundle: the console log and the VM state file
+	hostname string
+	net      sandboxNet
+	logger   *slog.Logger
+}
+
 // startSandbox boots the VM for a task, waits for its agent and configures
-// the sandbox. With a pod netns the VM's NICs are TAPs in it and the guest
-// gets the pod's addresses and routes; without (standalone `ctr run`) it is
-// on QEMU's user-mode network.
-func startSandbox(ctx context.Context, cfg config.Config, vs vmSettings, ns, id, bundle, hostname string, pnet sandboxNet, logger *slog.Logger) (_ *sandbox, retErr error) {
-	times := vmTimes{requested: time.Now()}
-	console := filepath.Join(bundle, "console.log")
-	if cfg.ConsoleLogDir != "" {
-		if err := os.MkdirAll(cfg.ConsoleLogDir, 0o750); err != nil {
-			return nil, fmt.Errorf("console log dir: %w", err)
-		}
-		console = filepath.Join(cfg.ConsoleLogDir, ns+"-"+id+".log")
-	}
-	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
-		return nil, fmt.Errorf("run dir: %w", err)
-	}
-	qcfg, err := launchConfig(cfg, vs, ns, id, console)
+// the sandbox, one named step after the other (sandboxStart.steps). With a
+// pod netns the VM's NICs are TAPs in it and the guest gets the pod's
+// addresses and routes; without (standalone `ctr run`) it is on QEMU's
+// user-mode network. On failure what the steps made is removed.
+func startSandbox(ctx context.Context, spec sandboxSpec) (*sandbox, error) {
+	st := &sandboxStart{sandboxSpec: spec, sb: &sandbox{tee: teeLabel(spec.cfg)}}
+	st.sb.times.requested = time.Now()
+	undo, err := runSteps(ctx, st.steps(), spec.logger)
 	if err != nil {
 		return nil, err
 	}
-	sandboxReq := &agentapi.CreateSandboxRequest{
-		SandboxId: id, Hostname: hostname, Initdata: vs.initdata,
+	st.sb.undo = undo
+	return st.sb, nil
+}
+
+// sandboxStart is the state the start steps of one VM share.
+type sandboxStart struct {
+	sandboxSpec
+	sb      *sandbox
+	console string // the guest console log
+	qcfg    qemu.Config
+	req     *agentapi.CreateSandboxRequest
+	pod     *network.Pod // nil on the user-mode network
+	vm      *qemu.VM
+	sp      *emulatedSP // nil unless tee = "emulated"
+	// agentDeadline bounds the agent's coming up and CreateSandbox together.
+	agentDeadline time.Time
+}
+
+// steps are the VM's start, in order; a step's cleanup runs when a later
+// one fails and when the VM stops (sandbox.stop), last step first.
+func (st *sandboxStart) steps() []startStep {
+	return []startStep{
+		{name: "console log", run: st.consoleLog},
+		{name: "run dir", run: st.runDir},
+		{name: "launch config", run: st.launchConfig},
+		{name: "pod network", run: st.podNetwork, cleanup: st.detachPodNetwork},
+		{name: "shared directory", run: st.sharedDir, cleanup: func(context.Context) error { return st.sb.share.close() }},
+		{name: "qemu", run: st.startQEMU, cleanup: st.stopQEMU, mark: &st.sb.times.qemuStarted},
+		{name: "vm state", run: st.recordVM},
+		{name: "emulated sp", run: st.emulatedSP, cleanup: func(context.Context) error { st.sp.stop(); return nil }},
+		{name: "agent", run: st.connectAgent, cleanup: st.closeAgent, mark: &st.sb.times.agentReady},
+		{name: "create sandbox", run: st.createSandbox, mark: &st.sb.times.ready},
+	}
+}
+
+func (st *sandboxStart) consoleLog(context.Context) error {
+	st.console = filepath.Join(st.bundle, "console.log")
+	if st.cfg.ConsoleLogDir != "" {
+		if err := os.MkdirAll(st.cfg.ConsoleLogDir, 0o750); err != nil {
+			return fmt.Errorf("console log dir: %w", err)
+		}
+		st.console = filepath.Join(st.cfg.ConsoleLogDir, st.ns+"-"+st.id+".log")
+	}
+	return nil
+}
+
+func (st *sandboxStart) runDir(context.Context) error {
+	if err := os.MkdirAll(st.cfg.RunDir, 0o700); err != nil {
+		return fmt.Errorf("run dir: %w", err)
+	}
+	return nil
+}
+
+// launchConfig is the VM's QEMU configuration and the guest's sandbox on
+// QEMU's user-mode network; podNetwork replaces the network with the pod's.
+func (st *sandboxStart) launchConfig(context.Context) error {
+	var err error
+	if st.qcfg, err = launchConfig(st.cfg, st.settings, st.ns, st.id, st.console); err != nil {
+		return err
+	}
+	st.req = &agentapi.CreateSandboxRequest{
+		SandboxId: st.id, Hostname: st.hostname, Initdata: st.settings.initdata,
 		DnsServers: []string{userNetDNS},
 		Interfaces: []*agentapi.Interface{{Name: "eth0", Addresses: []string{userNetGuest}}},
 		Routes:     []*agentapi.Route{{Destination: "default", Gateway: userNetGateway, Device: "eth0"}},
 	}
-	sb := &sandbox{tee: teeLabel(cfg)}
-	defer func() {
-		if retErr != nil {
-			sb.stop(context.WithoutCancel(ctx))
-		}
-	}()
-	if pnet.NetNS != "" {
-		// Recorded before the TAPs exist: a shim killed from here on
-		// leaves them to `containerd-shim-cloak-v2 delete`.
-		if err := writeVMState(bundle, vmState{RunDir: qcfg.RunDir, NetNS: pnet.NetNS, VTPMDir: qcfg.TPM.StateDir}); err != nil {
-			return nil, err
-		}
-		if sb.pod, err = network.Attach(ctx, pnet.NetNS, logger); err != nil {
-			return nil, err
-		}
-		qcfg.Network = qemu.Network{Kind: qemu.NetworkTAP}
-		for _, t := range sb.pod.TAPs() {
-			qcfg.Network.TAPs = append(qcfg.Network.TAPs, qemu.TAPDevice{File: t.File, MAC: t.MAC})
-		}
-		sandboxReq.DnsServers, sandboxReq.DnsSearches = pnet.DNSServers, pnet.DNSSearches
-		sandboxReq.Sysctls = pnet.Sysctls
-		sandboxReq.Interfaces, sandboxReq.Routes = sb.pod.Interfaces(), sb.pod.Routes()
-	}
-	if sb.share, err = startShare(cfg, &qcfg, sandboxReq); err != nil {
-		return nil, err
-	}
-	sb.vtpmDir = qcfg.TPM.StateDir
-	if sb.vm, err = qemu.Start(ctx, qcfg, logger); err != nil {
-		return nil, err
-	}
-	times.qemuStarted = time.Now()
-	if err := writeVMState(bundle, vmState{QEMUPid: sb.vm.Pid(), RunDir: qcfg.RunDir, NetNS: pnet.NetNS, VTPMDir: qcfg.TPM.StateDir}); err != nil {
-		return nil, err
-	}
-	if qcfg.EmulatedSP {
-		if sb.sp, err = startEmulatedSP(cfg, qcfg, vs.initdata, logger); err != nil {
-			return nil, err
-		}
-		if cfg.EmulatedHostAttack == config.AttackInitdataAfterLaunch {
-			// The launch binds the pod's initdata; the guest now gets
-			// another one, as from a host that changed its mind.
-			sandboxReq.Initdata = changedInitdata(vs.initdata)
-			logger.Warn("emulated host attack: handing the guest an initdata other than the launched one", "attack", cfg.EmulatedHostAttack)
-		}
-	}
-	vm := sb.vm
+	return nil
+}
 
-	ctx, cancel := context.WithTimeout(ctx, cfg.AgentTimeout())
+func (st *sandboxStart) podNetwork(ctx context.Context) error {
+	if st.net.NetNS == "" {
+		return nil
+	}
+	// Recorded before the TAPs exist: a shim killed from here on leaves
+	// them to `containerd-shim-cloak-v2 delete`.
+	if err := writeVMState(st.bundle, vmState{RunDir: st.qcfg.RunDir, NetNS: st.net.NetNS, VTPMDir: st.qcfg.TPM.StateDir}); err != nil {
+		return err
+	}
+	var err error
+	if st.pod, err = network.Attach(ctx, st.net.NetNS, st.logger); err != nil {
+		return err
+	}
+	st.qcfg.Network = qemu.Network{Kind: qemu.NetworkTAP}
+	for _, t := range st.pod.TAPs() {
+		st.qcfg.Network.TAPs = append(st.qcfg.Network.TAPs, qemu.TAPDevice{File: t.File, MAC: t.MAC})
+	}
+	st.req.DnsServers, st.req.DnsSearches = st.net.DNSServers, st.net.DNSSearches
+	st.req.Sysctls = st.net.Sysctls
+	st.req.Interfaces, st.req.Routes = st.pod.Interfaces(), st.pod.Routes()
+	return nil
+}
+
+// detachPodNetwork removes the TAPs, after QEMU (which holds them) is gone.
+func (st *sandboxStart) detachPodNetwork(ctx context.Context) error {
+	if st.pod == nil {
+		return nil
+	}
+	return st.pod.Detach(ctx)
+}
+
+func (st *sandboxStart) sharedDir(context.Context) error {
+	var err error
+	st.sb.share, err = startShare(st.cfg, &st.qcfg, st.req)
+	return err
+}
+
+// startQEMU launches the VM (and its swtpm, virtiofsd). qemu.Start cleans
+// up after itself but leaves the vTPM state swtpm_setup made.
+func (st *sandboxStart) startQEMU(ctx context.Context) error {
+	var err error
+	if st.vm, err = qemu.Start(ctx, st.qcfg, st.logger); err != nil {
+		if dir := st.qcfg.TPM.StateDir; dir != "" {
+			err = errors.Join(err, os.RemoveAll(dir))
+		}
+		return err
+	}
+	st.sb.pid, st.sb.exited = st.vm.Pid(), st.vm.Exited()
+	return nil
+}
+
+// stopQEMU powers the VM off and removes its run directory and its vTPM
+// state (the launcher stopped swtpm with QEMU; the state is this VM's).
+func (st *sandboxStart) stopQEMU(ctx context.Context) error {
+	err := st.vm.Stop(ctx)
+	if dir := st.qcfg.TPM.StateDir; dir != "" {
+		err = errors.Join(err, os.RemoveAll(dir))
+	}
+	return err
+}
+
+func (st *sandboxStart) recordVM(context.Context) error {
+	return writeVMState(st.bundle, vmState{QEMUPid: st.vm.Pid(), RunDir: st.qcfg.RunDir, NetNS: st.net.NetNS, VTPMDir: st.qcfg.TPM.StateDir})
+}
+
+// emulatedSP serves the emulated secure processor (or TDX quoting service)
+// of tee = "emulated" on the VM's cloak.sp port.
+func (st *sandboxStart) emulatedSP(context.Context) error {
+	if !st.qcfg.EmulatedSP {
+		return nil
+	}
+	sp, err := startEmulatedSP(st.cfg, st.qcfg, st.settings.initdata, st.logger)
+	if err != nil {
+		return err
+	}
+	st.sp = sp
+	if st.cfg.EmulatedHostAttack == config.AttackInitdataAfterLaunch {
+		// The launch binds the pod's initdata; the guest now gets
+		// another one, as from a host that changed its mind.
+		st.req.Initdata = changedInitdata(st.settings.initdata)
+		st.logger.Warn("emulated host attack: handing the guest an initdata other than the launched one", "attack", st.cfg.EmulatedHostAttack)
+	}
+	return nil
+}
+
+func (st *sandboxStart) connectAgent(ctx context.Context) error {
+	st.agentDeadline = time.Now().Add(st.cfg.AgentTimeout())
+	ctx, cancel := context.WithDeadline(ctx, st.agentDeadline)
 	defer cancel()
-	conn, err := vm.ConnectAgent(ctx)
+	conn, err := st.vm.ConnectAgent(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("guest agent did not come up (guest console: %s): %w", console, err)
+		return fmt.Errorf("guest agent did not come up (guest console: %s): %w", st.console, err)
 	}
-	sb.client, err = agent.Connect(ctx, conn, vm.DialAgent)
-	if err != nil {
-		return nil, fmt.Errorf("guest agent: %w", err)
+	if st.sb.client, err = agent.Connect(ctx, conn, st.vm.DialAgent); err != nil {
+		return fmt.Errorf("guest agent: %w", err)
 	}
-	times.agentReady = time.Now()
-	if _, err := sb.client.CreateSandbox(ctx, sandboxReq); err != nil {
-		return nil, fmt.Errorf("create sandbox in guest: %w", err)
+	return nil
+}
+
+// closeAgent drops the agent connection; the guest keeps running until
+// QEMU stops. A second stop (after a pod sandbox's SIGKILL) closes again.
+func (st *sandboxStart) closeAgent(context.Context) error {
+	_ = st.sb.client.Close()
+	return nil
+}
+
+func (st *sandboxStart) createSandbox(ctx context.Context) error {
+	ctx, cancel := context.WithDeadline(ctx, st.agentDeadline)
+	defer cancel()
+	if _, err := st.sb.client.CreateSandbox(ctx, st.req); err != nil {
+		return fmt.Errorf("create sandbox in guest: %w", err)
 	}
-	times.ready = time.Now()
-	sb.times = times
-	return sb, nil
+	return nil
 }
 
 // changedInitdata is initdata with one more TOML comment: the same settings,
@@ -252,28 +367,12 @@ func writeVMState(bundle string, st vmState) error {
 	return nil
 }
 
-// stop powers the VM off, removes its run directory and then the TAPs
-// (after QEMU, which holds them, is gone).
+// stop powers the VM off and removes what it used: the cleanups of its
+// start steps, last step first (the agent connection, the emulated SP, QEMU
+// and its run directory and vTPM state, the shared directory, then the TAPs
+// QEMU held).
 func (sb *sandbox) stop(ctx context.Context) error {
-	if sb.client != nil {
-		sb.client.Close()
-	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	var errs []error
-	if sb.vm != nil {
-		errs = append(errs, sb.vm.Stop(ctx))
-	}
-	sb.sp.stop()
-	errs = append(errs, sb.share.close())
-	if sb.vtpmDir != "" {
-		// The launcher stopped swtpm with QEMU; the state is this VM's.
-		errs = append(errs, os.RemoveAll(sb.vtpmDir))
-	}
-	if sb.pod != nil {
-		errs = append(errs, sb.pod.Detach(ctx))
-	}
-	return errors.Join(errs...)
+	return runCleanups(ctx, sb.undo)
 }
 
 // cleanupVM removes the VM recorded in bundle by a shim that is gone: kills

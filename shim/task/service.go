@@ -61,6 +61,9 @@ type service struct {
 	events       chan any
 	eventsClosed bool
 
+	// startVM boots the shim's VM: startSandbox (tests replace it).
+	startVM func(context.Context, sandboxSpec) (*sandbox, error)
+
 	mu      sync.Mutex
 	sandbox *sandbox
 	// podID names the VM: the CRI sandbox id, or the standalone task's id.
@@ -68,6 +71,13 @@ type service struct {
 	// podSysctls are the CRI sandbox's IPC sysctls, set in each container.
 	podSysctls map[string]string
 	containers map[string]*container
+	// creating are the Creates in flight: their ids are reserved, their
+	// tasks not the shim's yet.
+	creating map[string]*creation
+	// booting is closed when the VM start in flight ends (nil: none).
+	booting chan struct{}
+	// closed: the shim is shutting down and takes no more tasks.
+	closed bool
 }
 
 type container struct {
@@ -90,12 +100,15 @@ func NewService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 		ctx: ctx, ns: ns, publisher: publisher, shutdown: sd,
 		events:     make(chan any, 128),
 		containers: map[string]*container{},
+		creating:   map[string]*creation{},
+		startVM:    startSandbox,
 		// QEMU launcher logs join the shim's log (containerd's log pipe),
 		// in its format and at its level.
 		logger: slog.New(newLogrusHandler(log.G(ctx))),
 	}
 	go s.forward()
 	sd.RegisterCallback(func(ctx context.Context) error {
+		s.abandonAll(ctx)
 		s.stopSandbox(ctx)
 		s.eventsMu.Lock()
 		s.eventsClosed = true
@@ -173,137 +186,321 @@ func readSpec(bundle string) ([]byte, *specs.Spec, error) {
 	return raw, &spec, nil
 }
 
+// createPlan is what a Create is to do, read from the request, the
+// handler's configuration and the bundle before anything is reserved.
+type createPlan struct {
+	r     *taskAPI.CreateTaskRequest
+	cfg   config.Config
+	raw   []byte
+	spec  *specs.Spec
+	kind  taskKind
+	podID string
+	image string // "" for the pod sandbox
+	// vm is the VM this task would start (nil: a pod container, which
+	// runs in its sandbox's VM); podSysctls are the pod's IPC sysctls.
+	vm         *sandboxSpec
+	podSysctls map[string]string
+}
+
+// creation is a Create in flight: its id is reserved, so a second Create
+// of it fails and Delete can abandon it, while the slow work (VM boot,
+// pull, guest create) runs without s.mu.
+type creation struct {
+	id     string
+	ctx    context.Context // the request's; canceled when abandoned
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed once the Create cleaned up
+	boots  bool          // this Create starts the shim's VM
+	// sb is the VM the task runs in, and podSysctls the pod's, once known.
+	sb         *sandbox
+	podSysctls map[string]string
+}
+
 // Create boots the VM with the pod's sandbox task (or a standalone task),
 // and for every other task pulls its image in the guest and creates the
 // container there from the bundle's spec. A CRI sandbox (pause) task runs
-// nothing in the guest: it stands for the VM.
-func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
+// nothing in the guest: it stands for the VM. s.mu is held only to reserve
+// the id and to publish the task: the shim's other tasks are served while
+// the VM boots and the image is pulled.
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	p, err := planCreate(ctx, s.ns, s.logger, r)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	c, err := s.reserve(ctx, p)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	var resp *taskAPI.CreateTaskResponse
+	if c.boots {
+		err = s.bootVM(c, p)
+	}
+	if err == nil {
+		if p.kind == podSandbox {
+			resp, err = s.createPodSandbox(c, p)
+		} else {
+			resp, err = s.createContainer(c, p)
+		}
+	}
+	s.finish(c, err)
+	return resp, err
+}
+
+// planCreate checks the request and the bundle: everything a Create can
+// refuse before it reserves anything or boots a VM.
+func planCreate(ctx context.Context, ns string, logger *slog.Logger, r *taskAPI.CreateTaskRequest) (*createPlan, error) {
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("restore from checkpoint: a VM task cannot be checkpointed: %w", errdefs.ErrNotImplemented))
+		return nil, fmt.Errorf("restore from checkpoint: a VM task cannot be checkpointed: %w", errdefs.ErrNotImplemented)
 	}
 	cfg, err := loadConfig(r)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument))
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	raw, spec, err := readSpec(r.Bundle)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+	p := &createPlan{r: r, cfg: cfg}
+	if p.raw, p.spec, err = readSpec(r.Bundle); err != nil {
+		return nil, err
 	}
+	spec := p.spec
 	if spec.Process.Terminal != r.Terminal {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("terminal %v in the request but %v in the spec: %w", r.Terminal, spec.Process.Terminal, errdefs.ErrInvalidArgument))
+		return nil, fmt.Errorf("terminal %v in the request but %v in the spec: %w", r.Terminal, spec.Process.Terminal, errdefs.ErrInvalidArgument)
 	}
-	kind, podID := kindOf(r.ID, spec.Annotations)
+	p.kind, p.podID = kindOf(r.ID, spec.Annotations)
 	vs, err := vmSettingsFor(cfg, spec.Annotations)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
+		return nil, err
 	}
-	// A mount the guest cannot get is refused before a VM boots for it.
-	if reason := noShareReason(cfg); kind != podSandbox {
+	if p.kind != podSandbox {
+		// A mount the guest cannot get is refused before a VM boots for it.
+		reason := noShareReason(cfg)
 		if _, err := mounts.New(r.ID, spec, mounts.Options{Share: reason == "", NoShareReason: reason}); err != nil {
-			return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument))
+			return nil, fmt.Errorf("container %s: %w: %w", r.ID, err, errdefs.ErrInvalidArgument)
+		}
+		if p.image, err = imageRef(ctx, ns, r.ID, spec.Annotations); err != nil {
+			return nil, err
 		}
 	}
-	image := ""
-	if kind != podSandbox {
-		if image, err = imageRef(ctx, s.ns, r.ID, spec.Annotations); err != nil {
-			return nil, errgrpc.ToGRPC(err)
+	if p.kind == podContainer {
+		return p, nil
+	}
+	hostname := spec.Hostname
+	if hostname == "" {
+		// A DNS label has at most 63 bytes; CRI's ids have 64.
+		hostname = r.ID[:min(len(r.ID), 63)]
+	}
+	pnet := sandboxNet{NetNS: podNetNS(spec)}
+	netSysctls, otherSysctls := splitSysctls(spec)
+	if p.kind == podSandbox {
+		p.podSysctls = otherSysctls
+	}
+	if pnet.NetNS != "" {
+		pnet.Sysctls = netSysctls
+		if pnet.DNSServers, pnet.DNSSearches, err = podDNS(spec); err != nil {
+			return nil, err
 		}
 	}
+	p.vm = &sandboxSpec{cfg: cfg, settings: vs, ns: ns, id: r.ID, bundle: r.Bundle, hostname: hostname, net: pnet, logger: logger}
+	return p, nil
+}
 
+// reserve claims the task's id and, when the shim has no VM yet, the VM's
+// start. A Create that finds a start in flight waits for it (a pod's
+// containers need its VM). The caller ends the reservation with finish.
+func (s *service) reserve(ctx context.Context, p *createPlan) (*creation, error) {
+	id := p.r.ID
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.containers[r.ID]; ok {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists))
+	if s.closed {
+		return nil, fmt.Errorf("container %s: the shim is shutting down: %w", id, errdefs.ErrUnavailable)
+	}
+	if _, ok := s.containers[id]; ok || s.creating[id] != nil {
+		return nil, fmt.Errorf("container %s: %w", id, errdefs.ErrAlreadyExists)
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	c := &creation{id: id, ctx: cctx, cancel: cancel, done: make(chan struct{})}
+	s.creating[id] = c
+	fail := func(err error) (*creation, error) {
+		delete(s.creating, id)
+		close(c.done)
+		cancel(nil)
+		return nil, err
+	}
+	for s.booting != nil {
+		booting := s.booting
+		s.mu.Unlock()
+		select {
+		case <-booting:
+		case <-cctx.Done():
+		}
+		s.mu.Lock()
+		if cctx.Err() != nil {
+			return fail(context.Cause(cctx))
+		}
 	}
 	switch {
-	case kind == podContainer && s.sandbox == nil:
-		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: its pod sandbox %s has no VM in this shim (create the sandbox first): %w", r.ID, podID, errdefs.ErrFailedPrecondition))
-	case kind != podContainer && s.sandbox != nil:
-		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: this shim already runs the VM of %s: %w", r.ID, s.podID, errdefs.ErrAlreadyExists))
+	case p.kind == podContainer && s.sandbox == nil:
+		return fail(fmt.Errorf("container %s: its pod sandbox %s has no VM in this shim (create the sandbox first): %w", id, p.podID, errdefs.ErrFailedPrecondition))
+	case p.kind != podContainer && s.sandbox != nil:
+		return fail(fmt.Errorf("container %s: this shim already runs the VM of %s: %w", id, s.podID, errdefs.ErrAlreadyExists))
 	}
 	if s.sandbox == nil {
-		hostname := spec.Hostname
-		if hostname == "" {
-			// A DNS label has at most 63 bytes; CRI's ids have 64.
-			hostname = r.ID[:min(len(r.ID), 63)]
+		s.booting = make(chan struct{})
+		c.boots = true
+	} else {
+		c.sb, c.podSysctls = s.sandbox, s.podSysctls
+	}
+	return c, nil
+}
+
+// bootVM starts the shim's VM for c and makes it the shim's. A VM whose
+// Create was abandoned while it booted is stopped instead.
+func (s *service) bootVM(c *creation, p *createPlan) error {
+	sb, err := s.startVM(c.ctx, *p.vm)
+	s.mu.Lock()
+	close(s.booting)
+	s.booting = nil
+	if err == nil && c.ctx.Err() == nil {
+		s.sandbox, s.podID = sb, p.podID
+		if p.kind == podSandbox {
+			s.podSysctls = p.podSysctls
 		}
-		pnet := sandboxNet{NetNS: podNetNS(spec)}
-		netSysctls, otherSysctls := splitSysctls(spec)
-		if kind == podSandbox {
-			s.podSysctls = otherSysctls
-		}
-		if pnet.NetNS != "" {
-			pnet.Sysctls = netSysctls
-			if pnet.DNSServers, pnet.DNSSearches, err = podDNS(spec); err != nil {
-				return nil, errgrpc.ToGRPC(err)
-			}
-		}
-		sb, err := startSandbox(ctx, cfg, vs, s.ns, r.ID, r.Bundle, hostname, pnet, s.logger)
-		if err != nil {
-			return nil, errgrpc.ToGRPC(fmt.Errorf("start VM: %w", err))
-		}
-		s.sandbox, s.podID = sb, podID
+		c.sb, c.podSysctls = sb, s.podSysctls
 		go s.watchVM(sb)
 		go s.forwardOOM(sb)
-		defer func() {
-			if retErr != nil && len(s.containers) == 0 {
-				s.stopSandboxLocked(context.WithoutCancel(ctx))
-			}
-		}()
 	}
-	if kind == podSandbox {
-		return s.createPodSandbox(ctx, r)
+	s.mu.Unlock()
+	if err != nil {
+		return errgrpc.ToGRPC(fmt.Errorf("start VM: %w", err))
 	}
-	client := s.sandbox.client
-	pullCtx, cancel := context.WithTimeout(ctx, cfg.AgentTimeout())
+	if c.sb == nil {
+		if err := sb.stop(context.WithoutCancel(c.ctx)); err != nil {
+			log.G(c.ctx).WithError(err).Warn("stop the VM of an abandoned create")
+		}
+		return errgrpc.ToGRPC(context.Cause(c.ctx))
+	}
+	return nil
+}
+
+// createContainer pulls the task's image and creates its container in the
+// guest, then publishes the task.
+func (s *service) createContainer(c *creation, p *createPlan) (*taskAPI.CreateTaskResponse, error) {
+	r, client := p.r, c.sb.client
+	pullCtx, cancel := context.WithTimeout(c.ctx, p.cfg.AgentTimeout())
 	defer cancel()
 	times := startTimes{pullStarted: time.Now()}
-	times.pull, err = client.PullImage(pullCtx, &agentapi.PullImageRequest{Image: image, Registry: registryOptions(cfg)})
+	var err error
+	times.pull, err = client.PullImage(pullCtx, &agentapi.PullImageRequest{Image: p.image, Registry: registryOptions(p.cfg)})
 	if err != nil {
-		return nil, fmt.Errorf("pull %s in the guest: %w", image, err)
+		return nil, fmt.Errorf("pull %s in the guest: %w", p.image, err)
 	}
 	times.pullDone = time.Now()
-	guestRaw, err := guestSpec(raw, spec, s.podSysctls)
+	guestRaw, err := guestSpec(p.raw, p.spec, c.podSysctls)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	req, err := containerRequest(cfg, s.sandbox, r.ID, image, guestRaw)
+	req, err := containerRequest(p.cfg, c.sb, r.ID, p.image, guestRaw)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	created, err := client.CreateContainer(ctx, req)
+	created, err := client.CreateContainer(c.ctx, req)
 	if err != nil {
+		if c.ctx.Err() != nil {
+			// Abandoned during the call: the guest may have made it.
+			removeInGuest(c, r.ID)
+		}
 		return nil, fmt.Errorf("create container %s in the guest: %w", r.ID, err)
 	}
 	times.created = time.Now()
 	times.policyNs = created.GetPolicyNs()
-	io, err := openStdio(ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
+	io, err := openStdio(c.ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
+	if err == nil {
+		proc := newProcess(r.ID, "", created.Pid, io)
+		if err = s.publish(c, r, &container{id: r.ID, bundle: r.Bundle, image: p.image, init: proc, execs: map[string]*process{}, times: times}); err != nil {
+			io.closeAll()
+		}
+	}
 	if err != nil {
-		_, _ = client.RemoveContainer(context.WithoutCancel(ctx), &agentapi.RemoveContainerRequest{ContainerId: r.ID})
+		removeInGuest(c, r.ID)
 		return nil, errgrpc.ToGRPC(err)
 	}
-	p := newProcess(r.ID, "", created.Pid, io)
 	go io.copy(s.ctx, client, r.ID, "")
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, image: image, init: p, execs: map[string]*process{}, times: times}
-	s.sendCreate(r, created.Pid)
 	return &taskAPI.CreateTaskResponse{Pid: created.Pid}, nil
 }
 
-// createPodSandbox records the pod's sandbox task, whose process is the VM:
-// its pid is QEMU's, it runs until killed or until the VM stops. The caller
-// holds s.mu and has started the VM.
-func (s *service) createPodSandbox(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	io, err := openStdio(ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
+// removeInGuest removes the container of a failed Create from the guest.
+func removeInGuest(c *creation, id string) {
+	ctx := context.WithoutCancel(c.ctx)
+	if _, err := c.sb.client.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: id}); err != nil {
+		log.G(ctx).WithError(err).WithField("container", id).Warn("remove the container of a failed create in the guest")
+	}
+}
+
+// createPodSandbox publishes the pod's sandbox task, whose process is the
+// VM: its pid is QEMU's, it runs until killed or until the VM stops.
+func (s *service) createPodSandbox(c *creation, p *createPlan) (*taskAPI.CreateTaskResponse, error) {
+	r := p.r
+	io, err := openStdio(c.ctx, r.Stdin, r.Stdout, r.Stderr, r.Terminal)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	// The pause process prints nothing: its output streams end now.
 	io.closeAll()
-	pid := uint32(s.sandbox.vm.Pid())
-	p := newProcess(r.ID, "", pid, io)
-	s.containers[r.ID] = &container{id: r.ID, bundle: r.Bundle, podSandbox: true, init: p, execs: map[string]*process{}}
-	s.sendCreate(r, pid)
+	pid := uint32(c.sb.pid)
+	proc := newProcess(r.ID, "", pid, io)
+	if err := s.publish(c, r, &container{id: r.ID, bundle: r.Bundle, podSandbox: true, init: proc, execs: map[string]*process{}}); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
+}
+
+// publish makes the created task one of the shim's and tells containerd,
+// unless its Create was abandoned meanwhile (Delete, shim shutdown).
+func (s *service) publish(c *creation, r *taskAPI.CreateTaskRequest, ct *container) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.ctx.Err() != nil {
+		return context.Cause(c.ctx)
+	}
+	delete(s.creating, c.id)
+	s.containers[c.id] = ct
+	s.sendCreate(r, ct.init.state().pid)
+	return nil
+}
+
+// finish ends c's reservation. After a failed Create, a VM that no task
+// uses or is being created in any more (typically the one this Create
+// started) stops.
+func (s *service) finish(c *creation, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.creating[c.id] == c {
+		delete(s.creating, c.id)
+	}
+	if err != nil && len(s.containers) == 0 && len(s.creating) == 0 {
+		s.stopSandboxLocked(context.WithoutCancel(c.ctx))
+	}
+	close(c.done)
+	c.cancel(nil)
+}
+
+// abandon cancels the Create of id in flight, if any, and waits until it
+// has cleaned up: the VM it may have started is stopped and nothing of the
+// task is left. It reports whether there was one.
+func (s *service) abandon(ctx context.Context, id string) (bool, error) {
+	s.mu.Lock()
+	c := s.creating[id]
+	if c != nil {
+		c.cancel(fmt.Errorf("container %s: deleted before its Create returned: %w", id, errdefs.ErrAborted))
+	}
+	s.mu.Unlock()
+	if c == nil {
+		return false, nil
+	}
+	select {
+	case <-c.done:
+		return true, nil
+	case <-ctx.Done():
+		return true, ctx.Err()
+	}
 }
 
 func (s *service) sendCreate(r *taskAPI.CreateTaskRequest, pid uint32) {
@@ -316,7 +513,7 @@ func (s *service) sendCreate(r *taskAPI.CreateTaskRequest, pid uint32) {
 
 // watchVM ends every process when QEMU exits without being asked to.
 func (s *service) watchVM(sb *sandbox) {
-	<-sb.vm.Exited()
+	<-sb.exited
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range s.containers {
@@ -380,7 +577,7 @@ func (s *service) find(id, execID string) (*container, *process, *sandbox, error
 func (s *service) lookup(id, execID string) (*container, *process, error) {
 	c, ok := s.containers[id]
 	if !ok {
-		return nil, nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound))
+		return nil, nil, s.missingLocked(id)
 	}
 	if execID == "" {
 		return c, c.init, nil
@@ -390,6 +587,15 @@ func (s *service) lookup(id, execID string) (*container, *process, error) {
 		return nil, nil, errgrpc.ToGRPC(fmt.Errorf("exec %s in container %s: %w", execID, id, errdefs.ErrNotFound))
 	}
 	return c, p, nil
+}
+
+// missingLocked is the error for a task id that is not the shim's: none
+// such, or one whose Create has not returned yet. The caller holds s.mu.
+func (s *service) missingLocked(id string) error {
+	if s.creating[id] != nil {
+		return errgrpc.ToGRPC(fmt.Errorf("container %s: still being created (the task exists once its Create returned): %w", id, errdefs.ErrNotFound))
+	}
+	return errgrpc.ToGRPC(fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound))
 }
 
 // Start starts the init process (created by Create) or an exec process.
@@ -449,7 +655,7 @@ func (s *service) waitExit(sb *sandbox, p *process) {
 	}
 	select {
 	case <-p.io.done:
-	case <-sb.vm.Exited():
+	case <-sb.exited:
 	case <-time.After(ioDrainTimeout):
 		// A process the container left behind may hold its output open;
 		// the exit must not wait for it forever.
@@ -466,7 +672,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	defer s.mu.Unlock()
 	c, ok := s.containers[r.ID]
 	if !ok {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrNotFound))
+		return nil, s.missingLocked(r.ID)
 	}
 	if c.podSandbox {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("exec in %s: the pod sandbox is the VM and runs no process in the guest; exec into one of the pod's containers: %w", r.ID, errdefs.ErrNotImplemented))
@@ -653,8 +859,17 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 }
 
 // Delete removes an exec process, or the container (and, with the last
-// container, the VM).
+// container, the VM). A container whose Create is in flight is abandoned:
+// Delete waits until that Create cleaned up (the VM it started stopped)
+// and answers not found.
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	if r.ExecID == "" {
+		if was, err := s.abandon(ctx, r.ID); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: wait for its abandoned Create to clean up: %w", r.ID, err))
+		} else if was {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: deleted before its Create returned, which then failed and left nothing behind: %w", r.ID, errdefs.ErrNotFound))
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, p, err := s.lookup(r.ID, r.ExecID)
@@ -674,7 +889,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s is running: kill it first: %w", r.ID, errdefs.ErrFailedPrecondition))
 	}
 	select {
-	case <-s.sandbox.vm.Exited():
+	case <-s.sandbox.exited:
 	default:
 		if c.podSandbox {
 			break
@@ -696,7 +911,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		e.io.closeAll()
 	}
 	delete(s.containers, r.ID)
-	if len(s.containers) == 0 {
+	if len(s.containers) == 0 && len(s.creating) == 0 {
 		s.stopSandboxLocked(ctx)
 	}
 	s.send(&eventstypes.TaskDelete{ContainerID: r.ID, Pid: st.pid, ExitStatus: st.exitStatus, ExitedAt: protobuf.ToTimestamp(st.exitedAt)})
@@ -756,10 +971,10 @@ func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 	return resp, nil
 }
 
-// Shutdown ends the shim once it serves no container.
+// Shutdown ends the shim once it serves no container and creates none.
 func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	n := len(s.containers)
+	n := len(s.containers) + len(s.creating)
 	s.mu.Unlock()
 	if n > 0 {
 		return empty, nil
@@ -775,6 +990,28 @@ func (s *service) client() (*agent.Client, error) {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("no VM: %w", errdefs.ErrNotFound))
 	}
 	return s.sandbox.client, nil
+}
+
+// abandonAll, as the shim shuts down, refuses new Creates, cancels those in
+// flight and waits until they cleaned up, so that no VM starts after the
+// shim stopped its own.
+func (s *service) abandonAll(ctx context.Context) {
+	s.mu.Lock()
+	s.closed = true
+	pending := make([]*creation, 0, len(s.creating))
+	for _, c := range s.creating {
+		c.cancel(fmt.Errorf("container %s: the shim shut down before its Create returned: %w", c.id, errdefs.ErrAborted))
+		pending = append(pending, c)
+	}
+	s.mu.Unlock()
+	for _, c := range pending {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			log.G(ctx).WithField("container", c.id).Warn("shim shut down before an abandoned Create cleaned up")
+			return
+		}
+	}
 }
 
 func (s *service) stopSandbox(ctx context.Context) {
