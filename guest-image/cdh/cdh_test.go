@@ -62,7 +62,9 @@ func (f *fakeKBS) Token(context.Context) (string, error) {
 
 // aaClient is the guest agent's side of cloak-aa's local API, as
 // guest-image/attester calls it.
-type aaClient struct{ c attestationv1.AttestationAgentClient }
+type aaClient struct {
+	c attestationv1.AttestationAgentClient
+}
 
 func (a aaClient) GetResource(ctx context.Context, uri string) ([]byte, error) {
 	r, err := a.c.GetResource(ctx, &attestationv1.GetResourceRequest{Path: uri})
