@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cloak-containers/cloak/agentpolicy"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
@@ -61,29 +62,16 @@ type Agent interface {
 	Token(ctx context.Context) (string, error)
 }
 
-// Feature names a part of the API, as Kata's agent option
-// guest_components_rest_api does.
+// Feature names a part of the API: the agent policy's
+// guest_components_rest_api (agentpolicy.RestAPI), as Kata's agent option.
 type Feature string
 
 const (
-	FeatureNone        Feature = "none"
-	FeatureResource    Feature = "resource"    // /cdh/resource (CoCo's default)
-	FeatureAttestation Feature = "attestation" // /aa/token
-	FeatureAll         Feature = "all"
+	FeatureNone        Feature = agentpolicy.RestAPINone
+	FeatureResource    Feature = agentpolicy.RestAPIResource    // /cdh/resource (CoCo's default)
+	FeatureAttestation Feature = agentpolicy.RestAPIAttestation // /aa/token
+	FeatureAll         Feature = agentpolicy.RestAPIAll
 )
-
-// DefaultFeatures is CoCo's default (Kata's guest_components_rest_api =
-// "resource"): resources, not the token.
-const DefaultFeatures = FeatureResource
-
-// ParseFeatures checks a guest_components_rest_api value.
-func ParseFeatures(s string) (Feature, error) {
-	switch f := Feature(s); f {
-	case FeatureNone, FeatureResource, FeatureAttestation, FeatureAll:
-		return f, nil
-	}
-	return "", fmt.Errorf("guest_components_rest_api %s: want one of none, resource, attestation, all", quoted(s))
-}
 
 // allows reports whether f enables the API part want.
 func (f Feature) allows(want Feature) bool { return f == FeatureAll || f == want }
