@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,7 +94,8 @@ func (a fakeAttester) GetResource(_ context.Context, uri string) ([]byte, error)
 	}
 	return nil, status.Errorf(codes.NotFound, "resource %s not found", uri)
 }
-func (a fakeAttester) Stop() error { close(a.stopped); return nil }
+func (a fakeAttester) Token(context.Context) (string, error) { return "header.claims.signature", nil }
+func (a fakeAttester) Stop() error                           { close(a.stopped); return nil }
 
 type testAgent struct {
 	client   agentapi.AgentServiceClient
@@ -102,6 +104,7 @@ type testAgent struct {
 	net      fakeNet
 	aa       fakeAttester
 	poweroff chan struct{}
+	restAPI  string // host:port of the REST API, once a sandbox serves it
 }
 
 // startAgent serves a Server on a unix socket, as `cloak-agent --listen`
@@ -120,15 +123,17 @@ func startAgent(t *testing.T) *testAgent {
 		net:      fakeNet{applied: make(chan *hostinput.Network, 1)},
 		aa:       fakeAttester{stopped: make(chan struct{}), resources: map[string][]byte{}},
 		poweroff: make(chan struct{}),
+		restAPI:  freeLoopbackPort(t),
 	}
 	srv := New(Config{
-		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		StateDir:   ta.stateDir,
-		RuncBinary: runcBinary,
-		Puller:     ta.puller,
-		Net:        ta.net,
-		Attester:   ta.aa,
-		PowerOff:   func() { close(ta.poweroff) },
+		RestAPIAddr: ta.restAPI,
+		Log:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		StateDir:    ta.stateDir,
+		RuncBinary:  runcBinary,
+		Puller:      ta.puller,
+		Net:         ta.net,
+		Attester:    ta.aa,
+		PowerOff:    func() { close(ta.poweroff) },
 	})
 	// Containers a failed test left behind are killed and unmounted (runs
 	// before the TempDir cleanup, registered earlier).
@@ -166,6 +171,16 @@ func startAgent(t *testing.T) *testAgent {
 	t.Cleanup(func() { cc.Close() })
 	ta.client = agentapi.NewAgentServiceClient(cc)
 	return ta
+}
+
+// freeLoopbackPort is a loopback address no one listens on just now.
+func freeLoopbackPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // testWriter sends the agent's logs to the test log.
@@ -368,6 +383,29 @@ func TestSandboxAndContainers(t *testing.T) {
 	if !strings.Contains(status.Convert(err).Message(), "resource policy denied") {
 		t.Errorf("the KBS reason is lost: %v", err)
 	}
+
+	t.Run("rest api", func(t *testing.T) {
+		ta.aa.resources["kbs:///default/app/api-key"] = []byte("key from the KBS")
+		// The container shares the network namespace the API listens in, as
+		// a pod's containers share the VM's.
+		out, code := ta.run(ctx, t, "rest", spec("/bin/sh", "-c",
+			"wget -q -O - http://"+ta.restAPI+"/cdh/resource/default/app/api-key; echo; wget -q -O - http://"+ta.restAPI+"/cdh/resource/default/app/none || echo missing"), nil)
+		if got := out.stdout.String(); got != "key from the KBS\nmissing\n" || code != 0 {
+			t.Fatalf("stdout %q stderr %q exit %d; want the resource, then wget's failure on a 404", got, out.stderr.String(), code)
+		}
+		ta.remove(ctx, t, "rest")
+		// The sandbox's policy (allow-all) has no guest_components_rest_api:
+		// CoCo's default, resources only.
+		resp, err := http.Get("http://" + ta.restAPI + "/aa/token?token_type=kbs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "does not enable the attestation API") {
+			t.Fatalf("token: %d %q; want 403 from the default policy", resp.StatusCode, body)
+		}
+	})
 
 	t.Run("echo", func(t *testing.T) {
 		out, code := ta.run(ctx, t, "echo", spec("/bin/echo", "hello"), nil)
@@ -632,6 +670,10 @@ func TestSandboxAndContainers(t *testing.T) {
 		}
 		if m := mountsUnder(t, ta.stateDir); len(m) > 0 {
 			t.Errorf("mounts left after DestroySandbox: %v", m)
+		}
+		if conn, err := net.Dial("tcp", ta.restAPI); err == nil {
+			conn.Close()
+			t.Error("the REST API still listens after DestroySandbox")
 		}
 		_, err := c.PullImage(ctx, &agentapi.PullImageRequest{Image: busyboxRef})
 		wantErr(t, "PullImage after DestroySandbox", err, codes.FailedPrecondition, agentapi.ReasonSandboxNotReady)
