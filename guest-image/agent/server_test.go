@@ -465,6 +465,54 @@ func TestSandboxAndContainers(t *testing.T) {
 				t.Errorf("%s: message %q: want the variable named and no secret", name, msg)
 			}
 		}
+
+		// A Secret volume whose key holds a sealed value, in kubelet's
+		// layout: the process reads the plaintext.
+		secretVolume := func(content string) []*agentapi.ContainerFile {
+			return []*agentapi.ContainerFile{
+				{Path: "m0", Mode: 0o755, Dir: true},
+				{Path: "m0/..2026_12_06", Mode: 0o755, Dir: true},
+				{Path: "m0/..2026_12_06/db-password", Mode: 0o644, Data: []byte(content)},
+				{Path: "m0/..data", Mode: 0o777, Symlink: "..2026_12_06"},
+				{Path: "m0/db-password", Mode: 0o777, Symlink: "..data/db-password"},
+			}
+		}
+		fileSpec := func(args ...string) *specs.Spec {
+			sp := spec(args...)
+			sp.Mounts = append(sp.Mounts, specs.Mount{Destination: "/secrets", Type: "bind", Options: []string{"rbind", "ro"}})
+			return sp
+		}
+		fileReq := func(id, content string, sp *specs.Spec) *agentapi.CreateContainerRequest {
+			return &agentapi.CreateContainerRequest{ContainerId: id, Image: busyboxRef, OciSpec: mustJSON(t, sp), Files: secretVolume(content),
+				MountSources: []*agentapi.MountSource{{MountIndex: uint32(len(sp.Mounts) - 1), Source: &agentapi.MountSource_Files{Files: "m0"}}}}
+		}
+		sp = fileSpec("/bin/cat", "/secrets/db-password")
+		if _, err := ta.client.CreateContainer(ctx, fileReq("sealed-file", sealOf(key, "default/app/db-password")+"\n", sp)); err != nil {
+			t.Fatalf("CreateContainer with a sealed file: %v", err)
+		}
+		done := ta.attach(ctx, t, "sealed-file", "", nil, false)
+		if _, err := ta.client.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: "sealed-file"}); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := ta.client.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: "sealed-file"}); err != nil || w.ExitStatus != 0 {
+			t.Fatalf("WaitProcess: %v %v", w, err)
+		}
+		if got := (<-done).stdout.String(); got != "s3cr3t from the KBS" {
+			t.Fatalf("the process read %q from the sealed file, want the secret", got)
+		}
+		ta.remove(ctx, t, "sealed-file")
+		good := sealOf(key, "default/app/db-password")
+		for name, v := range map[string]string{"file wrong signer": sealOf(other, "default/app/db-password"), "file truncated": good[:len(good)-20],
+			"file missing resource": sealOf(key, "default/app/none")} {
+			_, err := ta.client.CreateContainer(ctx, fileReq("sealed-bad", v, fileSpec("/bin/true")))
+			wantErr(t, name, err, codes.FailedPrecondition, agentapi.ReasonSealedSecret)
+			if msg := status.Convert(err).Message(); !strings.Contains(msg, `file "m0/..2026_12_06/db-password"`) {
+				t.Errorf("%s: message %q does not name the file", name, msg)
+			}
+			if _, err := os.Stat(filepath.Join(ta.stateDir, "containers", "sealed-bad")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s: the refused container left its bundle (%v)", name, err)
+			}
+		}
 	})
 
 	t.Run("failing command", func(t *testing.T) {
