@@ -120,13 +120,17 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (int, string) {
 	default:
 		return fail(w, http.StatusTooManyRequests, fmt.Sprintf("%d requests are in flight already; retry later", maxInFlight)), what
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	// Not cancelled when the client closes its side: `printf ... | nc`
+	// half-closes after the request and still reads the answer, and Go's
+	// server reports that as the client going away. The slots and the
+	// timeout bound the work instead.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), requestTimeout)
 	defer cancel()
 	switch req.Endpoint {
 	case EndpointResource:
 		v, err := h.agent.GetResource(ctx, req.Resource.URI())
 		if err != nil {
-			return failAgent(w, err, "resource "+req.Resource.String()), what
+			return h.failAgent(w, err, "resource "+req.Resource.String()), what
 		}
 		if len(v) > MaxResource {
 			return fail(w, http.StatusBadGateway, fmt.Sprintf("resource %s is %d bytes, more than the %d this API hands out", req.Resource, len(v), MaxResource)), what
@@ -137,7 +141,7 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (int, string) {
 	case EndpointToken:
 		tok, err := h.agent.Token(ctx)
 		if err != nil {
-			return failAgent(w, err, "token"), what
+			return h.failAgent(w, err, "token"), what
 		}
 		// CoCo's answer also carries the TEE key pair; the key never leaves
 		// the attestation agent here.
@@ -153,8 +157,9 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (int, string) {
 
 // failAgent answers an attestation agent error with its status and the
 // KBS's reason for a refusal; an unreachable KBS and other failures get a
-// fixed text, since their messages name addresses and internal errors.
-func failAgent(w http.ResponseWriter, err error, what string) int {
+// fixed text, since their messages name addresses and internal errors; an
+// unexpected failure's error goes to the guest's log.
+func (h *handler) failAgent(w http.ResponseWriter, err error, what string) int {
 	st, _ := status.FromError(err)
 	switch st.Code() {
 	case codes.PermissionDenied, codes.Unauthenticated:
@@ -166,6 +171,7 @@ func failAgent(w http.ResponseWriter, err error, what string) int {
 	case codes.InvalidArgument:
 		return fail(w, http.StatusBadRequest, reason(st.Message()))
 	}
+	h.log.Warn("rest api: the attestation agent failed", "code", st.Code().String(), "err", reason(st.Message()))
 	return fail(w, http.StatusBadGateway, "the attestation agent failed ("+what+"); the guest's log has the error")
 }
 

@@ -31,6 +31,7 @@ type fakeKBS struct {
 	resources map[string][]byte
 	denied    map[string]string // path -> the resource policy's reason
 	down      bool
+	slow      time.Duration // each answer takes this long
 	calls     int
 }
 
@@ -38,6 +39,7 @@ func (f *fakeKBS) GetResource(_ context.Context, p kbstypes.ResourcePath) ([]byt
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
+	time.Sleep(f.slow)
 	if f.down {
 		return nil, &rcar.UnreachableError{URL: "https://10.0.2.2:8080", Attempts: 6, Elapsed: 5 * time.Second, Last: errors.New("dial tcp 10.0.2.2:8080: connect: connection refused")}
 	}
@@ -177,6 +179,30 @@ func TestServer(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("client half-closes", func(t *testing.T) {
+		// As `printf 'GET ...' | nc 127.0.0.1 8006` does: the request,
+		// then EOF on the client's side, then it reads the answer (which
+		// takes long enough for the server to notice the EOF first).
+		kbs.mu.Lock()
+		kbs.slow = 300 * time.Millisecond
+		kbs.mu.Unlock()
+		defer func() { kbs.mu.Lock(); kbs.slow = 0; kbs.mu.Unlock() }()
+		c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "GET /cdh/resource/default/app/other HTTP/1.0\r\n\r\n")
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		if !strings.HasPrefix(string(b), "HTTP/1.0 403 Forbidden") || !strings.Contains(string(b), "is not this workload's") {
+			t.Fatalf("answer %q; want the 403 with the KBS's reason", b)
+		}
+	})
 
 	t.Run("POST refused", func(t *testing.T) {
 		resp, err := http.Post(base+"/cdh/resource/default/app/db-password", "text/plain", strings.NewReader("x"))
