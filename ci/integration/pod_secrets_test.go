@@ -162,6 +162,7 @@ initdata_file = %q
 		if !strings.HasPrefix(parts[2], "HTTP/1.0 404 Not Found\n") || !strings.Contains(parts[2], "kbs has no resource default/app/missing") {
 			t.Errorf("missing path answered %q; want 404 naming the resource", parts[2])
 		}
+		t.Logf("the refusal as the container sees it:\n%s", parts[1])
 		t.Logf("pod with three API calls: %.1fs", time.Since(start).Seconds())
 	})
 
@@ -258,6 +259,7 @@ initdata_file = %q
 			if !strings.Contains(r.stderr, "sealed secret") || !strings.Contains(r.stderr, "db-password") {
 				t.Errorf("%s: stderr %q; want the sealed-secret refusal naming the file", name, r.stderr)
 			}
+			t.Logf("%s: %s", name, containerStderr(r.stderr))
 			if out := e.mustCtr(t, "task", "ls").stdout; strings.Contains(out, id) {
 				t.Errorf("%s: a task is left: %s", name, out)
 			}
