@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/agentpolicy"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 	"github.com/cloak-containers/cloak/kbstypes"
@@ -725,5 +726,55 @@ func TestSandboxAndContainers(t *testing.T) {
 		}
 		_, err := c.PullImage(ctx, &agentapi.PullImageRequest{Image: busyboxRef})
 		wantErr(t, "PullImage after DestroySandbox", err, codes.FailedPrecondition, agentapi.ReasonSandboxNotReady)
+	})
+}
+
+// TestRestAPIPolicy: the sandbox's policy decides whether the REST API
+// listens at all; a value the guest does not know refuses the sandbox.
+func TestRestAPIPolicy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	initdata := func(rule string) []byte {
+		return []byte("version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"policy.rego\" = '''\n" + agentpolicy.AllowAll + "\n" + rule + "\n'''\n")
+	}
+	t.Run("none", func(t *testing.T) {
+		ta := startAgent(t)
+		sb := &agentapi.CreateSandboxRequest{SandboxId: fmt.Sprintf("pod-%d", time.Now().UnixNano()), Hostname: "pod1", Initdata: initdata(`guest_components_rest_api := "none"`)}
+		if _, err := ta.client.CreateSandbox(ctx, sb); err != nil {
+			t.Fatalf("CreateSandbox: %v", err)
+		}
+		<-ta.net.applied
+		if c, err := net.Dial("tcp", ta.restAPI); err == nil {
+			c.Close()
+			t.Fatal("the REST API listens although the policy says none")
+		}
+	})
+	t.Run("all", func(t *testing.T) {
+		ta := startAgent(t)
+		sb := &agentapi.CreateSandboxRequest{SandboxId: fmt.Sprintf("pod-%d", time.Now().UnixNano()), Hostname: "pod1", Initdata: initdata(`guest_components_rest_api := "all"`)}
+		if _, err := ta.client.CreateSandbox(ctx, sb); err != nil {
+			t.Fatalf("CreateSandbox: %v", err)
+		}
+		<-ta.net.applied
+		resp, err := http.Get("http://" + ta.restAPI + "/aa/token?token_type=kbs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != `{"token":"header.claims.signature"}` {
+			t.Fatalf("token: %d %q; want the attestation agent's token", resp.StatusCode, body)
+		}
+	})
+	t.Run("unknown value", func(t *testing.T) {
+		ta := startAgent(t)
+		sb := &agentapi.CreateSandboxRequest{SandboxId: fmt.Sprintf("pod-%d", time.Now().UnixNano()), Hostname: "pod1", Initdata: initdata(`guest_components_rest_api := "everything"`)}
+		_, err := ta.client.CreateSandbox(ctx, sb)
+		wantErr(t, "unknown guest_components_rest_api", err, codes.PermissionDenied, agentapi.ReasonPolicy)
+		select {
+		case <-ta.aa.stopped:
+		default:
+			t.Error("the attestation agent of the refused sandbox was not stopped")
+		}
 	})
 }
