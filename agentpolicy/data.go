@@ -7,7 +7,19 @@ package agentpolicy
 type Data struct {
 	Sandbox    Sandbox     `json:"sandbox"`
 	Containers []Container `json:"containers"`
+	// GuestComponentsRestAPI is which part of the guest's REST API for
+	// containers (127.0.0.1:8006) the pod may use: RestAPIResource (the
+	// default, as CoCo's), RestAPIAttestation, RestAPIAll or RestAPINone.
+	GuestComponentsRestAPI string `json:"guest_components_rest_api,omitempty"`
 }
+
+// The values of guest_components_rest_api, as Kata's agent option.
+const (
+	RestAPINone        = "none"
+	RestAPIResource    = "resource"
+	RestAPIAttestation = "attestation"
+	RestAPIAll         = "all"
+)
 
 // Sandbox pins the pod itself.
 type Sandbox struct {

@@ -118,6 +118,26 @@ func Compile(src []byte) (*Policy, error) {
 	return p, nil
 }
 
+// RestAPI is the policy's guest_components_rest_api: which part of the
+// guest's REST API the pod's containers may use. A policy without the rule
+// (allow-all.rego, hand-written ones) gets CoCo's default, RestAPIResource;
+// a value that is not one of the RestAPI* constants is an error.
+func (p *Policy) RestAPI(ctx context.Context) (string, error) {
+	rs, err := rego.New(rego.Compiler(p.comp), rego.Query("data."+Package+".guest_components_rest_api")).Eval(ctx)
+	if err != nil {
+		return "", fmt.Errorf("evaluate the agent policy's guest_components_rest_api: %w", err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return RestAPIResource, nil
+	}
+	switch v, _ := rs[0].Expressions[0].Value.(string); v {
+	case RestAPINone, RestAPIResource, RestAPIAttestation, RestAPIAll:
+		return v, nil
+	}
+	return "", fmt.Errorf("the agent policy's guest_components_rest_api is %v: want one of %q, %q, %q, %q",
+		rs[0].Expressions[0].Value, RestAPINone, RestAPIResource, RestAPIAttestation, RestAPIAll)
+}
+
 // HasRule reports whether the module defines a rule named name at its top
 // level (e.g. "CreateContainerRequest").
 func (p *Policy) HasRule(name string) bool { return p.rules[name] }

@@ -493,3 +493,29 @@ func TestInputKeepsEveryField(t *testing.T) {
 		t.Errorf("sandbox input %v", in)
 	}
 }
+
+// TestRestAPI: generated policies default to CoCo's "resource", pin what
+// policy_data says, and a value the guest does not know is an error (the
+// guest then refuses the sandbox); a policy without the rule gets the
+// default too.
+func TestRestAPI(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range []struct{ data, want string }{
+		{"", RestAPIResource}, {RestAPINone, RestAPINone}, {RestAPIAttestation, RestAPIAttestation}, {RestAPIAll, RestAPIAll},
+	} {
+		got, err := demoPolicy(t, func(d *Data) { d.GuestComponentsRestAPI = tt.data }).RestAPI(ctx)
+		if err != nil || got != tt.want {
+			t.Errorf("policy_data %q: RestAPI = %q, %v; want %q", tt.data, got, err, tt.want)
+		}
+	}
+	if got, err := demoPolicy(t, func(d *Data) { d.GuestComponentsRestAPI = "everything" }).RestAPI(ctx); err == nil || !strings.Contains(err.Error(), `want one of "none"`) {
+		t.Errorf("unknown value: RestAPI = %q, %v; want an error listing the values", got, err)
+	}
+	p, err := Compile([]byte(AllowAll))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.RestAPI(ctx); err != nil || got != RestAPIResource {
+		t.Errorf("allow-all: RestAPI = %q, %v; want the default %q", got, err, RestAPIResource)
+	}
+}

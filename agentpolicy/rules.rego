@@ -52,6 +52,17 @@ default OOMEventsRequest := true
 default PullImageRequest := true
 
 # ---------------------------------------------------------------------------
+# The REST API the guest serves the pod's containers on 127.0.0.1:8006
+# (guest-image/cdh), as Kata's agent option guest_components_rest_api:
+# "resource" (CoCo's default: GET /cdh/resource/...), "attestation" (GET
+# /aa/token), "all" or "none". Not a host request: the guest reads it once,
+# when the sandbox is created.
+
+default guest_components_rest_api := "resource"
+
+guest_components_rest_api := object.get(policy_data, "guest_components_rest_api", "resource")
+
+# ---------------------------------------------------------------------------
 # CreateSandboxRequest: the pod's hostname, sysctls and network.
 
 default CreateSandboxRequest := false

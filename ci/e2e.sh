@@ -21,7 +21,8 @@
 #          (BENCH_RUNS=N to change)
 #   up     demo, but the pod and everything it needs keep running; writes
 #          .work/demo/env (CRICTL, POD_ID, CONTAINER_ID, POD_CONFIG,
-#          CONTAINER_CONFIG, KBSCTL) and returns
+#          CONTAINER_CONFIG, KBSCTL, SECRET_RESOURCE, SEALED_RESOURCE,
+#          HOST_DIRS) and returns
 #   down   stops what `up` started and removes its files
 #
 # Needs root (network namespace, TAP devices, QEMU) and `make build image`.
@@ -103,6 +104,12 @@ GATEWAY=10.88.0.1 # the CNI bridge in our namespace: the pods' gateway
 REGISTRY=127.0.0.1:5000
 KBS_PORT=8443
 KEY_PATH=default/image-key/demo
+# The workload's own secrets (fresh values per run): one the container
+# fetches at run time from the in-guest API, one it gets as a sealed env
+# variable (docs/secrets.md).
+SECRET_RESOURCE=default/demo/runtime-value
+SEALED_RESOURCE=default/demo/sealed-value
+SEALING_KEY=default/sealed-secret-keys/demo
 HANDLER=cloak-emulated
 
 # Each step is numbered, with the time since the start and the time the
@@ -268,11 +275,13 @@ wait_for 10 "the registry answering" "$CRANE" catalog --insecure "$REGISTRY"
 SECRET_MESSAGE="the secret recipe: 3 parts trust, 1 part attestation"
 mkdir -p "$WORK/rootfs"/{bin,app,etc,tmp}
 cp "$(command -v busybox)" "$WORK/rootfs/bin/busybox"
-for a in sh cat uname sleep; do ln -s busybox "$WORK/rootfs/bin/$a"; done
+for a in sh cat uname sleep wget; do ln -s busybox "$WORK/rootfs/bin/$a"; done
 printf '%s\n' "$SECRET_MESSAGE" >"$WORK/rootfs/etc/recipe.txt"
 cat >"$WORK/rootfs/app/run.sh" <<'EOF'
 #!/bin/sh
 echo "hello from a confidential pod (guest kernel $(uname -r))"
+echo "fetched at run time from the in-guest API: $(wget -qO- http://127.0.0.1:8006/cdh/resource/default/demo/runtime-value)"
+echo "from a sealed env variable: ${SEALED_VALUE:-}"
 cat /etc/recipe.txt
 : >/tmp/healthy # what the liveness probe reads
 # With --stay (the demo's pod) the container stays up after printing.
@@ -316,9 +325,21 @@ kbsctl resource set "$KEY_PATH" --file "$WORK/image.kek" | indent
 "$BIN/kbsctl" image encrypt --insecure --key-id "kbs:///$KEY_PATH" --kek "$WORK/image.kek" \
 	"$REGISTRY/demo/hello:plain" "$REGISTRY/demo/hello:encrypted" 2>&1 | indent
 SECRET_IMAGE=$REGISTRY/demo/hello:encrypted
+
 layer_types=$(crane manifest --insecure "$SECRET_IMAGE" | grep -o 'application/[^"]*layer[^"]*' | sort -u | tr '\n' ' ')
 say "$SECRET_IMAGE: layer media type $layer_types"
 [[ "$layer_types" == *encrypted* ]] || fail "kbsctl image encrypt did not encrypt the layer ($layer_types)"
+
+bold "The workload's secrets: a value fetched at run time, a sealed one (fresh per run)"
+random_value() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+RUNTIME_VALUE="runtime-$(random_value)"
+SEALED_VALUE="sealed-$(random_value)"
+printf '%s' "$RUNTIME_VALUE" | kbsctl resource set "$SECRET_RESOURCE" --file - | indent
+printf '%s' "$SEALED_VALUE" | kbsctl resource set "$SEALED_RESOURCE" --file - | indent
+"$BIN/kbsctl" secret keygen --out "$WORK/sealing.jwk" >"$WORK/sealing.pub.jwk" 2>/dev/null
+kbsctl resource set "$SEALING_KEY" --file "$WORK/sealing.pub.jwk" | indent
+SEALED_STRING=$("$BIN/kbsctl" secret seal "kbs:///$SEALED_RESOURCE" --signing-key "$WORK/sealing.jwk" --kid "kbs:///$SEALING_KEY")
+say "the pod's env SEALED_VALUE is ${SEALED_STRING:0:40}... (kbsctl secret seal kbs:///$SEALED_RESOURCE)"
 
 bold "Reference values and policy for the emulated SEV-SNP guest"
 measurement=$(sed -n 's/.*"emulated": *"\([0-9a-f]*\)".*/\1/p' "$IMAGE_DIR/manifest.json" | head -1)
@@ -332,7 +353,11 @@ kbsctl reference-value import --file "$WORK/reference-values.cose" | indent
 # exec). Its digest is bound into the launch (HOST_DATA) and is a reference
 # value too. The --allow-exec variant (debugging) has another digest, so
 # this KBS releases nothing to it.
-POD_YAML=docs/examples/confidential-pod.yaml
+# The example pod, with the sealed env variable (its value differs per run,
+# so it is added here rather than in the example).
+POD_YAML=$WORK/confidential-pod.yaml
+sed 's/^      command: \["\/app\/run.sh", "--stay"\]$/&\n      env:\n        - name: SEALED_VALUE\n          value: "'"$SEALED_STRING"'"/' docs/examples/confidential-pod.yaml >"$POD_YAML"
+grep -q "name: SEALED_VALUE" "$POD_YAML" || fail "could not add the sealed env variable to docs/examples/confidential-pod.yaml's pod"
 generate() { # generate DIR [FLAGS]: cloak generate the demo pod into DIR; prints its initdata digest
 	local dir=$1
 	shift
@@ -531,6 +556,10 @@ remove_pod() {
 }
 state_of() { crictl inspect -o go-template --template '{{.status.state}}' "$1" 2>/dev/null; }
 printed() { crictl logs "$1" 2>/dev/null | grep -qxF "$SECRET_MESSAGE"; }
+# HOST_DIRS: what the runtime writes on the host: containerd's root and
+# state, the shim's run directory and log (in containerd's), the guest
+# consoles.
+HOST_DIRS="$WORK/root $WORK/state $WORK/vm $WORK/containerd.log $WORK/console"
 exited() { state_of "$1" | grep -q EXITED; }
 wait_exited() { wait_for 120 "container $1 exiting" exited "$1"; }
 # audit_next: the newest audit entry's number (kbsctl audit --after it
@@ -642,6 +671,22 @@ leaks=$(grep -rlF "$SECRET_MESSAGE" "$WORK/root" "$WORK/snapshotter" 2>/dev/null
 say "content store: $(wc -l <<<"$content") blobs (manifests, configs, the pause image); files with the plaintext under containerd's and the snapshotter's roots: ${leaks:-none}"
 [ "$held" = 0 ] && [ -z "$leaks" ] || fail "the host holds a layer or the plaintext of the encrypted image"
 
+bold "The workload's secrets reached the container, and only the container"
+grep -qxF "fetched at run time from the in-guest API: $RUNTIME_VALUE" "$WORK/out.txt" ||
+	fail "the container did not print the value of $SECRET_RESOURCE it fetched from http://127.0.0.1:8006 (see its output above)"
+grep -qxF "from a sealed env variable: $SEALED_VALUE" "$WORK/out.txt" ||
+	fail "the container did not print the unsealed value of $SEALED_RESOURCE (see its output above)"
+say "ok: the container printed this run's values of $SECRET_RESOURCE (in-guest API) and $SEALED_RESOURCE (sealed env)"
+# -D skip: containerd's FIFOs would block a read.
+for v in "$RUNTIME_VALUE" "$SEALED_VALUE"; do
+	# shellcheck disable=SC2086 # HOST_DIRS is a list
+	found=$(grep -rlF -D skip -- "$v" $HOST_DIRS 2>/dev/null || true)
+	[ -z "$found" ] || fail "a secret's plaintext is on the host, in: $found"
+done
+grep -rqF -D skip -- "${SEALED_STRING:0:60}" "$WORK/root" "$WORK/state" ||
+	fail "the sealed string is not in containerd's records, so the check above proves nothing"
+say "ok: neither plaintext is anywhere under HOST_DIRS ($HOST_DIRS); containerd holds only the sealed string"
+
 if [ "$MODE" = up ]; then
 	{
 		printf '# make demo-up: the running confidential pod (make demo-down stops it)\n'
@@ -649,6 +694,7 @@ if [ "$MODE" = up ]; then
 		printf 'POD_ID=%q\nCONTAINER_ID=%q\n' "$POD" "$CID"
 		printf 'POD_CONFIG=%q\nCONTAINER_CONFIG=%q\n' "$WORK/pod-confidential.json" "$WORK/gen/container-app.json"
 		printf 'KBSCTL=%q\n' "nsenter --net=/run/netns/$CLOAK_E2E_NS $BIN/kbsctl --url https://127.0.0.1:$KBS_PORT --cacert $WORK/kbs/tls/cert.pem --admin-key $WORK/admin.key"
+		printf 'SECRET_RESOURCE=%q\nSEALED_RESOURCE=%q\nHOST_DIRS=%q\n' "$SECRET_RESOURCE" "$SEALED_RESOURCE" "$HOST_DIRS"
 	} >"$DEMO_DIR/env.tmp"
 	echo $$ >"$DEMO_DIR/inner.pid"
 	mv "$DEMO_DIR/env.tmp" "$DEMO_DIR/env"
@@ -668,6 +714,9 @@ if [ "$MODE" = demo ]; then
       the image key $KEY_PATH to the guest's TEE key; the guest pulled and decrypted the image itself.
     What the host could not see: the image's layers and their plaintext (checked in containerd's and the
       snapshotter's stores), and a shell in the container: the agent policy refused crictl exec sh.
+    The workload's own secrets: $SECRET_RESOURCE, which the container fetched from the in-guest API
+      (127.0.0.1:8006, through the guest's attested session), and $SEALED_RESOURCE, which the guest unsealed
+      from the pod's sealed env value before the process started; neither plaintext is on the host (HOST_DIRS).
     What emulated mode does not prove: the secure processor is simulated by the shim on this host, with keys
       on this host, and the host can read and change guest memory. Only cloak-snp / cloak-tdx on real
       hardware protect against the host (docs/threat-model.md).

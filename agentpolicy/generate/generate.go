@@ -38,6 +38,12 @@ const MaxInputSize = 1 << 20
 // (shim/task: base64 of the TOML, gzip allowed).
 const AnnotationInitdata = "io.cloak.initdata"
 
+// AnnotationRestAPI is the pod annotation the generator reads the policy's
+// guest_components_rest_api from (none, resource, attestation, all): which
+// part of the guest's REST API on 127.0.0.1:8006 the pod's containers may
+// use. Without it the policy has CoCo's default, resource.
+const AnnotationRestAPI = "io.cloak.guest-components-rest-api"
+
 // DefaultRuntimeClass is the runtime class set on pods that name none: the
 // handler the demo and CI run end to end. Production pods name cloak-snp or
 // cloak-tdx with --runtime-class.

@@ -283,6 +283,7 @@ func TestRefusals(t *testing.T) {
 		{"unknownField", pod(ctr + "    comand: [x]\n"), "", `unknown field "comand"`},
 		{"deploymentHostPath", "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n      - name: c\n        image: REGISTRY/app:1\n      volumes:\n      - name: h\n        hostPath:\n          path: /\n", "spec.template.spec.volumes[0]", `volume "h"`},
 		{"list", "apiVersion: v1\nkind: List\nitems: []\n", "", "List"},
+		{"restAPI", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    " + AnnotationRestAPI + ": everything\nspec:\n" + ctr, "metadata.annotations." + AnnotationRestAPI, `"everything" is not a part`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Generate(context.Background(), []byte(strings.ReplaceAll(tc.yaml, "REGISTRY", reg.host)), testOptions(reg.resolver(t)))
@@ -294,6 +295,22 @@ func TestRefusals(t *testing.T) {
 				t.Errorf("err = %q (field %q, hint %q), want field %q and %q in it", err, ge.Field, ge.Hint, tc.field, tc.want)
 			}
 		})
+	}
+}
+
+// TestRestAPIAnnotation: the pod's annotation sets the policy's
+// guest_components_rest_api; without it the policy keeps CoCo's default.
+func TestRestAPIAnnotation(t *testing.T) {
+	reg := newTestRegistry(t)
+	for annotation, want := range map[string]string{"": "", "    " + AnnotationRestAPI + ": all\n": agentpolicy.RestAPIAll, "    " + AnnotationRestAPI + ": none\n": agentpolicy.RestAPINone} {
+		in := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    team: a\n" + annotation + "spec:\n  containers:\n  - name: c\n    image: " + reg.host + "/app:1\n"
+		res, err := Generate(context.Background(), []byte(in), testOptions(reg.resolver(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := res.Pods[0].Data.GuestComponentsRestAPI; got != want {
+			t.Errorf("annotation %q: guest_components_rest_api %q, want %q", annotation, got, want)
+		}
 	}
 }
 

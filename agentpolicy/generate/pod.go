@@ -66,6 +66,14 @@ func (g *generator) podData(ctx context.Context, p *podTemplate) (agentpolicy.Da
 	d := agentpolicy.Data{Sandbox: agentpolicy.Sandbox{
 		Name: p.namePattern, Hostname: hostname, Namespace: p.namespace, Sysctls: netSysctls,
 	}}
+	if v, ok := p.meta.annotations[AnnotationRestAPI]; ok {
+		switch v {
+		case agentpolicy.RestAPINone, agentpolicy.RestAPIResource, agentpolicy.RestAPIAttestation, agentpolicy.RestAPIAll:
+			d.GuestComponentsRestAPI = v
+		default:
+			return agentpolicy.Data{}, nil, p.refuse("", "metadata.annotations."+AnnotationRestAPI, fmt.Sprintf("%q is not a part of the guest's REST API", v), "use none, resource (the default), attestation or all")
+		}
+	}
 	for i := range spec.InitContainers {
 		c, w, err := g.container(ctx, p, &spec.InitContainers[i], fmt.Sprintf("%s.initContainers[%d]", p.path, i), otherSysctls)
 		if err != nil {

@@ -27,6 +27,7 @@ import (
 	"github.com/cloak-containers/cloak/guest-image/agent"
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
+	"github.com/cloak-containers/cloak/guest-image/cdh"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	guestinit "github.com/cloak-containers/cloak/guest-image/init"
 	"github.com/cloak-containers/cloak/guest-image/netconf"
@@ -42,6 +43,7 @@ func main() {
 
 type options struct {
 	listen, stateDir, runc string
+	restAPI                string
 	applyNetwork, version  bool
 	log                    *logging.Options
 }
@@ -58,6 +60,11 @@ func parseFlags(args []string, pid1 bool, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.listen, "listen", "", "serve on unix:/path.sock instead of the VM's agent channel (required when not PID 1)")
 	fs.StringVar(&o.stateDir, "state-dir", "/run/cloak", "directory for bundles, pulled images and runc state")
 	fs.StringVar(&o.runc, "runc", "/usr/bin/runc", "OCI runtime binary")
+	defaultRestAPI := ""
+	if pid1 {
+		defaultRestAPI = cdh.DefaultAddr
+	}
+	fs.StringVar(&o.restAPI, "rest-api", defaultRestAPI, "loopback address of the REST API for the pod's containers (KBS resources, attestation token), served once a sandbox has an attestation agent; \"\" = none (default "+cdh.DefaultAddr+" only as PID 1)")
 	fs.BoolVar(&o.applyNetwork, "apply-network", pid1, "apply CreateSandbox's hostname, DNS and network to this machine (default only as PID 1)")
 	fs.BoolVar(&o.version, "version", false, "print the version (and exit, when not PID 1)")
 	// JSON by default: the host reads the agent's lines on the serial console.
@@ -160,6 +167,7 @@ func serve(o options, pid1 bool, log *slog.Logger) error {
 		Attester:    aaStarter{},
 		PowerOff:    powerOff,
 		NoPivotRoot: rootIsInitramfs(),
+		RestAPIAddr: o.restAPI,
 	})
 	// Every call passes the pod's agent policy first (agent.GRPCOptions).
 	gs = grpc.NewServer(append([]grpc.ServerOption{

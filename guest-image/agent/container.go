@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
@@ -116,7 +118,11 @@ func (s *Server) createContainer(ctx context.Context, c *container, img *pull.Im
 	if err := s.unsealEnv(ctx, c.id, spec); err != nil {
 		return nil, err
 	}
-	if err := writeFiles(c.filesDir(), req.GetFiles()); err != nil {
+	files, err := s.unsealFiles(ctx, c.id, req.GetFiles())
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFiles(c.filesDir(), files); err != nil {
 		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "container %q: copy files: %v", c.id, err)
 	}
 	if err := s.makeGuestDirs(req, rules.Sources); err != nil {
@@ -546,6 +552,46 @@ func (s *Server) removeContainer(ctx context.Context, id string, timeout time.Du
 	}
 	s.log.Info("container removed", "container", id)
 	return nil
+}
+
+// unsealFiles returns the copied files with every sealed secret (a regular
+// file whose content starts with "sealed.", as kubelet writes a Secret
+// volume's keys) replaced by its plaintext. Like unsealEnv it runs before
+// anything of the container exists, so a failure leaves nothing behind; the
+// plaintext is written only to the bundle's files/ in guest memory.
+func (s *Server) unsealFiles(ctx context.Context, id string, files []*agentapi.ContainerFile) ([]*agentapi.ContainerFile, error) {
+	s.mu.Lock()
+	aa := s.aa
+	s.mu.Unlock()
+	var r unseal.Resources
+	if aa != nil {
+		r = aa
+	}
+	out := files
+	n := 0
+	for i, f := range files {
+		if f.GetDir() || f.GetSymlink() != "" {
+			continue
+		}
+		data, changed, err := unseal.File(ctx, f.GetPath(), f.GetData(), r)
+		if err != nil {
+			return nil, agentErr(codes.FailedPrecondition, agentapi.ReasonSealedSecret, "container %q: %v", id, err)
+		}
+		if !changed {
+			continue
+		}
+		if n == 0 {
+			out = slices.Clone(files)
+		}
+		n++
+		u := proto.Clone(f).(*agentapi.ContainerFile)
+		u.Data = data
+		out[i] = u
+	}
+	if n > 0 {
+		s.log.Info("sealed secrets unsealed", "container", id, "files", n)
+	}
+	return out, nil
 }
 
 // unsealEnv replaces the sealed secrets in the container's environment by

@@ -83,9 +83,15 @@ func findRunc() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(home, ".cache", "cloak", "runc", runcVersion)
+	// The guest image's static runc (cloak-image build caches it), else a
+	// plain build of the same version in a cache of its own: the image's
+	// cache must only ever hold the static build, which cloak-image checks.
+	if bin := filepath.Join(home, ".cache", "cloak", "runc", runcVersion, "runc"); fileExists(bin) {
+		return bin, nil
+	}
+	dir := filepath.Join(home, ".cache", "cloak", "runc-test", runcVersion)
 	bin := filepath.Join(dir, "runc")
-	if _, err := os.Stat(bin); err == nil {
+	if fileExists(bin) {
 		return bin, nil
 	}
 	tmp, err := os.MkdirTemp("", "agent-test-runc-")
@@ -106,6 +112,11 @@ func findRunc() (string, error) {
 		return "", err
 	}
 	return bin, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // buildBusyboxRootfs makes a minimal image rootfs: static busybox with one

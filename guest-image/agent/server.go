@@ -24,6 +24,7 @@ import (
 	"github.com/cloak-containers/cloak/agentpolicy"
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
+	"github.com/cloak-containers/cloak/guest-image/cdh"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 	"github.com/cloak-containers/cloak/internal/version"
@@ -51,8 +52,11 @@ type Attester interface {
 // AttestationAgent is a running cloak-aa.
 type AttestationAgent interface {
 	KeyProviderSocket() string
-	// GetResource fetches a KBS resource for this guest (sealed secrets).
+	// GetResource fetches a KBS resource for this guest (sealed secrets,
+	// the REST API).
 	GetResource(ctx context.Context, uri string) ([]byte, error)
+	// Token returns a valid KBS attestation token (the REST API).
+	Token(ctx context.Context) (string, error)
 	// TEE is the TEE whose report bound the initdata: snp or tdx
 	// (hardware or emulated) make the sandbox confidential.
 	TEE() string
@@ -75,6 +79,11 @@ type Config struct {
 	// own root is the initramfs. Each container still gets its own mount
 	// namespace; the VM remains the isolation boundary of the pod.
 	NoPivotRoot bool
+	// RestAPIAddr is where the REST API for the pod's containers listens
+	// (guest-image/cdh; cdh.DefaultAddr in the VM, whose network namespace
+	// the pod's containers share) once a sandbox has an attestation agent
+	// and its agent policy enables the API; "" = never.
+	RestAPIAddr string
 }
 
 // Server implements agentapi.AgentServiceServer.
@@ -91,6 +100,7 @@ type Server struct {
 	mu         sync.Mutex
 	sandbox    *agentapi.CreateSandboxRequest // nil until CreateSandbox
 	aa         AttestationAgent
+	restAPI    *cdh.Server // nil unless the sandbox serves the REST API
 	images     map[string]*pull.Image
 	containers map[string]*container
 	destroyed  bool
@@ -199,6 +209,11 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		s.stopAttestation()
 		return nil, err
 	}
+	restAPI, err := policy.RestAPI(ctx)
+	if err != nil {
+		s.stopAttestation()
+		return nil, agentErr(codes.PermissionDenied, agentapi.ReasonPolicy, "sandbox %q: %v", req.GetSandboxId(), err)
+	}
 	if err := s.cfg.Net.Apply(ctx, cfg.Network); err != nil {
 		s.stopAttestation()
 		return nil, invalid("sandbox %q: network configuration: %v", req.GetSandboxId(), err)
@@ -219,10 +234,30 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentapi.CreateSandboxR
 		}
 		s.sharedFS = true
 	}
+	if err := s.startRestAPI(restAPI); err != nil {
+		s.stopAttestation()
+		return nil, agentErr(codes.Internal, agentapi.ReasonRuntime, "sandbox %q: %v", req.GetSandboxId(), err)
+	}
 	s.sandbox = req
 	s.policy = policy
-	s.log.Info("sandbox created", "sandbox", req.GetSandboxId(), "hostname", req.GetHostname(), "attestation", s.aa != nil)
+	s.log.Info("sandbox created", "sandbox", req.GetSandboxId(), "hostname", req.GetHostname(), "attestation", s.aa != nil, "rest_api", s.restAPI != nil)
 	return &agentapi.CreateSandboxResponse{}, nil
+}
+
+// startRestAPI serves the REST API for the pod's containers when the
+// sandbox has an attestation agent, the agent serves one at all, and the
+// policy's guest_components_rest_api is not "none". The caller holds s.mu.
+func (s *Server) startRestAPI(features string) error {
+	if s.aa == nil || s.cfg.RestAPIAddr == "" || features == agentpolicy.RestAPINone {
+		return nil
+	}
+	srv, err := cdh.Start(s.cfg.RestAPIAddr, s.aa, cdh.Feature(features), s.log.With("component", "rest-api"))
+	if err != nil {
+		return err
+	}
+	s.restAPI = srv
+	s.log.Info("rest api serving", "addr", srv.Addr().String(), "features", features)
+	return nil
 }
 
 // teeOf is the TEE the sandbox's attestation agent attests with, "" when
@@ -324,8 +359,17 @@ func (s *Server) DestroySandbox(ctx context.Context, _ *agentapi.DestroySandboxR
 	}
 	aa := s.aa
 	s.aa = nil
+	restAPI := s.restAPI
+	s.restAPI = nil
 	sandbox := s.sandbox
 	s.mu.Unlock()
+
+	// No container may fetch a secret while the sandbox goes away.
+	if restAPI != nil {
+		if err := restAPI.Close(); err != nil {
+			s.log.Warn("stop rest api", "err", err)
+		}
+	}
 
 	var failed []string
 	for _, id := range ids {

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/agentpolicy"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 	"github.com/cloak-containers/cloak/kbstypes"
@@ -93,7 +95,8 @@ func (a fakeAttester) GetResource(_ context.Context, uri string) ([]byte, error)
 	}
 	return nil, status.Errorf(codes.NotFound, "resource %s not found", uri)
 }
-func (a fakeAttester) Stop() error { close(a.stopped); return nil }
+func (a fakeAttester) Token(context.Context) (string, error) { return "header.claims.signature", nil }
+func (a fakeAttester) Stop() error                           { close(a.stopped); return nil }
 
 type testAgent struct {
 	client   agentapi.AgentServiceClient
@@ -102,6 +105,7 @@ type testAgent struct {
 	net      fakeNet
 	aa       fakeAttester
 	poweroff chan struct{}
+	restAPI  string // host:port of the REST API, once a sandbox serves it
 }
 
 // startAgent serves a Server on a unix socket, as `cloak-agent --listen`
@@ -120,15 +124,17 @@ func startAgent(t *testing.T) *testAgent {
 		net:      fakeNet{applied: make(chan *hostinput.Network, 1)},
 		aa:       fakeAttester{stopped: make(chan struct{}), resources: map[string][]byte{}},
 		poweroff: make(chan struct{}),
+		restAPI:  freeLoopbackPort(t),
 	}
 	srv := New(Config{
-		Log:        slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		StateDir:   ta.stateDir,
-		RuncBinary: runcBinary,
-		Puller:     ta.puller,
-		Net:        ta.net,
-		Attester:   ta.aa,
-		PowerOff:   func() { close(ta.poweroff) },
+		RestAPIAddr: ta.restAPI,
+		Log:         slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		StateDir:    ta.stateDir,
+		RuncBinary:  runcBinary,
+		Puller:      ta.puller,
+		Net:         ta.net,
+		Attester:    ta.aa,
+		PowerOff:    func() { close(ta.poweroff) },
 	})
 	// Containers a failed test left behind are killed and unmounted (runs
 	// before the TempDir cleanup, registered earlier).
@@ -166,6 +172,16 @@ func startAgent(t *testing.T) *testAgent {
 	t.Cleanup(func() { cc.Close() })
 	ta.client = agentapi.NewAgentServiceClient(cc)
 	return ta
+}
+
+// freeLoopbackPort is a loopback address no one listens on just now.
+func freeLoopbackPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // testWriter sends the agent's logs to the test log.
@@ -369,6 +385,29 @@ func TestSandboxAndContainers(t *testing.T) {
 		t.Errorf("the KBS reason is lost: %v", err)
 	}
 
+	t.Run("rest api", func(t *testing.T) {
+		ta.aa.resources["kbs:///default/app/api-key"] = []byte("key from the KBS")
+		// The container shares the network namespace the API listens in, as
+		// a pod's containers share the VM's.
+		out, code := ta.run(ctx, t, "rest", spec("/bin/sh", "-c",
+			"wget -q -O - http://"+ta.restAPI+"/cdh/resource/default/app/api-key; echo; wget -q -O - http://"+ta.restAPI+"/cdh/resource/default/app/none || echo missing"), nil)
+		if got := out.stdout.String(); got != "key from the KBS\nmissing\n" || code != 0 {
+			t.Fatalf("stdout %q stderr %q exit %d; want the resource, then wget's failure on a 404", got, out.stderr.String(), code)
+		}
+		ta.remove(ctx, t, "rest")
+		// The sandbox's policy (allow-all) has no guest_components_rest_api:
+		// CoCo's default, resources only.
+		resp, err := http.Get("http://" + ta.restAPI + "/aa/token?token_type=kbs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "does not enable the attestation API") {
+			t.Fatalf("token: %d %q; want 403 from the default policy", resp.StatusCode, body)
+		}
+	})
+
 	t.Run("echo", func(t *testing.T) {
 		out, code := ta.run(ctx, t, "echo", spec("/bin/echo", "hello"), nil)
 		if out.stdout.String() != "hello\n" || code != 0 {
@@ -425,6 +464,54 @@ func TestSandboxAndContainers(t *testing.T) {
 			wantErr(t, name, err, codes.FailedPrecondition, agentapi.ReasonSealedSecret)
 			if msg := status.Convert(err).Message(); !strings.Contains(msg, `env "DB_PASSWORD"`) || strings.Contains(msg, "s3cr3t") {
 				t.Errorf("%s: message %q: want the variable named and no secret", name, msg)
+			}
+		}
+
+		// A Secret volume whose key holds a sealed value, in kubelet's
+		// layout: the process reads the plaintext.
+		secretVolume := func(content string) []*agentapi.ContainerFile {
+			return []*agentapi.ContainerFile{
+				{Path: "m0", Mode: 0o755, Dir: true},
+				{Path: "m0/..2026_12_06", Mode: 0o755, Dir: true},
+				{Path: "m0/..2026_12_06/db-password", Mode: 0o644, Data: []byte(content)},
+				{Path: "m0/..data", Mode: 0o777, Symlink: "..2026_12_06"},
+				{Path: "m0/db-password", Mode: 0o777, Symlink: "..data/db-password"},
+			}
+		}
+		fileSpec := func(args ...string) *specs.Spec {
+			sp := spec(args...)
+			sp.Mounts = append(sp.Mounts, specs.Mount{Destination: "/secrets", Type: "bind", Options: []string{"rbind", "ro"}})
+			return sp
+		}
+		fileReq := func(id, content string, sp *specs.Spec) *agentapi.CreateContainerRequest {
+			return &agentapi.CreateContainerRequest{ContainerId: id, Image: busyboxRef, OciSpec: mustJSON(t, sp), Files: secretVolume(content),
+				MountSources: []*agentapi.MountSource{{MountIndex: uint32(len(sp.Mounts) - 1), Source: &agentapi.MountSource_Files{Files: "m0"}}}}
+		}
+		sp = fileSpec("/bin/cat", "/secrets/db-password")
+		if _, err := ta.client.CreateContainer(ctx, fileReq("sealed-file", sealOf(key, "default/app/db-password")+"\n", sp)); err != nil {
+			t.Fatalf("CreateContainer with a sealed file: %v", err)
+		}
+		done := ta.attach(ctx, t, "sealed-file", "", nil, false)
+		if _, err := ta.client.StartContainer(ctx, &agentapi.StartContainerRequest{ContainerId: "sealed-file"}); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := ta.client.WaitProcess(ctx, &agentapi.WaitProcessRequest{ContainerId: "sealed-file"}); err != nil || w.ExitStatus != 0 {
+			t.Fatalf("WaitProcess: %v %v", w, err)
+		}
+		if got := (<-done).stdout.String(); got != "s3cr3t from the KBS" {
+			t.Fatalf("the process read %q from the sealed file, want the secret", got)
+		}
+		ta.remove(ctx, t, "sealed-file")
+		good := sealOf(key, "default/app/db-password")
+		for name, v := range map[string]string{"file wrong signer": sealOf(other, "default/app/db-password"), "file truncated": good[:len(good)-20],
+			"file missing resource": sealOf(key, "default/app/none")} {
+			_, err := ta.client.CreateContainer(ctx, fileReq("sealed-bad", v, fileSpec("/bin/true")))
+			wantErr(t, name, err, codes.FailedPrecondition, agentapi.ReasonSealedSecret)
+			if msg := status.Convert(err).Message(); !strings.Contains(msg, `file "m0/..2026_12_06/db-password"`) {
+				t.Errorf("%s: message %q does not name the file", name, msg)
+			}
+			if _, err := os.Stat(filepath.Join(ta.stateDir, "containers", "sealed-bad")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s: the refused container left its bundle (%v)", name, err)
 			}
 		}
 	})
@@ -633,7 +720,61 @@ func TestSandboxAndContainers(t *testing.T) {
 		if m := mountsUnder(t, ta.stateDir); len(m) > 0 {
 			t.Errorf("mounts left after DestroySandbox: %v", m)
 		}
+		if conn, err := net.Dial("tcp", ta.restAPI); err == nil {
+			conn.Close()
+			t.Error("the REST API still listens after DestroySandbox")
+		}
 		_, err := c.PullImage(ctx, &agentapi.PullImageRequest{Image: busyboxRef})
 		wantErr(t, "PullImage after DestroySandbox", err, codes.FailedPrecondition, agentapi.ReasonSandboxNotReady)
+	})
+}
+
+// TestRestAPIPolicy: the sandbox's policy decides whether the REST API
+// listens at all; a value the guest does not know refuses the sandbox.
+func TestRestAPIPolicy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	initdata := func(rule string) []byte {
+		return []byte("version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"policy.rego\" = '''\n" + agentpolicy.AllowAll + "\n" + rule + "\n'''\n")
+	}
+	t.Run("none", func(t *testing.T) {
+		ta := startAgent(t)
+		sb := &agentapi.CreateSandboxRequest{SandboxId: fmt.Sprintf("pod-%d", time.Now().UnixNano()), Hostname: "pod1", Initdata: initdata(`guest_components_rest_api := "none"`)}
+		if _, err := ta.client.CreateSandbox(ctx, sb); err != nil {
+			t.Fatalf("CreateSandbox: %v", err)
+		}
+		<-ta.net.applied
+		if c, err := net.Dial("tcp", ta.restAPI); err == nil {
+			c.Close()
+			t.Fatal("the REST API listens although the policy says none")
+		}
+	})
+	t.Run("all", func(t *testing.T) {
+		ta := startAgent(t)
+		sb := &agentapi.CreateSandboxRequest{SandboxId: fmt.Sprintf("pod-%d", time.Now().UnixNano()), Hostname: "pod1", Initdata: initdata(`guest_components_rest_api := "all"`)}
+		if _, err := ta.client.CreateSandbox(ctx, sb); err != nil {
+			t.Fatalf("CreateSandbox: %v", err)
+		}
+		<-ta.net.applied
+		resp, err := http.Get("http://" + ta.restAPI + "/aa/token?token_type=kbs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != `{"token":"header.claims.signature"}` {
+			t.Fatalf("token: %d %q; want the attestation agent's token", resp.StatusCode, body)
+		}
+	})
+	t.Run("unknown value", func(t *testing.T) {
+		ta := startAgent(t)
+		sb := &agentapi.CreateSandboxRequest{SandboxId: fmt.Sprintf("pod-%d", time.Now().UnixNano()), Hostname: "pod1", Initdata: initdata(`guest_components_rest_api := "everything"`)}
+		_, err := ta.client.CreateSandbox(ctx, sb)
+		wantErr(t, "unknown guest_components_rest_api", err, codes.PermissionDenied, agentapi.ReasonPolicy)
+		select {
+		case <-ta.aa.stopped:
+		default:
+			t.Error("the attestation agent of the refused sandbox was not stopped")
+		}
 	})
 }

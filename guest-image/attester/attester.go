@@ -174,16 +174,34 @@ func (a *Agent) KeyProviderSocket() string { return a.socket }
 // cloak-aa's local API on its socket: cloak-aa attests if it has no valid
 // token and decrypts the KBS's answer with its TEE key.
 func (a *Agent) GetResource(ctx context.Context, uri string) ([]byte, error) {
+	var res *attestationv1.GetResourceResponse
+	err := a.call(func(c attestationv1.AttestationAgentClient) (err error) {
+		res, err = c.GetResource(ctx, &attestationv1.GetResourceRequest{Path: uri})
+		return err
+	})
+	return res.GetResource(), err
+}
+
+// Token returns cloak-aa's current KBS attestation token (it attests first
+// when it has none that is still valid).
+func (a *Agent) Token(ctx context.Context) (string, error) {
+	var res *attestationv1.GetTokenResponse
+	err := a.call(func(c attestationv1.AttestationAgentClient) (err error) {
+		res, err = c.GetToken(ctx, &attestationv1.GetTokenRequest{})
+		return err
+	})
+	return res.GetToken(), err
+}
+
+// call runs fn with a client of cloak-aa's local API; its error is cloak-aa's
+// gRPC status, which carries the KBS's reason.
+func (a *Agent) call(fn func(attestationv1.AttestationAgentClient) error) error {
 	conn, err := grpc.NewClient("unix://"+a.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, fmt.Errorf("attestation agent at %s: %w", a.socket, err)
+		return fmt.Errorf("attestation agent at %s: %w", a.socket, err)
 	}
 	defer conn.Close()
-	res, err := attestationv1.NewAttestationAgentClient(conn).GetResource(ctx, &attestationv1.GetResourceRequest{Path: uri})
-	if err != nil {
-		return nil, err
-	}
-	return res.GetResource(), nil
+	return fn(attestationv1.NewAttestationAgentClient(conn))
 }
 
 // TEE is the TEE whose report bound the initdata: snp or tdx (hardware or

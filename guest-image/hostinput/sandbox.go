@@ -86,6 +86,9 @@ func network(req *agentapi.CreateSandboxRequest) (*Network, error) {
 		if !netSysctl.MatchString(k) {
 			return nil, fmt.Errorf("sysctl %q: only network sysctls (net.*) are set for the pod", Truncate(k))
 		}
+		if strings.HasSuffix(k, ".route_localnet") {
+			return nil, fmt.Errorf("sysctl %s: refused: it would route packets from the host to the guest's loopback, where the REST API for the pod's containers listens", k)
+		}
 		if len(v) > maxSysctlValue || strings.ContainsAny(v, "\n\x00") {
 			return nil, fmt.Errorf("sysctl %s: value of %d bytes: want one line of at most %d", k, len(v), maxSysctlValue)
 		}

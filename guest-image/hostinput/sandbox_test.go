@@ -27,6 +27,12 @@ func TestSandbox(t *testing.T) {
 		}, ""},
 		{"non-net sysctl", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"kernel.shm_rmid_forced": "1"} }, "only network sysctls"},
 		{"sysctl path", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"net/../../kernel/x": "1"} }, "only network sysctls"},
+		{"route_localnet", func(r *agentapi.CreateSandboxRequest) {
+			r.Sysctls = map[string]string{"net.ipv4.conf.all.route_localnet": "1"}
+		}, "guest's loopback"},
+		{"route_localnet eth0", func(r *agentapi.CreateSandboxRequest) {
+			r.Sysctls = map[string]string{"net.ipv4.conf.eth0.route_localnet": "1"}
+		}, "guest's loopback"},
 		{"sysctl dotdot", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"net...x": "1"} }, "only network sysctls"},
 		{"sysctl value newline", func(r *agentapi.CreateSandboxRequest) { r.Sysctls = map[string]string{"net.core.somaxconn": "1\n2"} }, "one line"},
 		{"sysctl value long", func(r *agentapi.CreateSandboxRequest) {

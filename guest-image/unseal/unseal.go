@@ -127,3 +127,32 @@ func Env(ctx context.Context, env []string, r Resources) ([]string, bool, error)
 	}
 	return out, changed, nil
 }
+
+// MaxFilePlaintext bounds a secret placed in a file.
+const MaxFilePlaintext = 1 << 20
+
+// File returns a file's content with its sealed secret replaced by the
+// plaintext, and whether it was sealed: a file is sealed when its content
+// starts with "sealed." (CoCo's rule for secret volumes). Whitespace after
+// the sealed string, such as the newline `kubectl create secret
+// --from-file` keeps, is not part of it. name says which file, for errors.
+func File(ctx context.Context, name string, content []byte, r Resources) ([]byte, bool, error) {
+	if !bytes.HasPrefix(content, []byte(sealed.Prefix)) {
+		return content, false, nil
+	}
+	where := fmt.Sprintf("file %q", name)
+	if r == nil {
+		return nil, false, &Error{where, errors.New("the sandbox has no attestation agent (its initdata names no KBS), so nothing can unseal it")}
+	}
+	if len(content) > sealed.MaxSize+2 {
+		return nil, false, &Error{where, fmt.Errorf("the file is %d bytes, more than a sealed secret may be (%d)", len(content), sealed.MaxSize)}
+	}
+	secret, err := Value(ctx, strings.TrimRight(string(content), " \t\r\n"), r)
+	if err != nil {
+		return nil, false, &Error{where, err}
+	}
+	if len(secret) > MaxFilePlaintext {
+		return nil, false, &Error{where, fmt.Errorf("the secret is %d bytes, more than the %d a sealed file may hold", len(secret), MaxFilePlaintext)}
+	}
+	return secret, true, nil
+}

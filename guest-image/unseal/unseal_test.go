@@ -160,3 +160,65 @@ func (c countingKBS) GetResource(context.Context, string) ([]byte, error) {
 	*c.calls++
 	return nil, errNotFound
 }
+
+func TestFile(t *testing.T) {
+	key, k := setup(t)
+	v := seal(t, key, kid, "default/app/db-password")
+	for name, content := range map[string]string{"bare": v, "with newline": v + "\n", "with CRLF": v + "\r\n"} {
+		got, changed, err := File(context.Background(), "vol/db-password", []byte(content), k)
+		if err != nil || !changed || string(got) != "s3cr3t=value\nline2" {
+			t.Errorf("%s: File = %q, %v, %v; want the secret", name, got, changed, err)
+		}
+	}
+	plain := []byte("not sealed.\n")
+	if got, changed, err := File(context.Background(), "vol/config", plain, nil); err != nil || changed || string(got) != string(plain) {
+		t.Errorf("plain file: %q %v %v; want it untouched", got, changed, err)
+	}
+	k["kbs:///default/app/big"] = make([]byte, MaxFilePlaintext+1)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for name, tc := range map[string]struct {
+		content string
+		res     Resources
+		want    string
+	}{
+		"wrong signer":         {seal(t, other, kid, "default/app/db-password"), k, "does not verify"},
+		"truncated":            {v[:len(v)-10], k, "signature"},
+		"unknown resource":     {seal(t, key, kid, "default/app/missing"), k, "not found"},
+		"too big":              {seal(t, key, kid, "default/app/big"), k, "more than"},
+		"two values":           {v + "\n" + v, k, ""},
+		"no attestation agent": {v, nil, "no attestation agent"},
+	} {
+		_, _, err := File(context.Background(), "vol/db-password", []byte(tc.content), tc.res)
+		var ue *Error
+		if !errors.As(err, &ue) || ue.Where != `file "vol/db-password"` || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want an unseal error for the file containing %q", name, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("%s: the error leaks the secret: %v", name, err)
+		}
+	}
+}
+
+// FuzzFile: a file that does not start with "sealed." is never touched;
+// one that does is unsealed or refused, never passed through.
+func FuzzFile(f *testing.F) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p, _ := kbstypes.ParseResourcePath("default/app/db-password")
+	good, _ := sealed.Seal(sealed.Vault(p), key, kid)
+	f.Add([]byte(good + "\n"))
+	f.Add([]byte("sealed.\n"))
+	f.Add([]byte("plain"))
+	f.Fuzz(func(t *testing.T, content []byte) {
+		calls := 0
+		out, changed, err := File(context.Background(), "f", content, countingKBS{calls: &calls})
+		if !Is(string(content)) {
+			if calls > 0 || changed || err != nil || string(out) != string(content) {
+				t.Fatalf("a file that is not sealed was touched: calls %d changed %v err %v", calls, changed, err)
+			}
+			return
+		}
+		if err == nil {
+			t.Fatalf("a sealed file passed with a KBS that holds nothing (changed %v)", changed)
+		}
+	})
+}
