@@ -60,7 +60,8 @@ value, from anyone who can edit the pod's Secret: never use it in production.
 
 Output: the sealed string on one line; -o json {"sealed","resource","kid"};
 -o yaml a Kubernetes Secret (--name, default the resource's tag; --key, the
-stringData key, default the tag). Unsealing in the guest is not implemented yet.`,
+stringData key, default the tag). The guest unseals env values and secret-volume
+files that start with sealed. before the process starts (docs/secrets.md).`,
 		Example: `  kbsctl secret keygen --out signing.jwk > signing.pub.jwk
   kbsctl resource set default/sealed-secret-keys/signing --file signing.pub.jwk
   echo -n 's3cret' | kbsctl resource set default/app/db-password --file -
