@@ -19,19 +19,20 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	annotation "github.com/cloak-containers/cloak/api/keyprovider"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // ProviderName is the keyprovider name in ocicrypt configuration and in the
 // layer annotation key.
-const ProviderName = "attestation-agent"
+const ProviderName = annotation.ProviderName
 
 // kekSize is the AES-256 key size a KEK resource must have.
 const kekSize = 32
 
 // maxInput bounds the UnWrapKey request document (annotation base64 + JSON).
-const maxInput = 2 * MaxAnnotation
+const maxInput = 2 * annotation.MaxAnnotation
 
 // ResourceGetter fetches KBS resources; *rcar.Client implements it. Errors
 // that carry a gRPC status (rcar.KBSError does) reach the caller with it.
@@ -72,7 +73,7 @@ func (s *Service) UnWrapKey(ctx context.Context, in *ocigrpc.KeyProviderKeyWrapP
 	if req.Operation != ocikp.OpKeyUnwrap {
 		return nil, status.Errorf(codes.InvalidArgument, "keyprovider op %q: UnWrapKey wants %q", req.Operation, ocikp.OpKeyUnwrap)
 	}
-	ann, path, err := ParseAnnotation(req.KeyUnwrapParams.Annotation)
+	ann, path, err := annotation.Parse(req.KeyUnwrapParams.Annotation)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -93,7 +94,7 @@ func (s *Service) UnWrapKey(ctx context.Context, in *ocigrpc.KeyProviderKeyWrapP
 	return &ocigrpc.KeyProviderKeyWrapProtocolOutput{KeyProviderKeyWrapProtocolOutput: out}, nil
 }
 
-func unseal(kek []byte, ann Annotation) ([]byte, error) {
+func unseal(kek []byte, ann annotation.Annotation) ([]byte, error) {
 	if len(kek) != kekSize {
 		return nil, fmt.Errorf("KBS resource is %d bytes, want a %d-byte AES-256 key", len(kek), kekSize)
 	}

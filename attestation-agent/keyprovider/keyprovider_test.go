@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	annotation "github.com/cloak-containers/cloak/api/keyprovider"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/kbstypes"
 )
@@ -90,7 +91,7 @@ func wrap(t testing.TB, kek, opts []byte, kid string) []byte {
 	if _, err := rand.Read(iv); err != nil {
 		t.Fatal(err)
 	}
-	b, err := json.Marshal(Annotation{Kid: kid, WrappedData: gcm.Seal(nil, iv, opts, nil), IV: iv, WrapType: WrapTypeA256GCM})
+	b, err := json.Marshal(annotation.Annotation{Kid: kid, WrappedData: gcm.Seal(nil, iv, opts, nil), IV: iv, WrapType: annotation.WrapTypeA256GCM})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,8 @@ package keywrap
 import (
 	"fmt"
 	"strings"
+
+	annotation "github.com/cloak-containers/cloak/api/keyprovider"
 )
 
 // MaxParamsSize bounds the provider parameter string ocicrypt passes on.
@@ -57,8 +59,8 @@ func ParseParams(s string) (Params, error) {
 		case "kid":
 			p.KID = value
 		case "algorithm":
-			if value != WrapTypeA256GCM {
-				return Params{}, fmt.Errorf("provider parameter algorithm=%q: only %s is supported", value, WrapTypeA256GCM)
+			if value != annotation.WrapTypeA256GCM {
+				return Params{}, fmt.Errorf("provider parameter algorithm=%q: only %s is supported", value, annotation.WrapTypeA256GCM)
 			}
 		case "sample":
 			if value != "false" {

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	annotation "github.com/cloak-containers/cloak/api/keyprovider"
 	"github.com/cloak-containers/cloak/internal/testutil"
 )
 
@@ -90,7 +91,7 @@ func (g guestUnwrapper) UnWrapKey(_ context.Context, in *keyproviderpb.KeyProvid
 	if err := json.Unmarshal(in.GetKeyProviderKeyWrapProtocolInput(), &req); err != nil {
 		return nil, err
 	}
-	var a Annotation
+	var a wireAnnotation
 	if err := json.Unmarshal(req.KeyUnwrapParams.Annotation, &a); err != nil {
 		return nil, err
 	}
@@ -176,7 +177,7 @@ func TestEncryptLayerThroughProvider(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var a Annotation
+	var a wireAnnotation
 	if err := json.Unmarshal(annJSON, &a); err != nil {
 		t.Fatal(err)
 	}
@@ -343,8 +344,8 @@ func FuzzWrapKey(f *testing.F) {
 		if err := json.Unmarshal(out.GetKeyProviderKeyWrapProtocolOutput(), &res); err != nil {
 			t.Fatalf("output is not JSON: %v", err)
 		}
-		var a Annotation
-		if err := json.Unmarshal(res.KeyWrapResults.Annotation, &a); err != nil || a.WrapType != WrapTypeA256GCM {
+		var a wireAnnotation
+		if err := json.Unmarshal(res.KeyWrapResults.Annotation, &a); err != nil || a.WrapType != annotation.WrapTypeA256GCM {
 			t.Fatalf("bad annotation %q: %v", res.KeyWrapResults.Annotation, err)
 		}
 	})

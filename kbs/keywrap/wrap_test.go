@@ -14,7 +14,7 @@ import (
 // not trust Wrap to check itself.
 func open(t *testing.T, kek, annotation []byte) []byte {
 	t.Helper()
-	var a Annotation
+	var a wireAnnotation
 	if err := json.Unmarshal(annotation, &a); err != nil {
 		t.Fatalf("annotation is not JSON: %v", err)
 	}
@@ -51,7 +51,7 @@ func TestWrapRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var a Annotation
+	var a wireAnnotation
 	if err := json.Unmarshal(ann, &a); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestWrapRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var a2 Annotation
+	var a2 wireAnnotation
 	if err := json.Unmarshal(ann2, &a2); err != nil {
 		t.Fatal(err)
 	}
@@ -109,4 +109,14 @@ func TestWrapRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wireAnnotation is the annotation as coco_keyprovider documents it, with
+// the byte fields as base64 strings: decoding Wrap's output into it checks
+// the wire format independently of api/keyprovider's Go type.
+type wireAnnotation struct {
+	KID         string `json:"kid"`
+	WrappedData string `json:"wrapped_data"`
+	IV          string `json:"iv"`
+	WrapType    string `json:"wrap_type"`
 }

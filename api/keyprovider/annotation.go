@@ -1,3 +1,10 @@
+// Package keyprovider is the wire contract of Cloak's encrypted images: the
+// ocicrypt key-provider annotation that the host's key wrapper
+// (kbs/keywrap) writes into an encrypted layer and the guest's attestation
+// agent (attestation-agent/keyprovider) reads. It is Confidential
+// Containers' "AnnotationPacket", as coco_keyprovider writes it, so images
+// encrypted by either are readable by the other. Both sides import this
+// package; it imports only kbstypes.
 package keyprovider
 
 import (
@@ -9,18 +16,28 @@ import (
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
-// WrapTypeA256GCM is the only wrap type the agent opens.
+// ProviderName is the ocicrypt key provider name, as CoCo's.
+const ProviderName = "attestation-agent"
+
+// AnnotationKey is the layer annotation that holds the packet.
+const AnnotationKey = "org.opencontainers.image.enc.keys.provider." + ProviderName
+
+// WrapTypeA256GCM is the only wrap type: AES-256-GCM, no additional data.
 const WrapTypeA256GCM = "A256GCM"
 
 const (
+	// KEKSize is the size of the key-encryption key the KBS stores: AES-256.
+	KEKSize = 32
+	// IVSize is the standard GCM nonce size, which coco_keyprovider uses.
+	IVSize = 12
 	// MaxAnnotation bounds the annotation a layer may carry. A real one is
 	// a few hundred bytes (wrapped PrivateLayerBlockCipherOptions).
 	MaxAnnotation = 64 << 10
-	gcmNonceSize  = 12
 )
 
 // Annotation is CoCo's "AnnotationPacket": what the layer annotation
-// org.opencontainers.image.enc.keys.provider.attestation-agent holds.
+// AnnotationKey holds. The byte fields are standard base64 in the JSON, as
+// encoding/json writes []byte.
 type Annotation struct {
 	// Kid names the KEK in the KBS, "kbs:///repo/type/tag".
 	Kid string `json:"kid"`
@@ -34,7 +51,7 @@ type Annotation struct {
 // ParseAnnotation reads an annotation packet as ocicrypt hands it over: the
 // JSON itself, or its base64 (standard encoding). It returns the packet and
 // the KBS resource that holds its key.
-func ParseAnnotation(b []byte) (Annotation, kbstypes.ResourcePath, error) {
+func Parse(b []byte) (Annotation, kbstypes.ResourcePath, error) {
 	if len(b) > MaxAnnotation {
 		return Annotation{}, kbstypes.ResourcePath{}, fmt.Errorf("annotation is %d bytes, limit is %d", len(b), MaxAnnotation)
 	}
@@ -62,8 +79,8 @@ func ParseAnnotation(b []byte) (Annotation, kbstypes.ResourcePath, error) {
 	if a.WrapType != WrapTypeA256GCM {
 		return Annotation{}, kbstypes.ResourcePath{}, fmt.Errorf("annotation wrap_type %q not supported: want %s", a.WrapType, WrapTypeA256GCM)
 	}
-	if len(a.IV) != gcmNonceSize {
-		return Annotation{}, kbstypes.ResourcePath{}, fmt.Errorf("annotation iv is %d bytes, want %d", len(a.IV), gcmNonceSize)
+	if len(a.IV) != IVSize {
+		return Annotation{}, kbstypes.ResourcePath{}, fmt.Errorf("annotation iv is %d bytes, want %d", len(a.IV), IVSize)
 	}
 	if len(a.WrappedData) == 0 {
 		return Annotation{}, kbstypes.ResourcePath{}, fmt.Errorf("annotation wrapped_data is empty")

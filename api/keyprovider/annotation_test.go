@@ -8,7 +8,7 @@ import (
 	"github.com/cloak-containers/cloak/kbstypes"
 )
 
-func TestParseAnnotation(t *testing.T) {
+func TestParse(t *testing.T) {
 	const iv = "AAAAAAAAAAAAAAAA" // 12 bytes
 	tests := []struct {
 		name     string
@@ -32,7 +32,7 @@ func TestParseAnnotation(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, path, err := ParseAnnotation([]byte(tc.in))
+			_, path, err := Parse([]byte(tc.in))
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error = %v, want containing %q", err, tc.wantErr)
@@ -49,17 +49,17 @@ func TestParseAnnotation(t *testing.T) {
 	}
 }
 
-func FuzzParseAnnotation(f *testing.F) {
+func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"kid":"kbs:///default/key/1","wrapped_data":"AQID","iv":"AAAAAAAAAAAAAAAA","wrap_type":"A256GCM"}`))
 	f.Add([]byte(base64.StdEncoding.EncodeToString([]byte(`{"kid":"kbs:///a/b/c"}`))))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		a, path, err := ParseAnnotation(b)
+		a, path, err := Parse(b)
 		if err != nil {
 			return
 		}
 		// Whatever is accepted must be usable as is.
-		if a.WrapType != WrapTypeA256GCM || len(a.IV) != gcmNonceSize || len(a.WrappedData) == 0 {
+		if a.WrapType != WrapTypeA256GCM || len(a.IV) != IVSize || len(a.WrappedData) == 0 {
 			t.Fatalf("accepted unusable annotation %+v", a)
 		}
 		if _, err := kbstypes.ParseResourcePath(path.String()); err != nil {
