@@ -2,9 +2,9 @@
 // virtio-serial port (cloak.sp) for emulated/snp and emulated/tdx:
 // one request line in, one answer line out, so that a garbled or partial
 // line (the port is one byte stream across guest processes) costs one
-// error answer and nothing more. Each platform parses its own requests
-// and writes its own answers; the guest's side of the port is
-// attestation-agent/evidence/spport (guest code cannot import host code).
+// error answer and nothing more. The lines are api/emulatedsp's; each
+// platform parses its own requests and writes its own answers with it. The
+// guest's side of the port is attestation-agent/evidence/spport.
 package port
 
 import (
@@ -17,33 +17,6 @@ import (
 	"net"
 	"time"
 )
-
-// MaxIDLen bounds a request id: 1 to MaxIDLen letters or digits chosen by
-// the guest, which let it drop answers to requests that are not its own.
-const MaxIDLen = 32
-
-// ValidID reports whether b is a well-formed request id.
-func ValidID(b []byte) bool {
-	if len(b) == 0 || len(b) > MaxIDLen {
-		return false
-	}
-	for _, c := range b {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return false
-		}
-	}
-	return true
-}
-
-// ErrorAnswer is the answer to a request line that did not parse: its id
-// when the line has a valid one in second place, else "-".
-func ErrorAnswer(line []byte, err error) []byte {
-	id := "-"
-	if f := bytes.SplitN(line, []byte{' '}, 3); len(f) > 1 && ValidID(f[1]) {
-		id = string(f[1])
-	}
-	return fmt.Appendf(nil, "ERR %s %s\n", id, err)
-}
 
 // Server answers the request lines of one emulated platform.
 type Server struct {

@@ -21,7 +21,6 @@ import (
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 
-	emulatedport "github.com/cloak-containers/cloak/emulated/port"
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	tdxverifier "github.com/cloak-containers/cloak/kbs/verifier/tdx"
@@ -338,32 +337,4 @@ func TestRunServesQEMUSocket(t *testing.T) {
 	cancel()
 	<-done
 	conn.Close()
-}
-
-func FuzzParseRequest(f *testing.F) {
-	f.Add([]byte("QUOTE a " + strings.Repeat("00", 64)))
-	f.Add([]byte("PLATFORM b"))
-	f.Add([]byte("REPORT c 0 " + strings.Repeat("ff", 64)))
-	f.Add([]byte("QUOTE  " + strings.Repeat("0", 129)))
-	f.Fuzz(func(t *testing.T, line []byte) {
-		req, err := ParseRequest(line)
-		if err != nil {
-			return
-		}
-		if len(line) >= MaxRequestLine || !emulatedport.ValidID([]byte(req.ID)) {
-			t.Fatalf("accepted %q", line)
-		}
-		switch req.Cmd {
-		case CmdPlatform:
-			if string(line) != "PLATFORM "+req.ID {
-				t.Fatalf("PLATFORM %q parsed from %q", req.ID, line)
-			}
-		case CmdQuote:
-			if string(line) != "QUOTE "+req.ID+" "+hex.EncodeToString(req.ReportData[:]) && !strings.EqualFold(string(line), "QUOTE "+req.ID+" "+hex.EncodeToString(req.ReportData[:])) {
-				t.Fatalf("QUOTE %x parsed from %q", req.ReportData, line)
-			}
-		default:
-			t.Fatalf("command %q accepted", req.Cmd)
-		}
-	})
 }

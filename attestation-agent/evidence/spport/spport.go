@@ -1,34 +1,28 @@
 // Package spport is the guest end of the emulated TEE firmware's
 // virtio-serial port (/dev/virtio-ports/cloak.sp), shared by the emulated
 // SEV-SNP and TDX evidence sources: one request line out, answer lines in
-// until the one that carries the request's id. The host end is
-// emulated/port (guest code cannot import host code); the commands are
-// each platform's (attestation-agent/evidence/snp, .../tdx).
-//
-//	guest: <cmd> <id> [<arg>]\n
-//	host:  OK <id> <payload>\n
-//	host:  ERR <id or -> <message>\n
+// until the one that carries the request's id. The lines are
+// api/emulatedsp's, shared with the host end (emulated/port); the commands
+// are each platform's (attestation-agent/evidence/snp, .../tdx).
 package spport
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/cloak-containers/cloak/api/emulatedsp"
 )
 
 const (
-	// MaxLine bounds an answer line: an SNP report with three
-	// certificates is about 8 KiB in base64, a TDX quote with its PCK
-	// chain about 6 KiB.
-	MaxLine = 64 << 10
+	// MaxLine bounds an answer line.
+	MaxLine = emulatedsp.MaxAnswerLine
 	// DefaultTimeout bounds one request: the host answers in
 	// milliseconds, so a silent port means nothing is attached.
 	DefaultTimeout = 10 * time.Second
@@ -88,16 +82,11 @@ func (p *Port) open(ctx context.Context) (*os.File, error) {
 // with the message of an ERR. Lines for other ids (answers to an earlier
 // process's requests) are skipped. name names the server in errors.
 func Exchange(rw io.ReadWriter, name, cmd, arg string) ([]byte, error) {
-	var idb [8]byte
-	if _, err := rand.Read(idb[:]); err != nil {
+	id, err := emulatedsp.NewID()
+	if err != nil {
 		return nil, err
 	}
-	id := hex.EncodeToString(idb[:])
-	req := cmd + " " + id
-	if arg != "" {
-		req += " " + arg
-	}
-	if _, err := io.WriteString(rw, req+"\n"); err != nil {
+	if _, err := rw.Write(emulatedsp.RequestLine(cmd, id, arg)); err != nil {
 		return nil, fmt.Errorf("send to %s port: %w", name, err)
 	}
 	br := bufio.NewReaderSize(rw, 4096)
@@ -106,16 +95,14 @@ func Exchange(rw io.ReadWriter, name, cmd, arg string) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read %s answer: %w", name, err)
 		}
-		f := bytes.SplitN(line, []byte{' '}, 3)
-		if len(f) < 3 || string(f[1]) != id {
-			continue
+		got, ok, rest, err := emulatedsp.ParseAnswer(line)
+		if err != nil || got != id {
+			continue // not an answer to this request
 		}
-		switch string(f[0]) {
-		case "ERR":
-			return nil, fmt.Errorf("emulated platform refused %s: %s", cmd, f[2])
-		case "OK":
-			return f[2], nil
+		if !ok {
+			return nil, fmt.Errorf("emulated platform refused %s: %s", cmd, rest)
 		}
+		return rest, nil
 	}
 }
 
