@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	podline "github.com/cloak-containers/cloak/api/timeline"
 )
 
 // maxLineBytes bounds one log line. containerd's log is copied raw from every
@@ -16,7 +18,7 @@ import (
 const maxLineBytes = 64 << 10
 
 // timelineMsg is the msg of the shim's one line per started container.
-const timelineMsg = "pod start timeline"
+const timelineMsg = podline.Msg
 
 // parseLine returns the key=value fields of one logrus text-format line.
 // Values are bare up to the next space, or quoted as logrus quotes them
@@ -71,7 +73,7 @@ type podStart struct {
 	fields map[string]string
 }
 
-func (p podStart) container() string { return p.fields["container"] }
+func (p podStart) container() string { return p.fields[podline.Container] }
 
 // readTimelines returns the timeline lines of a containerd log in log order
 // and how many overlong lines were skipped.
@@ -123,7 +125,7 @@ func (p podStart) timeField(key string) (t time.Time, ok bool, problem string) {
 	if !present || v == "" {
 		return time.Time{}, false, ""
 	}
-	t, err := time.Parse(time.RFC3339Nano, v)
+	t, err := podline.ParseTime(v)
 	if err != nil {
 		return time.Time{}, false, fmt.Sprintf("%s=%q is not an RFC 3339 time", key, v)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	podline "github.com/cloak-containers/cloak/api/timeline"
 	"github.com/cloak-containers/cloak/kbs/adminapi"
 )
 
@@ -45,22 +46,22 @@ type timeline struct {
 // hostPhases are the phases the shim stamps with host times, in the order
 // they happen: rows with equal times keep this order.
 var hostPhases = []struct{ name, key, detail string }{
-	{"vm", "vm_requested", "VM requested (the shim starts the pod's VM)"},
-	{"qemu", "qemu_started", "QEMU started"},
-	{"agent", "agent_ready", "guest agent ready (VM boot)"},
-	{"sandbox", "sandbox_ready", "sandbox ready (network, initdata bound)"},
-	{"pull", "pull_started", "image pull started in the guest"},
+	{"vm", podline.VMRequested, "VM requested (the shim starts the pod's VM)"},
+	{"qemu", podline.QEMUStarted, "QEMU started"},
+	{"agent", podline.AgentReady, "guest agent ready (VM boot)"},
+	{"sandbox", podline.SandboxReady, "sandbox ready (network, initdata bound)"},
+	{"pull", podline.PullStarted, "image pull started in the guest"},
 }
 
 // buildTimeline turns one timeline line, and the audit entries of the KBS
 // if any, into rows sorted by time, "at" counted from the VM request.
 func buildTimeline(p podStart, audit []adminapi.AuditEntry) timeline {
 	tl := timeline{
-		Container: p.fields["container"],
-		Sandbox:   p.fields["sandbox"],
-		Tee:       p.fields["tee"],
-		Image:     p.fields["image"],
-		Encrypted: p.fields["encrypted"] == "true",
+		Container: p.fields[podline.Container],
+		Sandbox:   p.fields[podline.Sandbox],
+		Tee:       p.fields[podline.TEE],
+		Image:     p.fields[podline.Image],
+		Encrypted: p.fields[podline.Encrypted] == "true",
 	}
 	hostTime := func(key string) (time.Time, bool) {
 		t, ok, problem := p.timeField(key)
@@ -85,17 +86,17 @@ func buildTimeline(p podStart, audit []adminapi.AuditEntry) timeline {
 			add(h.name, t, h.detail)
 		}
 	}
-	pullStarted, havePullStarted := hostTime("pull_started")
-	if resolve, ok := guestDur("resolve_us"); ok && havePullStarted {
+	pullStarted, havePullStarted := hostTime(podline.PullStarted)
+	if resolve, ok := guestDur(podline.ResolveUS); ok && havePullStarted {
 		// A guest duration on a host time: the guest clock only measures.
 		add("resolve", pullStarted.Add(resolve), "manifest and config resolved")
 	}
-	pullDone, havePullDone := hostTime("pull_done")
+	pullDone, havePullDone := hostTime(podline.PullDone)
 	if havePullStarted {
 		// The KBS stamps its audit with the host clock, like the shim. A
 		// line without pull_done takes the KBS's decisions up to the create.
 		end, haveEnd := pullDone, havePullDone
-		for _, key := range []string{"created", "started"} {
+		for _, key := range []string{podline.Created, podline.Started} {
 			if !haveEnd {
 				end, haveEnd = hostTime(key)
 			}
@@ -112,13 +113,13 @@ func buildTimeline(p podStart, audit []adminapi.AuditEntry) timeline {
 	if havePullDone {
 		add("layers", pullDone, layersDetail(tl.Encrypted, guestDur))
 	}
-	if t, ok := hostTime("created"); ok {
-		if d, ok := guestDur("policy_us"); ok {
+	if t, ok := hostTime(podline.Created); ok {
+		if d, ok := guestDur(podline.PolicyUS); ok {
 			add("policy", t, fmt.Sprintf("agent policy: %.3f s of guest time deciding the pod's requests so far", d.Seconds()))
 		}
 		add("created", t, "container created")
 	}
-	if t, ok := hostTime("started"); ok {
+	if t, ok := hostTime(podline.Started); ok {
 		add("started", t, "container started")
 	}
 
@@ -128,7 +129,7 @@ func buildTimeline(p podStart, audit []adminapi.AuditEntry) timeline {
 		return tl
 	}
 	base := tl.Phases[0].t
-	if t, ok, _ := p.timeField("vm_requested"); ok {
+	if t, ok, _ := p.timeField(podline.VMRequested); ok {
 		base = t
 	}
 	prev := base
@@ -193,15 +194,15 @@ func orUnknown(s string) string {
 // the per-layer times, which overlap in reality.
 func layersDetail(encrypted bool, guestDur func(string) (time.Duration, bool)) string {
 	var parts []string
-	if d, ok := guestDur("fetch_us"); ok {
+	if d, ok := guestDur(podline.FetchUS); ok {
 		parts = append(parts, fmt.Sprintf("fetch %.3f s", d.Seconds()))
 	}
-	decrypt, haveDecrypt := guestDur("decrypt_us")
+	decrypt, haveDecrypt := guestDur(podline.DecryptUS)
 	decrypted := encrypted || (haveDecrypt && decrypt > 0)
 	if haveDecrypt && decrypted {
 		parts = append(parts, fmt.Sprintf("decrypt %.3f s incl. key", decrypt.Seconds()))
 	}
-	if d, ok := guestDur("unpack_us"); ok {
+	if d, ok := guestDur(podline.UnpackUS); ok {
 		parts = append(parts, fmt.Sprintf("unpack %.3f s", d.Seconds()))
 	}
 	s := "layers fetched and unpacked"

@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/timeline"
 	"github.com/cloak-containers/cloak/shim/config"
 )
 
@@ -15,7 +16,8 @@ import (
 // logs it once per container when the container starts (containerd copies
 // shim logs into its own), for operators asking where a slow start went, and
 // for ci/timeline (make demo, make bench-e2e), which lines it up with the
-// KBS's audit of the attestation and key release.
+// KBS's audit of the attestation and key release. The line's contract is
+// api/timeline.
 
 // vmTimes are the steps of a VM's start.
 type vmTimes struct {
@@ -43,20 +45,19 @@ func teeLabel(cfg config.Config) string {
 // logTimeline logs the start timeline of container c of the VM sb, which
 // started at started.
 func logTimeline(ctx context.Context, sb *sandbox, sandboxID string, c *container, started time.Time) {
-	at := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
-	us := func(ns int64) int64 { return ns / int64(time.Microsecond) }
+	at, us := timeline.FormatTime, timeline.Microseconds
 	f := log.Fields{
-		"container": c.id, "sandbox": sandboxID, "tee": sb.tee, "image": c.image,
-		"vm_requested": at(sb.times.requested), "qemu_started": at(sb.times.qemuStarted),
-		"agent_ready": at(sb.times.agentReady), "sandbox_ready": at(sb.times.ready),
-		"pull_started": at(c.times.pullStarted), "pull_done": at(c.times.pullDone),
-		"created": at(c.times.created), "started": at(started),
-		"policy_us": us(c.times.policyNs),
+		timeline.Container: c.id, timeline.Sandbox: sandboxID, timeline.TEE: sb.tee, timeline.Image: c.image,
+		timeline.VMRequested: at(sb.times.requested), timeline.QEMUStarted: at(sb.times.qemuStarted),
+		timeline.AgentReady: at(sb.times.agentReady), timeline.SandboxReady: at(sb.times.ready),
+		timeline.PullStarted: at(c.times.pullStarted), timeline.PullDone: at(c.times.pullDone),
+		timeline.Created: at(c.times.created), timeline.Started: at(started),
+		timeline.PolicyUS: us(c.times.policyNs),
 	}
 	if p := c.times.pull; p != nil {
-		f["encrypted"] = p.GetEncrypted()
-		f["resolve_us"], f["fetch_us"] = us(p.GetResolveNs()), us(p.GetFetchNs())
-		f["decrypt_us"], f["unpack_us"] = us(p.GetDecryptNs()), us(p.GetUnpackNs())
+		f[timeline.Encrypted] = p.GetEncrypted()
+		f[timeline.ResolveUS], f[timeline.FetchUS] = us(p.GetResolveNs()), us(p.GetFetchNs())
+		f[timeline.DecryptUS], f[timeline.UnpackUS] = us(p.GetDecryptNs()), us(p.GetUnpackNs())
 	}
-	log.G(ctx).WithFields(f).Info("pod start timeline")
+	log.G(ctx).WithFields(f).Info(timeline.Msg)
 }
