@@ -22,9 +22,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	annotation "github.com/cloak-containers/cloak/api/keyprovider"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // fakeKBS serves resources by path, or a fixed error.

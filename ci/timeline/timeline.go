@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cloak-containers/cloak/api/adminapi"
 	podline "github.com/cloak-containers/cloak/api/timeline"
-	"github.com/cloak-containers/cloak/kbs/adminapi"
 )
 
 // maxAuditBytes bounds the audit file (kbsctl prints at most a few thousand

@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 	"github.com/cloak-containers/cloak/guest-image/unseal"

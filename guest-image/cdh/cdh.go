@@ -34,7 +34,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cloak-containers/cloak/agentpolicy"
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // DefaultAddr is where CoCo's api-server-rest listens, and so where

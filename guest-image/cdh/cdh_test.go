@@ -17,11 +17,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cloak-containers/cloak/api/attestationv1"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	"github.com/cloak-containers/cloak/attestation-agent/localapi"
-	"github.com/cloak-containers/cloak/attestation-agent/localapi/attestationv1"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // fakeKBS stands behind the real local API: what cloak-aa's rcar client

@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // MaxRequestURI bounds the request line's target: a resource path is at

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 func TestParseRequest(t *testing.T) {

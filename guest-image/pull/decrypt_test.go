@@ -28,11 +28,12 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
+	annotation "github.com/cloak-containers/cloak/api/keyprovider"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	"github.com/cloak-containers/cloak/attestation-agent/keyprovider"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 const testKid = "kbs:///default/image-key/1"
@@ -74,7 +75,7 @@ func (p *testProvider) WrapKey(_ context.Context, in *ocigrpc.KeyProviderKeyWrap
 	}
 	iv := make([]byte, gcm.NonceSize())
 	rand.Read(iv)
-	ann, err := json.Marshal(keyprovider.Annotation{Kid: testKid, WrappedData: gcm.Seal(nil, iv, req.KeyWrapParams.OptsData, nil), IV: iv, WrapType: keyprovider.WrapTypeA256GCM})
+	ann, err := json.Marshal(annotation.Annotation{Kid: testKid, WrappedData: gcm.Seal(nil, iv, req.KeyWrapParams.OptsData, nil), IV: iv, WrapType: annotation.WrapTypeA256GCM})
 	if err != nil {
 		return nil, err
 	}

@@ -101,3 +101,34 @@ func TestViolations(t *testing.T) {
 		}
 	}
 }
+
+// TestContractsImportOnlyContracts: the packages under api/ are what both
+// sides of the trust boundary import, so they may import only each other
+// and libraries; one import of guest, host or KBS code would put that code
+// on both sides.
+func TestContractsImportOnlyContracts(t *testing.T) {
+	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "./api/...")
+	cmd.Dir = filepath.Join("..", "..")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list ./api/...: %v\n%s", err, stderr.Bytes())
+	}
+	n := 0
+	for line := range strings.Lines(string(out)) {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		n++
+		for _, imp := range f[1:] {
+			if strings.HasPrefix(imp, module+"/") && !strings.HasPrefix(imp, module+"/api/") {
+				t.Errorf("%s imports %s: api/ packages may import only api/ and libraries (%s)", f[0], imp, ruleDoc)
+			}
+		}
+	}
+	if n < 7 {
+		t.Errorf("go list found %d packages under api/, want at least 7 (kbstypes, agentapi, adminapi, attestationv1, keyprovider, emulatedsp, timeline)", n)
+	}
+}

@@ -16,8 +16,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	annotation "github.com/cloak-containers/cloak/api/keyprovider"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // ProviderName is the ocicrypt key provider name; the layer annotation is

@@ -5,8 +5,8 @@ import (
 	"time"
 
 	"github.com/cloak-containers/cloak/api/emulatedsp"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/spport"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // The emulated platform's line protocol is api/emulatedsp's QUOTE and

@@ -2929,7 +2929,7 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"CloseStdin\x12!.cloak.agent.v1.CloseStdinRequest\x1a\".cloak.agent.v1.CloseStdinResponse\x12P\n" +
 	"\tResizePty\x12 .cloak.agent.v1.ResizePtyRequest\x1a!.cloak.agent.v1.ResizePtyResponse\x12I\n" +
-	"\tOOMEvents\x12 .cloak.agent.v1.OOMEventsRequest\x1a\x18.cloak.agent.v1.OOMEvent0\x01B,Z*github.com/cloak-containers/cloak/agentapib\x06proto3"
+	"\tOOMEvents\x12 .cloak.agent.v1.OOMEventsRequest\x1a\x18.cloak.agent.v1.OOMEvent0\x01B0Z.github.com/cloak-containers/cloak/api/agentapib\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once

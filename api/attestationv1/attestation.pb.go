@@ -314,7 +314,7 @@ const file_attestation_proto_rawDesc = "" +
 	"\x10AttestationAgent\x12b\n" +
 	"\vGetResource\x12(.cloak.attestation.v1.GetResourceRequest\x1a).cloak.attestation.v1.GetResourceResponse\x12Y\n" +
 	"\bGetToken\x12%.cloak.attestation.v1.GetTokenRequest\x1a&.cloak.attestation.v1.GetTokenResponse\x12b\n" +
-	"\vGetEvidence\x12(.cloak.attestation.v1.GetEvidenceRequest\x1a).cloak.attestation.v1.GetEvidenceResponseBZZXgithub.com/cloak-containers/cloak/attestation-agent/localapi/attestationv1;attestationv1b\x06proto3"
+	"\vGetEvidence\x12(.cloak.attestation.v1.GetEvidenceRequest\x1a).cloak.attestation.v1.GetEvidenceResponseBCZAgithub.com/cloak-containers/cloak/api/attestationv1;attestationv1b\x06proto3"
 
 var (
 	file_attestation_proto_rawDescOnce sync.Once
