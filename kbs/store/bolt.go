@@ -78,11 +78,7 @@ func openDB(path string) (db *bolt.DB, err error) {
 			db, err = nil, corrupt(r)
 		}
 	}()
-	// The freelist is not written at each commit (bbolt rebuilds it from the
-	// pages at open, as etcd does): an audit append then writes its leaf,
-	// branch and meta pages only. Data pages and meta are still fsynced
-	// before Update returns.
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
 	switch {
 	case errors.Is(err, bolterrors.ErrTimeout):
 		return nil, fmt.Errorf("data dir is in use by another kbs process (lock on %s); stop it or use another --data-dir", path)
@@ -389,9 +385,6 @@ func (s *Bolt) AppendAudit(e adminapi.AuditEntry) (uint64, error) {
 func (s *Bolt) commitAudit(batch []*auditReq) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
-		// Keys only ever grow: fill leaves before splitting them, so the
-		// log needs half the pages (and a commit half the branch updates).
-		b.FillPercent = 1
 		for _, r := range batch {
 			seq, err := b.NextSequence()
 			if err != nil {
