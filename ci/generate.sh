@@ -23,7 +23,7 @@ GOBIN=$tools GOFLAGS= go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@
 export PATH=$tools:$PATH
 
 # Each .proto is generated next to itself (paths=source_relative).
-protos=(attestation-agent/localapi/attestationv1/attestation.proto agentapi/agent.proto)
+protos=(api/attestationv1/attestation.proto api/agentapi/agent.proto)
 for p in "${protos[@]}"; do
 	echo "generate: $p" >&2
 	protoc -I "$(dirname "$p")" \

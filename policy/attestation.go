@@ -15,7 +15,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/veraison/ear"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 )
 
 //go:embed default_attestation.rego

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 )
 
 func sampleClaims(svn string, initData string) map[string]any {

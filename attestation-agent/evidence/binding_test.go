@@ -10,11 +10,11 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/tdx"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // The known answer of kbstypes' TestReportDataKnownAnswer: a fixed nonce and

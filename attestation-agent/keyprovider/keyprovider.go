@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // ProviderName is the keyprovider name in ocicrypt configuration and in the

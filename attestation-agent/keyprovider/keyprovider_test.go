@@ -22,8 +22,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // fakeKBS serves resources by path, or a fixed error.

@@ -24,9 +24,9 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/teekey"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // The defaults keep a KBS outage inside the shim's agent timeout (120 s in

@@ -16,9 +16,9 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	"github.com/cloak-containers/cloak/attestation-agent/teekey"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 var keyPath = kbstypes.ResourcePath{Repository: "default", Type: "key", Tag: "1"}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	snpevidence "github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
@@ -30,7 +31,6 @@ import (
 	"github.com/cloak-containers/cloak/kbs/token"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // benchConcurrency is the number of guests attesting at once.

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 )
 
 // binDir holds kbs, kbsctl and cloak-aa: $CLOAK_BIN (make sets it to bin/)

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 	"github.com/cloak-containers/cloak/guest-image/build"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )

@@ -19,10 +19,10 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	aatpm "github.com/cloak-containers/cloak/attestation-agent/evidence/tpm"
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	kbstpm "github.com/cloak-containers/cloak/kbs/verifier/tpm"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // swtpmCA is a swtpm local CA in a test-owned directory: swtpm_setup asks

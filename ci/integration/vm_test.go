@@ -19,7 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 	"github.com/cloak-containers/cloak/shim/agent"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )

@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 	aatpm "github.com/cloak-containers/cloak/attestation-agent/evidence/tpm"
-	"github.com/cloak-containers/cloak/kbs/adminapi"
 	"github.com/cloak-containers/cloak/kbs/keywrap"
 	kbstpm "github.com/cloak-containers/cloak/kbs/verifier/tpm"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"

@@ -12,7 +12,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 )
 
 const (

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 )
 
 // maxAuditBytes bounds the audit file (kbsctl prints at most a few thousand

@@ -20,13 +20,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/detect"
 	"github.com/cloak-containers/cloak/attestation-agent/rcar"
 	"github.com/cloak-containers/cloak/attestation-agent/service"
 	"github.com/cloak-containers/cloak/internal/cmdline"
 	"github.com/cloak-containers/cloak/internal/logging"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // maxInitData bounds the initdata file: it travels in the attestation body.

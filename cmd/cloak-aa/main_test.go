@@ -12,9 +12,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/internal/testutil"
 	"github.com/cloak-containers/cloak/internal/version"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {

@@ -23,9 +23,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"sigs.k8s.io/yaml"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/internal/testutil"
 	"github.com/cloak-containers/cloak/internal/version"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // run runs cloak with args and stdin; it returns the exit code and streams.

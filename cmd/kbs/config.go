@@ -19,7 +19,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 )
 

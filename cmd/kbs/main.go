@@ -22,6 +22,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/internal/cmdline"
 	"github.com/cloak-containers/cloak/internal/logging"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
@@ -32,7 +33,6 @@ import (
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
 	"github.com/cloak-containers/cloak/kbs/verifier/tdx"
 	"github.com/cloak-containers/cloak/kbs/verifier/tpm"
-	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 )
 

@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/imagecrypt"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 func (a *app) imageCmd() *cobra.Command {

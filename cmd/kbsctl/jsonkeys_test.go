@@ -4,8 +4,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/cloak-containers/cloak/api/adminapi"
 	"github.com/cloak-containers/cloak/internal/testutil"
-	"github.com/cloak-containers/cloak/kbs/adminapi"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbs/imagecrypt"
 )

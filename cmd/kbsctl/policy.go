@@ -13,9 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
-	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 )
 

@@ -15,8 +15,8 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/cloak-containers/cloak/api/kbstypes/sealed"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
-	"github.com/cloak-containers/cloak/kbstypes/sealed"
 )
 
 // yamlAnnotation marks the commands that accept --output yaml.

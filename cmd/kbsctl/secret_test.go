@@ -13,8 +13,8 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/cloak-containers/cloak/kbstypes"
-	"github.com/cloak-containers/cloak/kbstypes/sealed"
+	"github.com/cloak-containers/cloak/api/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes/sealed"
 )
 
 const (

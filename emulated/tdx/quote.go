@@ -10,8 +10,8 @@ import (
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	emulatedroot "github.com/cloak-containers/cloak/emulated/root"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Quote format constants (Intel TDX DCAP quote v4).

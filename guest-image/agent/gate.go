@@ -13,9 +13,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/agentpolicy"
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/agentapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // The gate: every host request passes the pod's agent policy before the

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 func TestParseMeminfo(t *testing.T) {

@@ -20,14 +20,14 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
-	"github.com/cloak-containers/cloak/agentapi"
 	"github.com/cloak-containers/cloak/agentpolicy"
+	"github.com/cloak-containers/cloak/api/agentapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/guest-image/agent/reaper"
 	"github.com/cloak-containers/cloak/guest-image/attester"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
 	"github.com/cloak-containers/cloak/internal/version"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Puller pulls, verifies, decrypts and unpacks an image in the guest

@@ -30,11 +30,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes/sealed"
 	"github.com/cloak-containers/cloak/guest-image/hostinput"
 	"github.com/cloak-containers/cloak/guest-image/pull"
-	"github.com/cloak-containers/cloak/kbstypes"
-	"github.com/cloak-containers/cloak/kbstypes/sealed"
 )
 
 const (

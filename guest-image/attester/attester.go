@@ -25,8 +25,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cloak-containers/cloak/api/attestationv1"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
-	"github.com/cloak-containers/cloak/attestation-agent/localapi/attestationv1"
 )
 
 const (

@@ -10,10 +10,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/tdx"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/tpm"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // InitdataMismatchError says the TEE report does not bind the initdata the

@@ -17,8 +17,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // fakeSPPort is a pseudo-terminal in raw mode standing in for the guest's

@@ -4,7 +4,7 @@ import (
 	"path"
 	"strings"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // relPath validates a host-given path relative to a guest directory:

@@ -8,7 +8,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // SandboxConfig is what a valid CreateSandbox asks of the guest beyond its

@@ -13,7 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // Limits on the registry options a request may carry.

@@ -15,7 +15,7 @@ import (
 
 	"github.com/mdlayher/vsock"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // probeTimeout bounds the wait for a channel device: virtio-console learns

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // fakePort behaves like a virtio-serial port as the guest sees it: reads

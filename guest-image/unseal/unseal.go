@@ -1,6 +1,6 @@
 // Package unseal turns Confidential Containers sealed secrets into their
 // plaintext inside the guest, before a container's process starts: the host
-// and containerd only ever hold the sealed string (kbstypes/sealed), the
+// and containerd only ever hold the sealed string (api/kbstypes/sealed), the
 // process sees the secret.
 //
 // A sealed value is unsealed as confidential-data-hub does for a vault
@@ -23,7 +23,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/cloak-containers/cloak/kbstypes/sealed"
+	"github.com/cloak-containers/cloak/api/kbstypes/sealed"
 )
 
 // Resources fetches KBS resources for the guest: the attestation agent's

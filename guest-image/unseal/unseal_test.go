@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cloak-containers/cloak/kbstypes"
-	"github.com/cloak-containers/cloak/kbstypes/sealed"
+	"github.com/cloak-containers/cloak/api/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes/sealed"
 )
 
 // kbs is the KBS as the guest's attestation agent sees it: resources by

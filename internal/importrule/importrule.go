@@ -25,8 +25,8 @@ type Rule struct {
 	Forbidden []string
 }
 
-// Rules is the import rule of docs/architecture.md. internal/, kbstypes/,
-// agentapi/, agentpolicy/ and measurements/ are neutral: either side may
+// Rules is the import rule of docs/architecture.md. internal/, api/kbstypes/,
+// api/agentapi/, agentpolicy/ and measurements/ are neutral: either side may
 // import them (each README says which packages of them a side uses).
 var Rules = []Rule{
 	{

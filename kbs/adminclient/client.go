@@ -1,4 +1,4 @@
-// Package adminclient is the client of the KBS admin API (kbs/adminapi):
+// Package adminclient is the client of the KBS admin API (api/adminapi):
 // it signs each request with a fresh EdDSA admin token, enforces response
 // size limits and turns RFC 7807 problem bodies into typed errors. It also
 // reads and writes admin key files and explains audit entries in prose.
@@ -23,8 +23,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // TokenLifetime is how long each admin token is valid. Tokens are minted per

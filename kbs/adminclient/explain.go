@@ -8,8 +8,8 @@ import (
 
 	"github.com/veraison/ear"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // trustGroups lists the AR4SI trust-vector claims in the order the EAR

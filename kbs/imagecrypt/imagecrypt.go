@@ -34,8 +34,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/status"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/keywrap"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Limits on the source image. They are the guest's own (guest-image/pull):

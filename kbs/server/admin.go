@@ -13,10 +13,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/kbs/store"
-	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/policy"
 )

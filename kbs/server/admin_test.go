@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/measurements/bundle"
 	"github.com/cloak-containers/cloak/policy"

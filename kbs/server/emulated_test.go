@@ -6,10 +6,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/adminclient"
 	"github.com/cloak-containers/cloak/kbs/verifier/sample"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // emulatedSample is the sample verifier marking its evidence emulated, as

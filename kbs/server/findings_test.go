@@ -5,7 +5,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 )
 
 // TestFindingsOfMatchesJSON holds the direct conversion of a token's

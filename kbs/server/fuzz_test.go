@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/internal/testutil"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // fuzzServer is a server whose store is on tmpfs: every refused attestation

@@ -17,9 +17,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/store"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Check names used in problem bodies besides those of the verifier, token

@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
 	"github.com/cloak-containers/cloak/kbs/store/pgtest"
 )
 

@@ -12,14 +12,14 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/initdata"
 	"github.com/cloak-containers/cloak/kbs/jwe"
 	"github.com/cloak-containers/cloak/kbs/session"
 	"github.com/cloak-containers/cloak/kbs/store"
 	"github.com/cloak-containers/cloak/kbs/token"
 	"github.com/cloak-containers/cloak/kbs/verifier"
-	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/policy"
 )
 

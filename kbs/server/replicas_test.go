@@ -23,9 +23,9 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/store/pgtest"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // startReplicas starts n in-process KBS replicas on separate loopback TLS

@@ -1,5 +1,5 @@
 // Package server is the KBS's HTTP API: Trustee's KBS protocol 0.4.0
-// (auth, attest, resource) plus the admin API of kbs/adminapi, with RFC 7807
+// (auth, attest, resource) plus the admin API of api/adminapi, with RFC 7807
 // error bodies, audit records, Prometheus metrics and JSON logs.
 package server
 
@@ -18,7 +18,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/adminauth"
 	"github.com/cloak-containers/cloak/kbs/session"
 	"github.com/cloak-containers/cloak/kbs/store"
@@ -28,7 +29,6 @@ import (
 	"github.com/cloak-containers/cloak/kbs/verifier/snp"
 	"github.com/cloak-containers/cloak/kbs/verifier/tdx"
 	"github.com/cloak-containers/cloak/kbs/verifier/tpm"
-	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/policy"
 )
 

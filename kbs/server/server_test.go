@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/internal/version"
-	"github.com/cloak-containers/cloak/kbs/adminapi"
-	"github.com/cloak-containers/cloak/kbstypes"
 	"github.com/cloak-containers/cloak/policy"
 )
 

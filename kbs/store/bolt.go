@@ -15,9 +15,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/session"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // lockTimeout bounds the wait for another process's lock on the database.

@@ -22,10 +22,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/keyfile"
 	"github.com/cloak-containers/cloak/kbs/session"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // File names inside the data directory.

@@ -16,9 +16,9 @@ import (
 
 	"github.com/cloak-containers/cloak/kbs/store/pgtest"
 
-	"github.com/cloak-containers/cloak/kbs/adminapi"
+	"github.com/cloak-containers/cloak/api/adminapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/session"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // backend is one Store implementation under the conformance suite.

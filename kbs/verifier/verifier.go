@@ -12,7 +12,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // Verifier checks one TEE's evidence. expectedReportData is the binding of

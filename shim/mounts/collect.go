@@ -7,7 +7,7 @@ import (
 	"io/fs"
 	"os"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // Collect reads what the plan copies: each small file, and each kubelet

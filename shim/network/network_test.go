@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/testing/protocmp"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 func needRoot(t *testing.T) {

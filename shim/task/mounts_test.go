@@ -12,7 +12,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 	"github.com/cloak-containers/cloak/shim/config"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )

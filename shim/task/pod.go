@@ -17,7 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/shim/config"
 	"github.com/cloak-containers/cloak/shim/hypervisor/qemu"
 )

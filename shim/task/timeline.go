@@ -6,7 +6,7 @@ import (
 
 	"github.com/containerd/log"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 	"github.com/cloak-containers/cloak/shim/config"
 )
 

@@ -10,8 +10,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
 
-	"github.com/cloak-containers/cloak/agentapi"
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/agentapi"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/shim/config"
 )
 

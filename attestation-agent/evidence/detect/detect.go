@@ -9,12 +9,12 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/sample"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/snp"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/tdx"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/tpm"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Options configures providers. Fields apply only to the TEE they name.

@@ -17,7 +17,7 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // Source returns a raw ATTESTATION_REPORT binding reportData and the

@@ -21,8 +21,8 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/uuid"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/spport"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // fakeReport is a report-shaped block with rd as REPORT_DATA and

@@ -9,7 +9,7 @@ import (
 	tsmreport "github.com/google/go-configfs-tsm/report"
 	"github.com/google/go-tdx-guest/client"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // configfsSource gets quotes through configfs-tsm (the tdx-guest driver

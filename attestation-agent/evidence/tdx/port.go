@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/attestation-agent/evidence/spport"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // The emulated platform's line protocol (host side:

@@ -24,7 +24,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // Source returns a raw DCAP quote binding reportData.

@@ -29,7 +29,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // Defaults of the guest's TPM.

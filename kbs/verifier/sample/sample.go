@@ -21,8 +21,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/verifier"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // MaxEvidenceSize bounds the evidence document; real sample evidence is

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/verifier"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // The known-answer binding of kbstypes' TestReportDataKnownAnswer: nonce

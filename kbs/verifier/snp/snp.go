@@ -33,9 +33,9 @@ import (
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/verifier"
 	"github.com/cloak-containers/cloak/kbs/verifier/collateral"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // productLines are the lines whose AMD roots go-sev-guest embeds.

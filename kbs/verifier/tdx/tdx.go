@@ -32,8 +32,8 @@ import (
 	"github.com/google/go-tdx-guest/validate"
 	tdxverify "github.com/google/go-tdx-guest/verify"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/verifier"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // Size limits on untrusted input. A v4 quote with its PCK chain is about

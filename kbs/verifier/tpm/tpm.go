@@ -35,8 +35,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/verifier"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // InitdataPCR is the PCR the guest extends with its initdata digest before

@@ -23,8 +23,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/cloak-containers/cloak/api/kbstypes"
 	"github.com/cloak-containers/cloak/kbs/verifier"
-	"github.com/cloak-containers/cloak/kbstypes"
 )
 
 // A fake TPM for unit tests: a software AK signs TPMS_ATTEST structures the

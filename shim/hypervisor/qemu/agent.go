@@ -11,7 +11,7 @@ import (
 
 	"github.com/mdlayher/vsock"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // serialHelloWait bounds the wait for the agent's welcome on one attempt.

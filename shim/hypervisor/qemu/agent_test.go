@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloak-containers/cloak/agentapi"
+	"github.com/cloak-containers/cloak/api/agentapi"
 )
 
 // fakeAgent answers one hello on the agent end of a pipe with reply(token).

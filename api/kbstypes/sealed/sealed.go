@@ -23,7 +23,7 @@ import (
 	"math/big"
 	"strings"
 
-	"github.com/cloak-containers/cloak/kbstypes"
+	"github.com/cloak-containers/cloak/api/kbstypes"
 )
 
 // Format constants, as confidential-data-hub spells them.
