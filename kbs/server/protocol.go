@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -367,11 +368,68 @@ func appraisalOf(claims map[string]any) (map[string]int, []adminapi.Finding) {
 	}
 	var findings []adminapi.Finding
 	if pc, ok := sub["ear.veraison.policy-claims"].(map[string]any); ok {
-		if b, err := json.Marshal(pc["findings"]); err == nil {
-			_ = json.Unmarshal(b, &findings)
+		var fast bool
+		if findings, fast = findingsOf(pc["findings"]); !fast {
+			findings = nil
+			if b, err := json.Marshal(pc["findings"]); err == nil {
+				_ = json.Unmarshal(b, &findings)
+			}
 		}
 	}
 	return tv, findings
+}
+
+// findingsOf converts the JSON-decoded findings of a token this KBS signed
+// straight to their Go form; this runs on every release, and a JSON round
+// trip of the findings cost more than the policy decision. ok is false when
+// raw holds anything the direct conversion does not cover (a key or type
+// that json.Unmarshal would treat differently); the caller then decodes it
+// with encoding/json, so the result is the same either way.
+func findingsOf(raw any) (findings []adminapi.Finding, ok bool) {
+	if raw == nil {
+		return nil, true
+	}
+	items, isList := raw.([]any)
+	if !isList {
+		return nil, false
+	}
+	findings = make([]adminapi.Finding, 0, len(items))
+	for _, item := range items {
+		m, isObject := item.(map[string]any)
+		if !isObject {
+			return nil, false
+		}
+		var f adminapi.Finding
+		for k, v := range m {
+			var isType bool
+			switch k {
+			case "claim":
+				f.Claim, isType = v.(string)
+			case "group":
+				f.Group, isType = v.(string)
+			case "message":
+				f.Message, isType = v.(string)
+			case "reference_name":
+				f.ReferenceName, isType = v.(string)
+			case "ok":
+				f.OK, isType = v.(bool)
+			case "value":
+				f.Value, isType = v, true
+			case "reference":
+				f.Reference, isType = v, true
+			case "reference_count":
+				var n float64
+				n, isType = v.(float64)
+				isType = isType && n == math.Trunc(n) && math.Abs(n) < 1<<31
+				f.ReferenceCount = int(n)
+			}
+			if !isType {
+				return nil, false
+			}
+		}
+		findings = append(findings, f)
+	}
+	return findings, true
 }
 
 // auditSessionRef is what the audit log records for a session: a digest of
