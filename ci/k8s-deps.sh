@@ -62,6 +62,7 @@ complete "$tmp" || {
 	echo "k8s-deps: the build left no complete set in $tmp" >&2
 	exit 1
 }
+chmod 755 "$tmp"
 rm -rf "$dir"
 mv "$tmp" "$dir"
 trap - EXIT

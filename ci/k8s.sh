@@ -28,7 +28,7 @@ MODE=${1:-up}
 STATE=$PWD/.work/k8s # pids, env, logs: what `down` reads
 NS=cloak-k8s
 NODE=cloak-node
-NODE_IP=10.89.0.1 # a dummy interface in $NS: the kubelet refuses a loopback node IP
+NODE_IP=10.89.0.1 # on node0 in $NS: the kubelet refuses a loopback node IP
 GATEWAY=10.88.0.1 # the CNI bridge in $NS: the pods' gateway
 SERVICE_CIDR=10.96.0.0/16
 REGISTRY=127.0.0.1:5000
@@ -167,10 +167,12 @@ up() {
 
 	ip netns add "$NS"
 	ip -n "$NS" link set lo up
-	ip -n "$NS" link add node0 type dummy
+	# (A veth pair, both ends here: these kernels have no dummy driver.)
+	ip -n "$NS" link add node0 type veth peer name node0-peer
 	ip -n "$NS" addr add "$NODE_IP/24" dev node0
+	ip -n "$NS" link set node0-peer up
 	ip -n "$NS" link set node0 up
-	say "network namespace $NS: loopback, node address $NODE_IP (dummy node0), pods on $GATEWAY/16"
+	say "network namespace $NS: loopback, node address $NODE_IP (veth node0), pods on $GATEWAY/16"
 	# The namespace has no default route: the kubelet picks its node address
 	# from one, and all traffic here stays in the namespace anyway.
 	ip -n "$NS" route add default dev node0
