@@ -89,7 +89,7 @@ down() {
 	# The pods' sandboxes and containers (and Cloak's VMs) go with their
 	# shims, which outlive containerd: remove them through CRI first.
 	if alive containerd && [ -x "${CRICTL_BIN:-}" ]; then
-		local crictl=(nsenter "--net=/run/netns/$NS" "$CRICTL_BIN" --runtime-endpoint "unix://$work/c.sock" --timeout 60s)
+		local crictl=(nsenter "--net=/run/netns/$NS" "$CRICTL_BIN" --config "$work/crictl.yaml")
 		for id in $("${crictl[@]}" pods -q 2>/dev/null); do "${crictl[@]}" rmp -f "$id" >/dev/null 2>&1; done
 	fi
 	for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do stop "${DAEMONS[i]}"; done
@@ -131,13 +131,15 @@ case "$MODE" in up | e2e) ;; *)
 esac
 
 # ---------------------------------------------------------------------------
+# Refusals that must leave a running cluster alone (no `down` after them).
+if [ -d "$STATE" ] || ip netns list | grep -qw "$NS"; then
+	fail "a cluster is already up ($STATE, network namespace $NS): \`make k8s-down\` stops it"
+fi
+for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+	[ -d "$h" ] && fail "$h exists: another kubelet runs on this machine (or a crashed one left it; remove it with rmdir)"
+done
+
 up() {
-	if [ -d "$STATE" ] || ip netns list | grep -qw "$NS"; then
-		fail "a cluster is already up ($STATE, network namespace $NS): \`make k8s-down\` stops it"
-	fi
-	for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
-		[ -d "$h" ] && fail "$h exists: another kubelet runs on this machine (or a crashed one left it; remove it with rmdir)"
-	done
 	for f in "$BIN/containerd-shim-cloak-v2" "$BIN/cloak-snapshotter" "$IMAGE_DIR/manifest.json"; do
 		[ -e "$f" ] || fail "$f is missing: run \`make build image\` first"
 	done
@@ -381,7 +383,8 @@ EOF
 		done
 	} >"$WORK/containerd.toml"
 	PATH=$BIN:$CTRD_DIR:$PATH start containerd "$CTRD_DIR/containerd" --config "$WORK/containerd.toml"
-	local crictl=("$CRICTL_BIN" --runtime-endpoint "unix://$WORK/c.sock")
+	printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n' "$WORK/c.sock" "$WORK/c.sock" >"$WORK/crictl.yaml"
+	local crictl=("$CRICTL_BIN" --config "$WORK/crictl.yaml")
 	wait_for 30 "containerd's CRI answering" in_ns "${crictl[@]}" info
 	say "containerd $("$CTRD_DIR/containerd" --version | awk '{print $3}') with handlers runc, ${handlers[*]}"
 
@@ -437,7 +440,8 @@ if [ "$MODE" = up ]; then
 	set -e
 	if [ "$status" != 0 ]; then
 		echo "k8s: up failed; its logs (tail):" >&2
-		for f in "$STATE"/logs/*.log; do
+		for d in "${DAEMONS[@]}"; do
+			f=$STATE/logs/$d.log
 			[ -s "$f" ] && { echo "---- $f" >&2; tail -15 "$f" >&2; }
 		done
 		CRICTL_BIN=$(CRITEST=0 ./ci/cri-deps.sh)/crictl down >&2
@@ -481,6 +485,7 @@ metadata: {name: $1}
 spec:
   nodeName: $NODE
   restartPolicy: Never
+  terminationGracePeriodSeconds: 2 # sh as pid 1 ignores SIGTERM
 $([ -n "$2" ] && echo "  runtimeClassName: $2")
   containers:
   - name: main
