@@ -36,6 +36,7 @@ BIN=${BIN:-$PWD/bin}
 IMAGE_DIR=${IMAGE_DIR:-$PWD/.work/image}
 CACHE=${CLOAK_CACHE:-$HOME/.cache/cloak}
 SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops)
+HOST_PATHS=(/var/lib/kubelet /var/log/containers) # device-plugins socket dir, legacy log links
 # Stopped in reverse order; kubelet first, so nothing restarts a pod.
 DAEMONS=(registry etcd kube-apiserver snapshotter containerd kubelet)
 
@@ -110,6 +111,9 @@ down() {
 		[ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} + 2>/dev/null
 	done
 	ip netns del "$NS" 2>/dev/null
+	if [ -f "$STATE/created" ]; then
+		while read -r p; do rm -rf "$p"; done <"$STATE/created"
+	fi
 	if [ -f "$STATE/sysctl.saved" ]; then
 		while read -r key value; do sysctl -qw "$key=$value"; done <"$STATE/sysctl.saved"
 	fi
@@ -166,6 +170,9 @@ up() {
 	echo "$WORK" >"$STATE/work"
 	go build -o "$WORK/" ./ci/integration/testdata/cri/pause
 	for key in "${SYSCTLS[@]}"; do echo "$key $(sysctl -n "$key")"; done >"$STATE/sysctl.saved"
+	# Host paths the kubelet uses whatever its --root-dir: down removes the
+	# ones that were not there before.
+	for p in "${HOST_PATHS[@]}"; do [ -e "$p" ] || echo "$p"; done >"$STATE/created"
 
 	ip netns add "$NS"
 	ip -n "$NS" link set lo up
@@ -565,6 +572,7 @@ rm -rf "$E2E_DIR"
 
 trap - EXIT
 work=$(cat "$STATE/work")
+created=$(cat "$STATE/created")
 down
 say "checks after down"
 check "no process of the cluster is left" test -z "$(pgrep -f -- "$work" || true)"
@@ -572,5 +580,8 @@ check "the network namespace is gone" sh -c "! ip netns list | grep -qw $NS"
 check "no mount is left" sh -c "! grep -qF '$work' /proc/self/mountinfo"
 check "no kubelet cgroup is left" sh -c "! ls -d /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods 2>/dev/null | grep -q ."
 check "its files are gone" test ! -e "$STATE" -a ! -e "$work"
+for p in "${HOST_PATHS[@]}"; do
+	grep -qxF "$p" <<<"$created" && check "$p (made by the kubelet) is gone" test ! -e "$p"
+done
 [ "$FAILS" = 0 ] || fail "$FAILS check(s) failed"
 say "e2e: all checks passed in $(($(date +%s) - T0)) s"
