@@ -135,3 +135,20 @@ generate:
 
 clean:
 	rm -rf $(BIN)
+
+# A one-node Kubernetes cluster (as root), in a network namespace of its own:
+# etcd, kube-apiserver and a kubelet on containerd with the runc, cloak and
+# cloak-emulated handlers (ci/k8s-deps.sh builds Kubernetes v1.37.2 from its
+# Go module once, ~20 min on 2 cores). Writes .work/k8s/env (KUBECTL, RUN,
+# IMAGE); `make k8s-down` stops everything and removes its files.
+.PHONY: k8s-up k8s-down k8s-e2e
+k8s-up: image
+	./ci/k8s.sh up
+
+k8s-down:
+	./ci/k8s.sh down
+
+# The cluster up, a runc pod and a cloak-emulated pod by kubectl (Running,
+# their output in kubectl logs), down, and nothing left. Not in `make test` yet.
+k8s-e2e: image
+	./ci/k8s.sh e2e
